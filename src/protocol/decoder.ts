@@ -24,7 +24,7 @@ export type LengthRules = (type: number) => LengthBounds | undefined;
 /**
  * Push-based decoder of `msg_header`-framed messages.
  *
- * `push(chunk)` returns the frames the chunk completed. The declared length of
+ * `push(chunk)` returns (lazily) the frames the chunk completed. The declared length of
  * every header is checked against the rules for its type *before* any of the
  * body is buffered, so the decoder never holds more than one maximum message
  * plus a header. Chunks are kept in a list and joined only when a frame spans
@@ -62,45 +62,61 @@ export class FrameDecoder {
     return this.buffered === 0 && this.len < 0;
   }
 
-  /** Feed bytes; returns the frames completed by them, in order. Throws ProtocolError. */
-  push(chunk: Uint8Array): Frame[] {
+  /**
+   * Feed bytes; returns the frames they complete, decoded lazily as the
+   * iterator is consumed, so a consumer may switch rules (`setRules`) between
+   * two frames of the same chunk (e.g. right after MSG_HELLO). Consume the
+   * iterator fully before the next push. Throws ProtocolError while iterating.
+   */
+  push(chunk: Uint8Array): IterableIterator<Frame> {
     if (this.failed) {
       throw new ProtocolError('DECODER_FAILED', `decoder already failed: ${this.failed.message}`, this.failed.offset);
     }
-    const out: Frame[] = [];
-    if (chunk.length === 0) return out;
-    const buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length);
-    this.chunks.push(buf);
-    this.buffered += buf.length;
-    for (;;) {
-      if (this.len < 0) {
-        if (this.buffered < HEADER_SIZE) break;
-        const h = this.take(HEADER_SIZE);
-        const type = h.readUInt32LE(0);
-        const len = h.readUInt32LE(4);
-        const offset = this.consumed - HEADER_SIZE;
-        const bounds = this.rules(type);
-        if (bounds === undefined) {
-          this.fail(new ProtocolError('UNKNOWN_TYPE', `unexpected message type ${msgTypeName(type)} (length ${len})`, offset));
-        } else if (len < bounds.min || len > bounds.max) {
-          this.fail(
-            new ProtocolError(
-              'BAD_LENGTH',
-              `${msgTypeName(type)} with length ${len} outside [${bounds.min}, ${bounds.max}]`,
-              offset,
-            ),
-          );
-        }
-        this.type = type;
-        this.len = len;
-        this.frameOffset = offset;
-      }
-      if (this.buffered < this.len) break;
-      const payload = this.len === 0 ? EMPTY : this.take(this.len);
-      out.push({ type: this.type, payload, offset: this.frameOffset });
-      this.len = -1;
+    if (chunk.length > 0) {
+      const buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length);
+      this.chunks.push(buf);
+      this.buffered += buf.length;
     }
-    return out;
+    return this.frames();
+  }
+
+  /** Like push, but decodes eagerly with the current rules and returns an array. */
+  pushAll(chunk: Uint8Array): Frame[] {
+    return Array.from(this.push(chunk));
+  }
+
+  private *frames(): IterableIterator<Frame> {
+    for (;;) {
+      if (this.failed) return;
+      const f = this.next();
+      if (f === undefined) return;
+      yield f;
+    }
+  }
+
+  private next(): Frame | undefined {
+    if (this.len < 0) {
+      if (this.buffered < HEADER_SIZE) return undefined;
+      const h = this.take(HEADER_SIZE);
+      const type = h.readUInt32LE(0);
+      const len = h.readUInt32LE(4);
+      const offset = this.consumed - HEADER_SIZE;
+      const bounds = this.rules(type);
+      if (bounds === undefined) {
+        this.fail(new ProtocolError('UNKNOWN_TYPE', `unexpected message type ${msgTypeName(type)} (length ${len})`, offset));
+      } else if (len < bounds.min || len > bounds.max) {
+        this.fail(
+          new ProtocolError('BAD_LENGTH', `${msgTypeName(type)} with length ${len} outside [${bounds.min}, ${bounds.max}]`, offset),
+        );
+      }
+      this.type = type;
+      this.len = len;
+      this.frameOffset = offset;
+    }
+    if (this.buffered < this.len) return undefined;
+    const payload = this.len === 0 ? EMPTY : this.take(this.len);
+    this.len = -1;
+    return { type: this.type, payload, offset: this.frameOffset };
   }
 
   private fail(e: ProtocolError): never {

@@ -33,7 +33,7 @@ void test('decodes a stream pushed in one piece, byte by byte, and at every spli
       ],
     );
   };
-  expect(new P.FrameDecoder(anyRules).push(stream));
+  expect(new P.FrameDecoder(anyRules).pushAll(stream));
   {
     const d = new P.FrameDecoder(anyRules);
     const got: P.Frame[] = [];
@@ -50,7 +50,7 @@ void test('decodes a stream pushed in one piece, byte by byte, and at every spli
 void test('frames inside one chunk are zero-copy views', () => {
   const d = new P.FrameDecoder(anyRules);
   const chunk = frame(0x191, Buffer.alloc(1000, 1));
-  const [f] = d.push(chunk);
+  const [f] = d.pushAll(chunk);
   assert.ok(f);
   assert.equal(f.payload.buffer, chunk.buffer);
 });
@@ -65,9 +65,9 @@ void test('rejects unknown types and bad lengths from the header alone, before a
   ];
   for (const [name, bytes, code, re] of cases) {
     const d = new P.FrameDecoder(anyRules);
-    assert.throws(() => d.push(bytes), (e: unknown) => e instanceof P.ProtocolError && e.code === code && re.test(e.message) && e.offset === 0, name);
+    assert.throws(() => d.pushAll(bytes), (e: unknown) => e instanceof P.ProtocolError && e.code === code && re.test(e.message) && e.offset === 0, name);
     assert.equal(d.bufferedBytes, 0);
-    assert.throws(() => d.push(Buffer.from([1])), (e: unknown) => e instanceof P.ProtocolError && e.code === 'DECODER_FAILED', name);
+    assert.throws(() => d.pushAll(Buffer.from([1])), (e: unknown) => e instanceof P.ProtocolError && e.code === 'DECODER_FAILED', name);
   }
 });
 
@@ -77,6 +77,17 @@ function frameHeader(type: number, len: number): Buffer {
   h.writeUInt32LE(len >>> 0, 4);
   return h;
 }
+
+void test('rules can change between two frames of one chunk (handshake then data)', () => {
+  const d = new P.FrameDecoder(P.helloRules);
+  const got: number[] = [];
+  for (const f of d.push(Buffer.concat([frame(0x300, Buffer.from('04000000', 'hex')), frame(0x190, Buffer.from('x'))]))) {
+    got.push(f.type);
+    if (f.type === 0x300) d.setRules(P.dataRules(4));
+  }
+  assert.deepEqual(got, [0x300, 0x190]);
+  assert.throws(() => new P.FrameDecoder(P.helloRules).pushAll(Buffer.concat([frame(0x300, Buffer.from('04000000', 'hex')), frame(0x190, Buffer.from('x'))])), /unexpected message type MSG_DATA_STDIN/);
+});
 
 void test('channel rule presets', () => {
   const a3 = P.agentToDaemonRules(3);

@@ -1,0 +1,128 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, readdir } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import * as net from 'node:net';
+import { memoryPair, runDataStream, vchanConnect, vchanEnvFrom, vchanListen, vchanPath } from '../../src/vchan/index.js';
+
+const u32 = (...v: number[]): Buffer => {
+  const b = Buffer.alloc(4 * v.length);
+  v.forEach((x, i) => b.writeUInt32LE(x >>> 0, 4 * i));
+  return b;
+};
+
+void test('socket path and environment as qubes-core-vchan-socket', () => {
+  assert.equal(vchanPath('/d', 3, 0, 512), '/d/vchan.3.0.512.sock');
+  assert.deepEqual(vchanEnvFrom({ VCHAN_DOMAIN: '7', VCHAN_SOCKET_DIR: '/x' }), { dir: '/x', ownDomain: 7 });
+  assert.deepEqual(vchanEnvFrom({}), { dir: '/var/run/vchan', ownDomain: 0 });
+});
+
+void test('client retries until the server appears; server takes one client and removes its socket', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'vchan-'));
+  try {
+    const clientP = vchanConnect({ dir, ownDomain: 0 }, 5, 512, { timeoutMs: 10000 });
+    await new Promise((r) => setTimeout(r, 50));
+    const l = await vchanListen({ dir, ownDomain: 5 }, 0, 512);
+    assert.equal(l.path, join(dir, 'vchan.5.0.512.sock'));
+    const [srv, cli] = await Promise.all([l.accepted, clientP]);
+    assert.deepEqual(await readdir(dir), []);
+    cli.write('ping');
+    const got = await new Promise<string>((r) => srv.once('data', (d: Buffer) => r(d.toString())));
+    assert.equal(got, 'ping');
+    srv.destroy();
+    cli.destroy();
+    await assert.rejects(vchanConnect({ dir, ownDomain: 0 }, 9, 600, { timeoutMs: 50 }), /no server after 50 ms/);
+    const l2 = await vchanListen({ dir, ownDomain: 1 }, 2, 513);
+    l2.close();
+    await assert.rejects(l2.accepted, /closed before a client connected/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+void test('data stream: caller and service over an in-memory pair, big data, exit code', async () => {
+  const [a, b] = memoryPair();
+  const callerIn = new PassThrough();
+  const callerOut = new PassThrough();
+  const callerErr = new PassThrough();
+  const svcStdin = new PassThrough(); // the "process" echoes stdin to stdout
+  const svcStderr = new PassThrough();
+  let exit!: (n: number) => void;
+  const exitStatus = new Promise<number>((r) => (exit = r));
+  svcStdin.on('end', () => {
+    svcStderr.end('bye');
+    exit(3);
+  });
+  const svc = runDataStream({ channel: b, role: 'service', input: svcStdin, errInput: svcStderr, output: svcStdin, exitStatus });
+  const caller = runDataStream({ channel: a, role: 'caller', input: callerIn, output: callerOut, errOutput: callerErr });
+  const big = Buffer.alloc(3 * 65536 + 17);
+  for (let i = 0; i < big.length; i++) big[i] = i % 251;
+  const outChunks: Buffer[] = [];
+  callerOut.on('data', (d: Buffer) => outChunks.push(d));
+  const errChunks: Buffer[] = [];
+  callerErr.on('data', (d: Buffer) => errChunks.push(d));
+  callerIn.end(big);
+  const [rc, rs] = await Promise.all([caller, svc]);
+  assert.equal(rc.status, 3);
+  assert.equal(rs.status, 3);
+  assert.equal(rc.version, 4);
+  assert.ok(Buffer.concat(outChunks).equals(big));
+  assert.equal(Buffer.concat(errChunks).toString(), 'bye');
+});
+
+void test('data stream, service role, exact bytes to a hand-written peer (64 KiB chunks, EOFs, exit code)', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'vchan-'));
+  try {
+    // peer = caller written by hand over a real vchan socket
+    const l = await vchanListen({ dir, ownDomain: 2 }, 1, 513);
+    const svcSock = vchanConnect({ dir, ownDomain: 1 }, 2, 513);
+    const [peer, sock] = await Promise.all([l.accepted, svcSock]);
+    const stdout = new PassThrough();
+    const stdin = new PassThrough();
+    const run = runDataStream({ channel: sock, role: 'service', input: stdout, output: stdin, exitStatus: Promise.resolve(0) });
+    const got: Buffer[] = [];
+    peer.on('data', (d: Buffer) => got.push(d));
+    const peerEnd = new Promise((r) => peer.on('close', r));
+    peer.write(Buffer.concat([u32(0x300, 4, 3)])); // HELLO v3
+    peer.write(Buffer.concat([u32(0x190, 2), Buffer.from('hi'), u32(0x190, 0)]));
+    const stdinText = await new Promise<string>((r) => {
+      let s = '';
+      stdin.on('data', (d: Buffer) => (s += d.toString()));
+      stdin.on('end', () => r(s));
+    });
+    assert.equal(stdinText, 'hi');
+    stdout.end(Buffer.alloc(65537, 0x41));
+    const res = await run;
+    await peerEnd;
+    assert.equal(res.version, 3);
+    const all = Buffer.concat(got);
+    const want = Buffer.concat([
+      u32(0x300, 4, 4), // our HELLO
+      u32(0x192, 0), // no stderr: EOF right away
+      u32(0x191, 65536),
+      Buffer.alloc(65536, 0x41),
+      u32(0x191, 1),
+      Buffer.from('A'),
+      u32(0x191, 0),
+      u32(0x193, 4, 0),
+    ]);
+    assert.equal(all.length, want.length);
+    assert.ok(all.equals(want));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+void test('data stream: a peer violating framing ends only that stream', async () => {
+  const [a, b] = memoryPair();
+  const logs: string[] = [];
+  const run = runDataStream({ channel: a, role: 'caller', output: new PassThrough(), log: (m) => logs.push(m) });
+  b.write(u32(0x300, 4, 4));
+  b.write(u32(0x191, 0x40000000)); // 1 GB chunk
+  const r = await run;
+  assert.equal(r.status, 255);
+  assert.match(logs.join('\n'), /MSG_DATA_STDOUT with length 1073741824 outside \[0, 65536\]/);
+  void net;
+});
