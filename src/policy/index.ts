@@ -1,0 +1,34 @@
+/**
+ * The qrexec policy language: loading, evaluation, explanation. Pure: file
+ * access goes through {@link PolicySource}; see src/node/policy-loader.ts
+ * for the disk.
+ */
+export { PolicySyntaxError, EvaluationCrash } from './errors.js';
+export { parseSystemInfo, isDom0, SystemInfoError, type SystemInfo, type DomainInfo } from './system-info.js';
+export { parseToken, type Token, type TokenKind, type TokenContext } from './tokens.js';
+export { type Rule, type Action, validateServiceAndArgument } from './rule.js';
+export {
+  loadRules,
+  loadRulesFromFiles,
+  memorySource,
+  PolicyIoError,
+  MAX_INCLUDE_DEPTH,
+  type PolicySource,
+  type DirEntry,
+  type LoadOptions,
+} from './loader.js';
+export {
+  Policy,
+  answerAsk,
+  refuseAsk,
+  allowReplyLines,
+  isRemoteTarget,
+  type PolicyRequest,
+  type ResolvedRequest,
+  type Decision,
+  type AllowDecision,
+  type AskDecision,
+  type DenyDecision,
+} from './policy.js';
+export { basename } from './paths.js';
+export { decide, decisionToJson, parseRequestJson, ruleLabel, type DecisionJson } from './report.js';
