@@ -1,0 +1,105 @@
+/**
+ * Reading the audit log (bin/qrexec-audit). Opens the database read-only, so
+ * it can run while the daemon writes.
+ */
+import Database from 'better-sqlite3';
+
+export interface AuditFilter {
+  readonly source?: string | undefined;
+  /** Matches the resolved target or the intended target. */
+  readonly target?: string | undefined;
+  readonly service?: string | undefined;
+  readonly result?: 'allow' | 'deny' | undefined;
+  /** Unix milliseconds. */
+  readonly sinceMs?: number | undefined;
+  /** Most recent N rows (default 1000; 0 = all). */
+  readonly limit?: number | undefined;
+}
+
+/** A row as stored. */
+export interface AuditRow {
+  id: number;
+  time_ms: number;
+  client: string;
+  mode: string;
+  source: string;
+  requested_source: string | null;
+  intended_target: string;
+  target: string | null;
+  service: string;
+  argument: string;
+  action: string;
+  result: string;
+  rule: string | null;
+  ask_answer: string | null;
+  reason: string | null;
+  duration_us: number;
+}
+
+/** Rows matching the filter, oldest first. */
+export function queryAudit(dbPath: string, f: AuditFilter): AuditRow[] {
+  const db = new Database(dbPath, { readonly: true, fileMustExist: true });
+  try {
+    const where: string[] = [];
+    const args: (string | number)[] = [];
+    if (f.source !== undefined) {
+      where.push('source = ?');
+      args.push(f.source);
+    }
+    if (f.target !== undefined) {
+      where.push('(target = ? OR intended_target = ?)');
+      args.push(f.target, f.target);
+    }
+    if (f.service !== undefined) {
+      where.push('service = ?');
+      args.push(f.service);
+    }
+    if (f.result !== undefined) {
+      where.push('result = ?');
+      args.push(f.result);
+    }
+    if (f.sinceMs !== undefined) {
+      where.push('time_ms >= ?');
+      args.push(f.sinceMs);
+    }
+    const limit = f.limit ?? 1000;
+    const sql =
+      'SELECT * FROM (SELECT * FROM decisions' +
+      (where.length ? ' WHERE ' + where.join(' AND ') : '') +
+      ' ORDER BY id DESC' +
+      (limit > 0 ? ' LIMIT ' + String(Math.floor(limit)) : '') +
+      ') ORDER BY id';
+    return db.prepare(sql).all(...args) as AuditRow[];
+  } finally {
+    db.close();
+  }
+}
+
+/**
+ * `--since` values: an ISO date/time, Unix seconds, or a duration back from
+ * `now` such as `30s`, `15m`, `2h`, `7d`. Returns Unix ms, or null if invalid.
+ */
+export function parseSince(s: string, now = Date.now()): number | null {
+  const rel = /^(\d+)([smhd])$/.exec(s);
+  if (rel) {
+    const mult = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[rel[2] as 's' | 'm' | 'h' | 'd'];
+    return now - Number(rel[1]) * mult;
+  }
+  if (/^\d+$/.test(s)) return Number(s) * 1000;
+  const t = Date.parse(s);
+  return Number.isNaN(t) ? null : t;
+}
+
+/** One human-readable line per row. */
+export function formatRow(r: AuditRow): string {
+  const when = new Date(r.time_ms).toISOString();
+  const arg = r.argument === '+' ? '' : r.argument;
+  const target = r.target !== null && r.target !== r.intended_target ? `${r.intended_target} -> ${r.target}` : r.intended_target;
+  const src = r.requested_source !== null ? `${r.source} (via relay)` : r.source;
+  let s = `${when} ${r.result.toUpperCase().padEnd(5)} ${r.service}${arg} ${src} -> ${target} [${r.mode}]`;
+  if (r.action !== r.result) s += ` action=${r.action}`;
+  if (r.ask_answer !== null) s += ` answer=${r.ask_answer}`;
+  s += ` rule=${r.rule ?? '-'}`;
+  if (r.reason !== null) s += ` (${r.reason})`;
+  return s + ` ${r.duration_us}us`;
+}

@@ -1,0 +1,32 @@
+/** qrexec-policy-daemon: see src/policyd/daemon.ts. */
+import { DAEMON_HELP, DAEMON_USAGE, daemonConfig, parseDaemonArgs, startDaemon, StartupError } from '../policyd/daemon.js';
+import { UsageError, usageExit } from '../policyd/args.js';
+
+const prog = 'qrexec-policy-daemon';
+try {
+  const parsed = parseDaemonArgs(process.argv.slice(2));
+  if (parsed.flags.has('help')) {
+    process.stdout.write(DAEMON_HELP);
+    process.exit(0);
+  }
+  const cfg = daemonConfig(parsed);
+  process.umask(0o007);
+  const daemon = await startDaemon(cfg);
+  let stopping = false;
+  const stop = (): void => {
+    if (stopping) return;
+    stopping = true;
+    daemon.audit?.flush();
+    void daemon.close().finally(() => process.exit(0));
+    setTimeout(() => process.exit(0), 2000).unref();
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+} catch (e) {
+  if (e instanceof UsageError) usageExit(prog, DAEMON_USAGE, e);
+  if (e instanceof StartupError) {
+    process.stderr.write(`${prog}: error: ${e.message}\n`);
+    process.exit(1);
+  }
+  throw e;
+}
