@@ -22,6 +22,7 @@ export {
   answerAsk,
   refuseAsk,
   allowReplyLines,
+  finalizeAllow,
   isRemoteTarget,
   type PolicyRequest,
   type ResolvedRequest,
@@ -32,3 +33,4 @@ export {
 } from './policy.js';
 export { basename } from './paths.js';
 export { decide, decisionToJson, parseRequestJson, ruleLabel, type DecisionJson } from './report.js';
+export { lintPolicyText, formatDiagnostic, includePathProblem, type LintDiagnostic, type LintOptions } from './lint.js';
