@@ -34,3 +34,4 @@ export {
 export { basename } from './paths.js';
 export { decide, decisionToJson, parseRequestJson, ruleLabel, type DecisionJson } from './report.js';
 export { lintPolicyText, formatDiagnostic, includePathProblem, type LintDiagnostic, type LintOptions } from './lint.js';
+export { explain, explanationToJson, formatExplanation, type Explanation, type RuleMiss, type RuleColumn, type AskStep, type AskTrace } from './explain.js';

@@ -8,7 +8,7 @@
 import { PolicySyntaxError } from './errors.js';
 import { decodeText, pySplitStripped, pyStrip, splitLines } from './lines.js';
 import { basename, join, suffix } from './paths.js';
-import { ruleFromFields, ruleFromServiceFields, validateServiceAndArgument, makeRule, type Rule } from './rule.js';
+import { ruleFromFields, ruleFromServiceFields, validateServiceAndArgument, makeRule, type Rule, type TokenCache } from './rule.js';
 import type { Position } from './tokens.js';
 
 /** A directory entry; `isFile`/`isDir` follow symlinks (as pathlib does). */
@@ -75,6 +75,7 @@ function byteOrder(a: string, b: string): number {
 
 class Loader {
   readonly rules: Rule[] = [];
+  private readonly tokens: TokenCache = new Map();
   /** Files being read, innermost last, to refuse include loops. */
   private readonly stack: string[] = [];
   /** Directory of the top-level file being loaded; relative includes resolve against it. */
@@ -163,7 +164,7 @@ class Loader {
           this.directive(words, pos);
           continue;
         }
-        this.rules.push(ruleFromFields(words, line, pos));
+        this.rules.push(ruleFromFields(words, line, pos, this.tokens));
       }
     } finally {
       this.stack.pop();
@@ -247,7 +248,7 @@ class Loader {
           this.includeService(service ?? '*', argument ?? '*', words[1] as string, pos, base);
           continue;
         }
-        this.rules.push(ruleFromServiceFields(service, argument, words, original, pos));
+        this.rules.push(ruleFromServiceFields(service, argument, words, original, pos, this.tokens));
       }
     } finally {
       this.stack.pop();
@@ -286,7 +287,7 @@ class Loader {
           const p: Position = { file: path, line: null };
           for (const target of ['@anyvm', '@adminvm']) {
             this.rules.push(
-              makeRule({ service: svc, argument: arg, source: '@anyvm', target, action: 'deny', params: [] }, `@anyvm ${target} deny`, p),
+              makeRule({ service: svc, argument: arg, source: '@anyvm', target, action: 'deny', params: [] }, `@anyvm ${target} deny`, p, this.tokens),
             );
           }
         }

@@ -5,7 +5,7 @@
  */
 import { EvaluationCrash, PolicySyntaxError } from './errors.js';
 import type { AllowAction, AskAction, Rule } from './rule.js';
-import { isDom0, type SystemInfo } from './system-info.js';
+import { isDom0, type DomainInfo, type SystemInfo } from './system-info.js';
 import {
   dispvmTemplateFor,
   expandToken,
@@ -139,6 +139,24 @@ function resolveRequest(
   };
 }
 
+/** Expansions by token text, per system info (an ask evaluates them over and over). */
+const expansions = new WeakMap<SystemInfo, Map<string, readonly string[]>>();
+
+/** expandToken() with uuids turned into names, as collect_targets_for_ask uses it; cached. */
+function expansionOf(tok: Token, info: SystemInfo): readonly string[] {
+  let m = expansions.get(info);
+  if (!m) expansions.set(info, (m = new Map()));
+  const cached = m.get(tok.text);
+  if (cached) return cached;
+  const out: string[] = [];
+  for (const t of expandToken(tok, info)) {
+    const n = uuidToName(info, t);
+    if (n !== undefined) out.push(n);
+  }
+  m.set(tok.text, out);
+  return out;
+}
+
 /** May this target be used without starting it? (reference allow_no_autostart) */
 function runsWithoutAutostart(target: string, info: SystemInfo): boolean {
   if (isDom0(target)) return true;
@@ -153,48 +171,64 @@ function runsWithoutAutostart(target: string, info: SystemInfo): boolean {
  * a request only looks at rules for its service and `*` rules.
  */
 export class Policy {
-  /** Rules for each service named in some rule, merged with the `*` rules, in order. */
-  private readonly byService = new Map<string, readonly Rule[]>();
-  private readonly specific = new Map<string, Rule[]>();
-  private readonly anyService: Rule[] = [];
+  /** Merged candidate lists, cached per service (and per service+argument where rules name that argument). */
+  private readonly cache = new Map<string, readonly Rule[]>();
+  /** Positions of rules naming a service, split by argument (null = any argument). */
+  private readonly specific = new Map<string, { anyArg: number[]; byArg: Map<string, number[]> }>();
+  /** Positions of `*` service rules. */
+  private readonly anyServiceIdx: number[] = [];
+  private readonly anyService: readonly Rule[];
 
   constructor(readonly rules: readonly Rule[]) {
-    for (const r of rules) {
+    for (let i = 0; i < rules.length; i++) {
+      const r = rules[i] as Rule;
       if (r.service === null) {
-        this.anyService.push(r);
+        this.anyServiceIdx.push(i);
+        continue;
+      }
+      let s = this.specific.get(r.service);
+      if (!s) this.specific.set(r.service, (s = { anyArg: [], byArg: new Map() }));
+      if (r.argument === null) {
+        s.anyArg.push(i);
       } else {
-        let l = this.specific.get(r.service);
-        if (!l) this.specific.set(r.service, (l = []));
-        l.push(r);
+        let l = s.byArg.get(r.argument);
+        if (!l) s.byArg.set(r.argument, (l = []));
+        l.push(i);
       }
     }
+    this.anyService = this.anyServiceIdx.map((i) => rules[i] as Rule);
   }
 
-  /** The rules that can match a service, in policy order. */
-  rulesFor(service: string): readonly Rule[] {
-    const cached = this.byService.get(service);
-    if (cached) return cached;
-    const own = this.specific.get(service);
-    if (!own) return this.anyService; // unknown services cost no memory
-    const merged: Rule[] = [];
-    const pos = new Map<Rule, number>();
-    this.rules.forEach((r, i) => pos.set(r, i));
-    let i = 0;
-    let j = 0;
-    const any = this.anyService;
-    while (i < own.length || j < any.length) {
-      const a = own[i];
-      const b = any[j];
-      if (b === undefined || (a !== undefined && (pos.get(a) ?? 0) < (pos.get(b) ?? 0))) {
-        merged.push(a as Rule);
-        i++;
-      } else {
-        merged.push(b);
-        j++;
-      }
+  /**
+   * The rules that can match a service and argument, in policy order. Lists
+   * are built on first use and cached only for names some rule mentions, so
+   * requests for unknown services or arguments cost no memory.
+   */
+  rulesFor(service: string, argument?: string): readonly Rule[] {
+    const s = this.specific.get(service);
+    if (!s) return this.anyService;
+    const withArg = argument !== undefined ? s.byArg.get(argument) : undefined;
+    const key = withArg ? `${service}\0${argument}` : service;
+    let merged = this.cache.get(key);
+    if (!merged) {
+      merged = this.merge(withArg ? [s.anyArg, withArg, this.anyServiceIdx] : [s.anyArg, this.anyServiceIdx]);
+      this.cache.set(key, merged);
     }
-    this.byService.set(service, merged);
     return merged;
+  }
+
+  /** All rules that mention a service (any argument) or `*`, in policy order. */
+  rulesForService(service: string): readonly Rule[] {
+    const s = this.specific.get(service);
+    if (!s) return this.anyService;
+    return this.merge([s.anyArg, ...s.byArg.values(), this.anyServiceIdx]);
+  }
+
+  private merge(lists: ReadonlyArray<readonly number[]>): Rule[] {
+    return lists
+      .flat()
+      .sort((a, b) => a - b)
+      .map((i) => this.rules[i] as Rule);
   }
 
   /** Decide a request. Never throws for anything a caller sends. */
@@ -213,7 +247,7 @@ export class Policy {
     const r = resolveRequest(req, info);
     if ('result' in r) return r;
     const { request, target } = r;
-    const rules = this.rulesFor(request.service);
+    const rules = this.rulesFor(request.service, request.argument);
     const source = nameToken(request.source);
     for (const rule of rules) {
       if (!this.matchesButTarget(rule, request, source, info)) continue;
@@ -332,11 +366,7 @@ export class Policy {
       const rule = rules[i] as Rule;
       if (!this.matchesButTarget(rule, request, sourceTok, info)) continue;
       const tok = (rule.action.type !== 'deny' ? rule.action.target : null) ?? rule.target;
-      const expansion: string[] = [];
-      for (const t of expandToken(tok, info)) {
-        const n = uuidToName(info, t);
-        if (n !== undefined) expansion.push(n);
-      }
+      const expansion = expansionOf(tok, info);
       if (rule.action.type === 'deny') for (const t of expansion) targets.delete(t);
       else for (const t of expansion) targets.add(t);
     }
@@ -394,47 +424,71 @@ function pyBool(b: boolean): string {
 }
 
 /**
- * What the qrexec daemon is told for an allow (reference
- * AllowResolution.execute()): the reply lines, or a deny for a call the
- * reference refuses at this stage (loopback, RemoteVM without relay).
+ * The checks the reference makes only when it executes an allow: a call to
+ * the caller itself (loopback) and a RemoteVM without a usable relay are
+ * refused at the matched rule. Returns the deny, or null if the allow stands.
+ * @throws EvaluationCrash where the reference dies on unknown qubes.
  */
-export function allowReplyLines(allow: AllowDecision, info: SystemInfo): string[] | DenyDecision {
+function allowRefusal(allow: AllowDecision, info: SystemInfo): DenyDecision | null {
   const { request, target, rule } = allow;
+  if (request.source === target) return deny(request, rule, true, 'loopback qrexec connection not supported');
+  if (isDom0(target)) return null;
+  const d = info.domains.get(target.startsWith('@dispvm:') ? target.slice(8) : target);
+  if (d === undefined) throw new EvaluationCrash(`unknown target ${target}`);
+  if (d.type === 'RemoteVM' && !target.startsWith('@dispvm:')) {
+    if (!d.relayvm) return deny(request, rule, true, `${target}: relayvm is not set`);
+    if (!d.transport_rpc) return deny(request, rule, true, `${target}: transport RPC is not set`);
+    if (!info.domains.has(d.relayvm)) throw new EvaluationCrash(`unknown relay ${d.relayvm}`);
+  }
+  return null;
+}
+
+/**
+ * An allow carried through the checks of execution (see allowRefusal):
+ * the allow itself, or the deny the reference would answer.
+ */
+export function finalizeAllow(allow: AllowDecision, info: SystemInfo): AllowDecision | DenyDecision {
   try {
-    if (request.source === target) return deny(request, rule, true, 'loopback qrexec connection not supported');
-    const user = `user=${allow.user || 'DEFAULT'}`;
-    const auto = `autostart=${pyBool(allow.autostart)}`;
-    const requested = `requested_target=${request.intendedTarget}`;
-    const policySource = request.requestedSource ? [`policy_source=${request.source}`] : [];
-    if (isDom0(target)) return [user, 'result=allow', 'target=dom0', auto, requested];
-    if (target.startsWith('@dispvm:')) {
-      const d = info.domains.get(target.slice(8));
-      if (d === undefined) throw new EvaluationCrash(`unknown disposable template ${target}`);
-      return [user, 'result=allow', `target=${target}`, `target_uuid=@dispvm:uuid:${d.uuid}`, auto, requested, ...policySource];
-    }
-    const d = info.domains.get(target);
-    if (d === undefined) throw new EvaluationCrash(`unknown target ${target}`);
-    if (d.type === 'RemoteVM') {
-      if (!d.relayvm) return deny(request, rule, true, `${target}: relayvm is not set`);
-      if (!d.transport_rpc) return deny(request, rule, true, `${target}: transport RPC is not set`);
-      const relay = info.domains.get(d.relayvm);
-      if (relay === undefined) throw new EvaluationCrash(`unknown relay ${d.relayvm}`);
-      return [
-        'user=DEFAULT',
-        'result=allow',
-        `target=${d.relayvm}`,
-        `target_uuid=uuid:${relay.uuid}`,
-        auto,
-        requested,
-        `service=${d.transport_rpc}+${request.intendedTarget}+${request.service}${request.argument}`,
-        ...policySource,
-      ];
-    }
-    return [user, 'result=allow', `target=${target}`, `target_uuid=uuid:${d.uuid}`, auto, requested, ...policySource];
+    return allowRefusal(allow, info) ?? allow;
   } catch (e) {
-    if (e instanceof EvaluationCrash) return deny(request, null, false, `evaluation failed: ${e.message}`);
+    if (e instanceof EvaluationCrash) return deny(allow.request, null, false, `evaluation failed: ${e.message}`);
     throw e;
   }
+}
+
+/**
+ * What the qrexec daemon is told for an allow (reference
+ * AllowResolution.execute()): the reply lines, or a deny for a call the
+ * reference refuses at this stage (see allowRefusal).
+ */
+export function allowReplyLines(allow: AllowDecision, info: SystemInfo): string[] | DenyDecision {
+  const final = finalizeAllow(allow, info);
+  if (final.result === 'deny') return final;
+  const { request, target } = allow;
+  const user = `user=${allow.user || 'DEFAULT'}`;
+  const auto = `autostart=${pyBool(allow.autostart)}`;
+  const requested = `requested_target=${request.intendedTarget}`;
+  const policySource = request.requestedSource ? [`policy_source=${request.source}`] : [];
+  if (isDom0(target)) return [user, 'result=allow', 'target=dom0', auto, requested];
+  if (target.startsWith('@dispvm:')) {
+    const d = info.domains.get(target.slice(8)) as DomainInfo;
+    return [user, 'result=allow', `target=${target}`, `target_uuid=@dispvm:uuid:${d.uuid}`, auto, requested, ...policySource];
+  }
+  const d = info.domains.get(target) as DomainInfo;
+  if (d.type === 'RemoteVM') {
+    const relay = info.domains.get(d.relayvm as string) as DomainInfo;
+    return [
+      'user=DEFAULT',
+      'result=allow',
+      `target=${d.relayvm}`,
+      `target_uuid=uuid:${relay.uuid}`,
+      auto,
+      requested,
+      `service=${d.transport_rpc}+${request.intendedTarget}+${request.service}${request.argument}`,
+      ...policySource,
+    ];
+  }
+  return [user, 'result=allow', `target=${target}`, `target_uuid=uuid:${d.uuid}`, auto, requested, ...policySource];
 }
 
 /** Is the target of an allow a RemoteVM (reached through its relay)? */

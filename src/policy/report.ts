@@ -3,7 +3,7 @@
  * qrexec-policy-eval in the README): one JSON object per request.
  */
 import { basename } from './paths.js';
-import { allowReplyLines, isRemoteTarget, type Decision, type Policy, type PolicyRequest } from './policy.js';
+import { finalizeAllow, isRemoteTarget, type Decision, type Policy, type PolicyRequest } from './policy.js';
 import type { Rule } from './rule.js';
 import { isDom0, type SystemInfo } from './system-info.js';
 
@@ -32,9 +32,7 @@ export function ruleLabel(rule: Rule): string {
  */
 export function decide(policy: Policy, req: PolicyRequest, info: SystemInfo): Decision {
   const d = policy.evaluate(req, info);
-  if (d.result !== 'allow') return d;
-  const lines = allowReplyLines(d, info);
-  return Array.isArray(lines) ? d : lines;
+  return d.result === 'allow' ? finalizeAllow(d, info) : d;
 }
 
 export function decisionToJson(d: Decision, info: SystemInfo): DecisionJson {

@@ -4,7 +4,7 @@
  * reference's Rule class, including the order in which problems are found.
  */
 import { PolicySyntaxError, pyRepr } from './errors.js';
-import { parseToken, type Position, type Token } from './tokens.js';
+import { parseToken, type Position, type Token, type TokenContext } from './tokens.js';
 
 /** Characters legal in service names and arguments (reference RPCNAME_ALLOWED_CHARSET). */
 const RPCNAME_CHAR = /^[A-Za-z0-9+\-._]*$/;
@@ -94,19 +94,31 @@ export function validateServiceAndArgument(
   return { service: svc, argument: arg };
 }
 
-const ACTION_PARAMS: Record<Action['type'], ReadonlySet<string>> = {
-  deny: new Set(['notify']),
-  allow: new Set(['target', 'user', 'notify', 'autostart']),
-  ask: new Set(['target', 'default_target', 'user', 'notify', 'autostart']),
-};
-
 const ACTION_CLASS: Record<Action['type'], string> = { deny: 'Deny', allow: 'Allow', ask: 'Ask' };
 
 function pyList(items: readonly string[]): string {
   return `[${items.map(pyRepr).join(', ')}]`;
 }
 
-/** Build a rule from its already-split columns. */
+/** Token objects shared within one load: identical tokens are one object. */
+export type TokenCache = Map<string, Token>;
+
+function token(text: string, ctx: TokenContext, pos: Position, cache: TokenCache | undefined): Token {
+  if (!cache) return parseToken(text, ctx, pos);
+  const key = ctx + '\0' + text;
+  let t = cache.get(key);
+  if (!t) cache.set(key, (t = parseToken(text, ctx, pos)));
+  return t;
+}
+
+function yesNo(key: string, v: string | undefined, pos: Position): boolean | undefined {
+  if (v === undefined) return undefined;
+  if (v === 'yes') return true;
+  if (v === 'no') return false;
+  throw new PolicySyntaxError(pos.file, pos.line, `${pyRepr(key)} is ${pyRepr(v)}, but can be only 'yes' or 'no'`);
+}
+
+/** Build a rule from its already-split columns, checking in the reference's order. */
 export function makeRule(
   fields: {
     service: string | null;
@@ -118,63 +130,58 @@ export function makeRule(
   },
   text: string,
   pos: Position,
+  cache?: TokenCache,
 ): Rule {
   const { service, argument } = validateServiceAndArgument(fields.service, fields.argument, pos);
-  const source = parseToken(fields.source, 'source', pos);
-  const target = parseToken(fields.target, 'target', pos);
+  const source = token(fields.source, 'source', pos, cache);
+  const target = token(fields.target, 'target', pos, cache);
   const type = fields.action;
   if (type !== 'allow' && type !== 'deny' && type !== 'ask') {
     throw new PolicySyntaxError(pos.file, pos.line, `invalid action: ${type}`);
   }
-  const kw = new Map<string, string>();
+  let pTarget: string | undefined;
+  let pDefault: string | undefined;
+  let pUser: string | undefined;
+  let pNotify: string | undefined;
+  let pAutostart: string | undefined;
+  let unknown = false;
+  const seen: string[] = [];
   for (const param of fields.params) {
     const eq = param.indexOf('=');
     if (eq < 0) {
       throw new PolicySyntaxError(pos.file, pos.line, `invalid action parameter syntax: ${pyRepr(param)}`);
     }
     const key = param.slice(0, eq);
-    if (kw.has(key)) throw new PolicySyntaxError(pos.file, pos.line, `parameter given twice: ${pyRepr(key)}`);
-    kw.set(key, param.slice(eq + 1));
+    if (seen.includes(key)) throw new PolicySyntaxError(pos.file, pos.line, `parameter given twice: ${pyRepr(key)}`);
+    seen.push(key);
+    const value = param.slice(eq + 1);
+    if (key === 'notify') pNotify = value;
+    else if (key === 'autostart') pAutostart = value;
+    else if (key === 'target' && type !== 'deny') pTarget = value;
+    else if (key === 'user' && type !== 'deny') pUser = value;
+    else if (key === 'default_target' && type === 'ask') pDefault = value;
+    else unknown = true;
   }
-  const bools = new Map<string, boolean>();
-  for (const key of ['notify', 'autostart']) {
-    const v = kw.get(key);
-    if (v === undefined) continue;
-    if (v !== 'yes' && v !== 'no') {
-      throw new PolicySyntaxError(
-        pos.file,
-        pos.line,
-        `${pyRepr(key)} is ${pyRepr(v)}, but can be only 'yes' or 'no'`,
-      );
-    }
-    bools.set(key, v === 'yes');
-  }
-  for (const key of kw.keys()) {
-    if (!ACTION_PARAMS[type].has(key)) {
-      throw new PolicySyntaxError(
-        pos.file,
-        pos.line,
-        `invalid parameters for action ${ACTION_CLASS[type]}: ${pyList(fields.params)}`,
-      );
-    }
+  const notify = yesNo('notify', pNotify, pos);
+  const autostart = yesNo('autostart', pAutostart, pos);
+  if (unknown || (type === 'deny' && autostart !== undefined)) {
+    throw new PolicySyntaxError(
+      pos.file,
+      pos.line,
+      `invalid parameters for action ${ACTION_CLASS[type]}: ${pyList(fields.params)}`,
+    );
   }
   let action: Action;
   if (type === 'deny') {
-    action = { type, notify: bools.get('notify') ?? true };
+    action = { type, notify: notify ?? true };
   } else {
-    const t = kw.get('target');
-    const redirect = t === undefined ? null : parseToken(t, 'redirect', pos);
-    const common = {
-      target: redirect,
-      user: kw.get('user') ?? null,
-      notify: bools.get('notify') ?? false,
-      autostart: bools.get('autostart') ?? true,
-    };
+    const redirect = pTarget === undefined ? null : token(pTarget, 'redirect', pos, cache);
+    const user = pUser ?? null;
     if (type === 'allow') {
-      action = { type, ...common };
+      action = { type, target: redirect, user, notify: notify ?? false, autostart: autostart ?? true };
     } else {
-      const d = kw.get('default_target');
-      action = { type, ...common, defaultTarget: d === undefined ? null : parseToken(d, 'redirect', pos) };
+      const defaultTarget = pDefault === undefined ? null : token(pDefault, 'redirect', pos, cache);
+      action = { type, target: redirect, defaultTarget, user, notify: notify ?? false, autostart: autostart ?? true };
     }
   }
   if (target.kind === 'default' && action.type === 'allow' && action.target === null) {
@@ -184,10 +191,10 @@ export function makeRule(
 }
 
 /** Fields of a line, split like Python's str.split() (see lines.ts). */
-export function ruleFromFields(words: readonly string[], text: string, pos: Position): Rule {
+export function ruleFromFields(words: readonly string[], text: string, pos: Position, cache?: TokenCache): Rule {
   if (words.length < 5) throw new PolicySyntaxError(pos.file, pos.line, 'wrong number of fields');
-  const [service, argument, source, target, action, ...params] = words as [string, string, string, string, string, ...string[]];
-  return makeRule({ service, argument, source, target, action, params }, text, pos);
+  const [service, argument, source, target, action] = words as [string, string, string, string, string];
+  return makeRule({ service, argument, source, target, action, params: words.slice(5) }, text, pos, cache);
 }
 
 /**
@@ -200,6 +207,7 @@ export function ruleFromServiceFields(
   words: readonly string[],
   text: string,
   pos: Position,
+  cache?: TokenCache,
 ): Rule {
   if (words.length < 3) throw new PolicySyntaxError(pos.file, pos.line, 'wrong number of fields');
   const [source, target, ...rest] = words as [string, string, ...string[]];
@@ -209,5 +217,6 @@ export function ruleFromServiceFields(
     { service: service ?? '*', argument: argument ?? '*', source, target, action, params },
     text,
     pos,
+    cache,
   );
 }
