@@ -296,7 +296,7 @@ export function explain(policy: Policy, req: PolicyRequest, info: SystemInfo): E
   if (resolved.relayvm !== null) {
     notes.push(`the call is relayed by ${pyRepr(resolved.relayvm)} on behalf of ${pyRepr(resolved.source)}, so the policy sees source ${pyRepr(resolved.source)}`);
   }
-  const rules = policy.rulesFor(resolved.service);
+  const rules = policy.rulesForService(resolved.service);
   try {
     for (const r of rules) {
       const miss = firstMismatch(r, resolved, target, info);
@@ -326,7 +326,7 @@ export function explain(policy: Policy, req: PolicyRequest, info: SystemInfo): E
     notes.push(`default_target=${action.defaultTarget.text} is not among the choices, so there is no default`);
   }
   // The engine is authoritative; say so if this re-trace ever disagrees with it.
-  const engineRule = decision.result === 'deny' ? decision.rule : decision.rule;
+  const engineRule = decision.rule;
   if (engineRule !== null && engineRule !== rule) {
     notes.push(`internal: the engine matched ${ruleLabel(engineRule)}, this explanation found ${rule ? ruleLabel(rule) : 'none'}`);
   }
@@ -421,7 +421,7 @@ export function formatExplanation(x: Explanation): string {
     out.push(`${what} for ${r?.service ?? svc} (or *) that did not match (${x.misses.length}):`);
     for (const m of x.misses) {
       out.push(`  ${where(m.rule)}: ${ruleText(m.rule)}`);
-      out.push(`      ${m.column}: ${m.why}`);
+      out.push(`      no match: ${m.why}`);
     }
   }
   if (x.ask) {
