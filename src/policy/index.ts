@@ -36,3 +36,4 @@ export { decide, decisionToJson, parseRequestJson, ruleLabel, type DecisionJson 
 export { lintPolicyText, formatDiagnostic, includePathProblem, type LintDiagnostic, type LintOptions } from './lint.js';
 export { explain, explanationToJson, formatExplanation, type Explanation, type RuleMiss, type RuleColumn, type AskStep, type AskTrace } from './explain.js';
 export { convertLegacy, isLegacyPolicyFile, LegacyConvertError, type LegacyConvertOptions, type LegacyConversion } from './legacy-convert.js';
+export { policyGraph, validateGraphOptions, GraphOptionError, type GraphOptions } from './graph.js';

@@ -8,7 +8,7 @@
 import { PolicySyntaxError } from './errors.js';
 import { decodeText, pySplitStripped, pyStrip, splitLines } from './lines.js';
 import { basename, join, suffix } from './paths.js';
-import { ruleFromFields, ruleFromServiceFields, validateServiceAndArgument, makeRule, type Rule, type TokenCache } from './rule.js';
+import { ruleFromFields, ruleFromServiceFields, validateServiceAndArgument, makeRule, type Rule, type TokenCache, newTokenCache } from './rule.js';
 import type { Position } from './tokens.js';
 
 /** A directory entry; `isFile`/`isDir` follow symlinks (as pathlib does). */
@@ -75,7 +75,7 @@ function byteOrder(a: string, b: string): number {
 
 class Loader {
   readonly rules: Rule[] = [];
-  private readonly tokens: TokenCache = new Map();
+  private readonly tokens: TokenCache = newTokenCache();
   /** Files being read, innermost last, to refuse include loops. */
   private readonly stack: string[] = [];
   /** Directory of the top-level file being loaded; relative includes resolve against it. */

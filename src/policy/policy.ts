@@ -139,22 +139,49 @@ function resolveRequest(
   };
 }
 
-/** Expansions by token text, per system info (an ask evaluates them over and over). */
-const expansions = new WeakMap<SystemInfo, Map<string, readonly string[]>>();
+/**
+ * Every string a token expansion can yield for one system info (names,
+ * `@dispvm:NAME`, `@dispvm`, `@adminvm`), numbered, so that an ask's
+ * candidate set is a bit set and each rule costs a few word operations.
+ */
+interface Universe {
+  readonly list: readonly string[];
+  readonly index: ReadonlyMap<string, number>;
+  readonly words: number;
+  /** Expansion masks by token text. */
+  readonly masks: Map<string, Uint32Array>;
+}
 
-/** expandToken() with uuids turned into names, as collect_targets_for_ask uses it; cached. */
-function expansionOf(tok: Token, info: SystemInfo): readonly string[] {
-  let m = expansions.get(info);
-  if (!m) expansions.set(info, (m = new Map()));
-  const cached = m.get(tok.text);
+const universes = new WeakMap<SystemInfo, Universe>();
+
+function universeOf(info: SystemInfo): Universe {
+  let u = universes.get(info);
+  if (u) return u;
+  const list: string[] = ['@dispvm', '@adminvm'];
+  for (const name of info.names) {
+    list.push(name);
+    if (info.domains.get(name)?.template_for_dispvms) list.push('@dispvm:' + name);
+  }
+  const index = new Map(list.map((t, i) => [t, i] as const));
+  u = { list, index, words: (list.length + 31) >>> 5, masks: new Map() };
+  universes.set(info, u);
+  return u;
+}
+
+/** expandToken() with uuids turned into names, as collect_targets_for_ask uses it, as a bit set; cached. */
+function expansionMask(tok: Token, info: SystemInfo, u: Universe): Uint32Array {
+  const cached = u.masks.get(tok.text);
   if (cached) return cached;
-  const out: string[] = [];
+  const mask = new Uint32Array(u.words);
   for (const t of expandToken(tok, info)) {
     const n = uuidToName(info, t);
-    if (n !== undefined) out.push(n);
+    if (n === undefined) continue;
+    const i = u.index.get(n);
+    if (i === undefined) throw new EvaluationCrash(`expansion ${n} outside the universe`);
+    mask[i >>> 5] = (mask[i >>> 5] as number) | (1 << (i & 31));
   }
-  m.set(tok.text, out);
-  return out;
+  u.masks.set(tok.text, mask);
+  return mask;
 }
 
 /** May this target be used without starting it? (reference allow_no_autostart) */
@@ -171,10 +198,11 @@ function runsWithoutAutostart(target: string, info: SystemInfo): boolean {
  * a request only looks at rules for its service and `*` rules.
  */
 export class Policy {
-  /** Merged candidate lists, cached per service (and per service+argument where rules name that argument). */
-  private readonly cache = new Map<string, readonly Rule[]>();
-  /** Positions of rules naming a service, split by argument (null = any argument). */
-  private readonly specific = new Map<string, { anyArg: number[]; byArg: Map<string, number[]> }>();
+  /** Positions of rules naming a service, split by argument (null = any argument), with merged lists cached. */
+  private readonly specific = new Map<
+    string,
+    { anyArg: number[]; byArg: Map<string, number[]>; merged?: readonly Rule[]; mergedByArg: Map<string, readonly Rule[]> }
+  >();
   /** Positions of `*` service rules. */
   private readonly anyServiceIdx: number[] = [];
   private readonly anyService: readonly Rule[];
@@ -187,7 +215,7 @@ export class Policy {
         continue;
       }
       let s = this.specific.get(r.service);
-      if (!s) this.specific.set(r.service, (s = { anyArg: [], byArg: new Map() }));
+      if (!s) this.specific.set(r.service, (s = { anyArg: [], byArg: new Map(), mergedByArg: new Map() }));
       if (r.argument === null) {
         s.anyArg.push(i);
       } else {
@@ -208,12 +236,9 @@ export class Policy {
     const s = this.specific.get(service);
     if (!s) return this.anyService;
     const withArg = argument !== undefined ? s.byArg.get(argument) : undefined;
-    const key = withArg ? `${service}\0${argument}` : service;
-    let merged = this.cache.get(key);
-    if (!merged) {
-      merged = this.merge(withArg ? [s.anyArg, withArg, this.anyServiceIdx] : [s.anyArg, this.anyServiceIdx]);
-      this.cache.set(key, merged);
-    }
+    if (withArg === undefined) return (s.merged ??= this.merge([s.anyArg, this.anyServiceIdx]));
+    let merged = s.mergedByArg.get(argument as string);
+    if (!merged) s.mergedByArg.set(argument as string, (merged = this.merge([s.anyArg, withArg, this.anyServiceIdx])));
     return merged;
   }
 
@@ -254,7 +279,7 @@ export class Policy {
       if (!matchToken(rule.target, target, info, request.source)) continue;
       switch (rule.action.type) {
         case 'deny':
-          return deny(request, rule, rule.action.notify, `denied by policy ${ruleName(rule)}`);
+          return deny(request, rule, rule.action.notify, 'denied by policy');
         case 'allow':
           return this.allow(rule, rule.action, request, target, info);
         case 'ask':
@@ -355,7 +380,8 @@ export class Policy {
     sourceTok: Token,
     info: SystemInfo,
   ): Set<string> {
-    const targets = new Set<string>();
+    const u = universeOf(info);
+    const acc = new Uint32Array(u.words);
     const source = request.source;
     const srcInfo = info.domains.get(source);
     if (srcInfo === undefined) throw new EvaluationCrash(`unknown source ${source}`);
@@ -366,10 +392,12 @@ export class Policy {
       const rule = rules[i] as Rule;
       if (!this.matchesButTarget(rule, request, sourceTok, info)) continue;
       const tok = (rule.action.type !== 'deny' ? rule.action.target : null) ?? rule.target;
-      const expansion = expansionOf(tok, info);
-      if (rule.action.type === 'deny') for (const t of expansion) targets.delete(t);
-      else for (const t of expansion) targets.add(t);
+      const mask = expansionMask(tok, info, u);
+      if (rule.action.type === 'deny') for (let w = 0; w < acc.length; w++) acc[w] = (acc[w] as number) & ~(mask[w] as number);
+      else for (let w = 0; w < acc.length; w++) acc[w] = (acc[w] as number) | (mask[w] as number);
     }
+    const targets = new Set<string>();
+    for (let i = 0; i < u.list.length; i++) if (((acc[i >>> 5] as number) >>> (i & 31)) & 1) targets.add(u.list[i] as string);
     if (targets.delete('@dispvm')) {
       const t = dispvmTemplateFor(source, info);
       if (t !== null) targets.add(t.text);

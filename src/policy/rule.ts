@@ -100,14 +100,18 @@ function pyList(items: readonly string[]): string {
   return `[${items.map(pyRepr).join(', ')}]`;
 }
 
-/** Token objects shared within one load: identical tokens are one object. */
-export type TokenCache = Map<string, Token>;
+/** Token objects shared within one load, per context: identical tokens are one object. */
+export type TokenCache = Record<TokenContext, Map<string, Token>>;
+
+export function newTokenCache(): TokenCache {
+  return { source: new Map(), target: new Map(), redirect: new Map(), intendedtarget: new Map() };
+}
 
 function token(text: string, ctx: TokenContext, pos: Position, cache: TokenCache | undefined): Token {
   if (!cache) return parseToken(text, ctx, pos);
-  const key = ctx + '\0' + text;
-  let t = cache.get(key);
-  if (!t) cache.set(key, (t = parseToken(text, ctx, pos)));
+  const m = cache[ctx];
+  let t = m.get(text);
+  if (!t) m.set(text, (t = parseToken(text, ctx, pos)));
   return t;
 }
 
