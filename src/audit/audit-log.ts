@@ -1,25 +1,34 @@
 /**
- * The decision audit log: every policy decision the daemon makes, in an
- * SQLite database (better-sqlite3, WAL mode) so that it can be queried
- * (bin/qrexec-audit) and survives the daemon being killed.
+ * The decision audit log: every policy decision the daemon makes, kept in
+ * an SQLite database (better-sqlite3, WAL mode) so that it can be queried
+ * (bin/qrexec-audit), and durable before the daemon replies.
  *
- * Durability: {@link AuditLog.append} queues a record and calls back once
- * the transaction holding it has committed; the daemon sends its reply only
- * then, so an acknowledged decision is always in the log. Records that
- * arrive in the same event-loop turn share one transaction (group commit),
- * which keeps the cost per decision low under load without weakening that
- * rule. With `synchronous=NORMAL` (the default) a commit survives the daemon
- * being killed (the WAL is written before the callback); `full` also fsyncs
- * the WAL at each commit, surviving power loss at a higher cost per batch.
+ * Write path. An SQLite commit costs 15-45 µs here (more with fsync), as
+ * much as a whole decision, so the hot path does not commit. Instead:
+ * 1. {@link AuditLog.append} queues the record; records queued in the same
+ *    event-loop turn are written together, with one write(2), as JSON lines
+ *    to a journal file next to the database (`DB-journal.N`);
+ * 2. then their callbacks run — the daemon replies only now, so every
+ *    acknowledged decision is on disk (in the page cache: it survives the
+ *    daemon being killed; with `sync: 'full'` the journal is also fdatasync'ed,
+ *    surviving power loss);
+ * 3. a worker thread inserts the same records into SQLite in batches (its
+ *    own connection, one transaction per batch), and reports how far it got;
+ *    a journal segment is deleted once all its records are in SQLite.
+ * At start, records left in journal segments by a killed daemon are
+ * inserted (INSERT OR IGNORE on the record id, so a record is never
+ * duplicated) before anything else happens. Readers (queryAudit) merge the
+ * database with the journal, so they see every acknowledged decision.
  *
  * Retention: rows beyond `maxRows`, and rows older than `maxAgeDays`, are
- * deleted by a periodic prune; freed pages are returned to the file
- * system (auto_vacuum=INCREMENTAL), and the WAL file is truncated to
- * `journal_size_limit`. This bounds the size on disk.
+ * deleted by the worker periodically; freed pages go back to the file
+ * system (auto_vacuum=INCREMENTAL) and the WAL is truncated, which bounds
+ * the size on disk.
  */
 import Database from 'better-sqlite3';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
 
 /** One decision. */
 export interface AuditRecord {
@@ -55,15 +64,17 @@ export interface AuditOptions {
   readonly path: string;
   /** `normal` (survives a daemon crash) or `full` (also power loss). Default normal. */
   readonly sync?: 'normal' | 'full';
-  /** Keep at most this many rows (default 1,000,000). */
+  /** Keep at most this many rows (default 1,000,000; 0 = no limit). */
   readonly maxRows?: number;
   /** Delete rows older than this many days (default 90; 0 = keep). */
   readonly maxAgeDays?: number;
   /** Prune every so many milliseconds (default 60,000). */
   readonly pruneIntervalMs?: number;
+  /** Start a new journal segment after this many records (default 20,000). */
+  readonly segmentRecords?: number;
 }
 
-const SCHEMA = `
+export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS decisions (
   id INTEGER PRIMARY KEY,
   time_ms INTEGER NOT NULL,
@@ -85,71 +96,182 @@ CREATE TABLE IF NOT EXISTS decisions (
 CREATE INDEX IF NOT EXISTS decisions_time ON decisions(time_ms);
 `;
 
+/** A journal line: the record's id, then its fields in column order. */
+export type JournalRow = [
+  number,
+  number,
+  string,
+  string,
+  string,
+  string | null,
+  string,
+  string | null,
+  string,
+  string,
+  string,
+  string,
+  string | null,
+  string | null,
+  string | null,
+  number,
+];
+
+export const INSERT_SQL = `INSERT OR IGNORE INTO decisions (id, time_ms, client, mode, source, requested_source,
+  intended_target, target, service, argument, action, result, rule, ask_answer, reason, duration_us)
+  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`;
+
+/** Open (creating if needed) the database with our settings. */
+export function openAuditDb(file: string, sync: 'normal' | 'full'): Database.Database {
+  const db = new Database(file);
+  db.pragma('auto_vacuum = INCREMENTAL'); // only effective before the first table exists
+  db.pragma('journal_mode = WAL');
+  db.pragma(`synchronous = ${sync === 'full' ? 'FULL' : 'NORMAL'}`);
+  db.pragma('journal_size_limit = 16777216');
+  db.pragma('busy_timeout = 5000');
+  db.exec(SCHEMA);
+  return db;
+}
+
+/** Journal segment files of a database, oldest first. */
+export function journalSegments(dbPath: string): string[] {
+  const dir = path.dirname(path.resolve(dbPath));
+  const prefix = path.basename(dbPath) + '-journal.';
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return [];
+  }
+  return names
+    .filter((n) => n.startsWith(prefix) && /^\d+$/.test(n.slice(prefix.length)))
+    .sort((a, b) => Number(a.slice(prefix.length)) - Number(b.slice(prefix.length)))
+    .map((n) => path.join(dir, n));
+}
+
+/** Rows of a journal segment; a torn last line (killed mid-write) is skipped. */
+export function readJournal(file: string): JournalRow[] {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    return [];
+  }
+  const rows: JournalRow[] = [];
+  for (const line of text.split('\n')) {
+    if (line === '') continue;
+    try {
+      const r = JSON.parse(line) as unknown;
+      if (Array.isArray(r) && r.length === 16 && typeof r[0] === 'number') rows.push(r as JournalRow);
+    } catch {
+      // torn line
+    }
+  }
+  return rows;
+}
+
+function toRow(id: number, r: AuditRecord): JournalRow {
+  return [
+    id,
+    r.timeMs,
+    r.client,
+    r.mode,
+    r.source,
+    r.requestedSource,
+    r.intendedTarget,
+    r.target,
+    r.service,
+    r.argument,
+    r.action,
+    r.result,
+    r.rule,
+    r.askAnswer,
+    r.reason,
+    Math.round(r.durationUs),
+  ];
+}
+
 type Waiter = (err: Error | null) => void;
 
-/** An open audit log. Not thread-safe; one writer (the daemon). */
+interface Segment {
+  readonly file: string;
+  readonly fd: number;
+  lastId: number;
+  count: number;
+}
+
+/** An open audit log (one writer: the daemon). */
 export class AuditLog {
-  private readonly db: Database.Database;
-  private readonly insert: Database.Statement;
-  private readonly insertBatch: (records: readonly AuditRecord[]) => void;
+  private readonly dbPath: string;
+  private readonly sync: 'normal' | 'full';
+  private nextId: number;
   private queue: AuditRecord[] = [];
   private waiters: Waiter[] = [];
   private scheduled = false;
-  private readonly pruneTimer: NodeJS.Timeout | null;
-  private readonly maxRows: number;
-  private readonly maxAgeDays: number;
+  private seg: Segment;
+  private segNo: number;
+  /** Closed segments waiting for the worker to ingest them. */
+  private readonly retired: Segment[] = [];
+  private readonly worker: Worker;
+  private ingestedThrough = 0;
+  private readonly segmentRecords: number;
   private closed = false;
+  private readonly idleWaiters: (() => void)[] = [];
+  private toIngest: JournalRow[] = [];
+  private ingestTimer: NodeJS.Timeout | null = null;
 
   constructor(opts: AuditOptions) {
-    fs.mkdirSync(path.dirname(path.resolve(opts.path)), { recursive: true, mode: 0o750 });
-    const db = new Database(opts.path);
-    this.db = db;
-    // auto_vacuum only takes effect before the first table exists.
-    db.pragma('auto_vacuum = INCREMENTAL');
-    db.pragma('journal_mode = WAL');
-    db.pragma(`synchronous = ${opts.sync === 'full' ? 'FULL' : 'NORMAL'}`);
-    db.pragma('journal_size_limit = 16777216');
-    db.pragma('busy_timeout = 5000');
-    db.exec(SCHEMA);
-    this.insert = db.prepare(
-      `INSERT INTO decisions (time_ms, client, mode, source, requested_source, intended_target, target,
-        service, argument, action, result, rule, ask_answer, reason, duration_us)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-    );
-    const insert = this.insert;
-    this.insertBatch = db.transaction((records: readonly AuditRecord[]) => {
-      for (const r of records) {
-        insert.run(
-          r.timeMs,
-          r.client,
-          r.mode,
-          r.source,
-          r.requestedSource,
-          r.intendedTarget,
-          r.target,
-          r.service,
-          r.argument,
-          r.action,
-          r.result,
-          r.rule,
-          r.askAnswer,
-          r.reason,
-          Math.round(r.durationUs),
-        );
+    this.dbPath = path.resolve(opts.path);
+    this.sync = opts.sync ?? 'normal';
+    this.segmentRecords = opts.segmentRecords ?? 20_000;
+    fs.mkdirSync(path.dirname(this.dbPath), { recursive: true, mode: 0o750 });
+    // Recover what a previous daemon acknowledged but did not ingest.
+    const db = openAuditDb(this.dbPath, this.sync);
+    try {
+      const leftovers = journalSegments(this.dbPath);
+      if (leftovers.length > 0) {
+        const insert = db.prepare(INSERT_SQL);
+        const ingest = db.transaction((rows: JournalRow[]) => {
+          for (const r of rows) insert.run(...r);
+        });
+        for (const f of leftovers) {
+          ingest(readJournal(f));
+          fs.unlinkSync(f);
+        }
       }
+      const max = (db.prepare('SELECT max(id) AS m FROM decisions').get() as { m: number | null }).m ?? 0;
+      this.nextId = max + 1;
+      this.ingestedThrough = max;
+    } finally {
+      db.close();
+    }
+    this.segNo = 1;
+    this.seg = this.openSegment();
+    this.worker = new Worker(new URL('./ingest-worker.js', import.meta.url), {
+      workerData: {
+        path: this.dbPath,
+        sync: this.sync,
+        maxRows: opts.maxRows ?? 1_000_000,
+        maxAgeDays: opts.maxAgeDays ?? 90,
+        pruneIntervalMs: opts.pruneIntervalMs ?? 60_000,
+      },
     });
-    this.maxRows = opts.maxRows ?? 1_000_000;
-    this.maxAgeDays = opts.maxAgeDays ?? 90;
-    const every = opts.pruneIntervalMs ?? 60_000;
-    this.pruneTimer = every > 0 ? setInterval(() => this.safePrune(), every) : null;
-    this.pruneTimer?.unref();
-    this.safePrune();
+    this.worker.on('message', (m: { through: number }) => this.ingested(m.through));
+    this.worker.on('error', () => {
+      // The journal still holds everything; the next start ingests it.
+    });
+    this.worker.unref();
+  }
+
+  private openSegment(): Segment {
+    const file = `${this.dbPath}-journal.${this.segNo}`;
+    const fd = fs.openSync(file, 'a', 0o640);
+    return { file, fd, lastId: 0, count: 0 };
   }
 
   /**
-   * Queue a record; `done` is called once it is committed (err null), or
-   * with the error if it could not be written — the caller must then not
-   * report an allow.
+   * Queue a record; `done` is called once it is on disk (err null), or with
+   * the error if it could not be written — the caller must then not report
+   * an allow.
    */
   append(record: AuditRecord, done: Waiter): void {
     if (this.closed) {
@@ -164,7 +286,7 @@ export class AuditLog {
     }
   }
 
-  /** Write everything queued now, in one transaction. */
+  /** Write everything queued now (one write), then release the callbacks. */
   flush(): void {
     this.scheduled = false;
     if (this.queue.length === 0) return;
@@ -173,48 +295,88 @@ export class AuditLog {
     this.queue = [];
     this.waiters = [];
     let err: Error | null = null;
+    const rows: JournalRow[] = [];
     try {
-      this.insertBatch(records);
+      let text = '';
+      for (const r of records) {
+        const row = toRow(this.nextId++, r);
+        rows.push(row);
+        text += JSON.stringify(row) + '\n';
+      }
+      fs.writeSync(this.seg.fd, text);
+      if (this.sync === 'full') fs.fdatasyncSync(this.seg.fd);
+      this.seg.lastId = (rows[rows.length - 1] as JournalRow)[0];
+      this.seg.count += rows.length;
     } catch (e) {
       err = e instanceof Error ? e : new Error(String(e));
     }
     for (const w of waiters) w(err);
+    if (err === null) {
+      // Hand rows to the worker in batches: one message every few ms, not one per turn.
+      for (const r of rows) this.toIngest.push(r);
+      if (this.ingestTimer === null) this.ingestTimer = setTimeout(() => this.postIngest(), 5);
+      if (this.seg.count >= this.segmentRecords) this.rotate();
+    }
   }
 
-  /** Apply the retention settings now. Returns the number of rows deleted. */
-  prune(): number {
-    let deleted = 0;
-    if (this.maxAgeDays > 0) {
-      const cutoff = Date.now() - this.maxAgeDays * 86_400_000;
-      deleted += this.db.prepare('DELETE FROM decisions WHERE time_ms < ?').run(cutoff).changes;
-    }
-    if (this.maxRows > 0) {
-      const row = this.db.prepare('SELECT max(id) AS m FROM decisions').get() as { m: number | null };
-      if (row.m !== null) {
-        deleted += this.db.prepare('DELETE FROM decisions WHERE id <= ?').run(row.m - this.maxRows).changes;
+  private postIngest(): void {
+    if (this.ingestTimer !== null) clearTimeout(this.ingestTimer);
+    this.ingestTimer = null;
+    if (this.toIngest.length === 0) return;
+    this.worker.postMessage(this.toIngest);
+    this.toIngest = [];
+  }
+
+  private rotate(): void {
+    this.postIngest();
+    fs.closeSync(this.seg.fd);
+    this.retired.push(this.seg);
+    this.segNo++;
+    this.seg = this.openSegment();
+  }
+
+  private ingested(through: number): void {
+    this.ingestedThrough = through;
+    while (this.retired.length > 0 && (this.retired[0] as Segment).lastId <= through) {
+      const s = this.retired.shift() as Segment;
+      try {
+        fs.unlinkSync(s.file);
+      } catch {
+        // already gone
       }
     }
-    if (deleted > 0) {
-      this.db.pragma('incremental_vacuum');
-      this.db.pragma('wal_checkpoint(TRUNCATE)');
-    }
-    return deleted;
+    if (this.idle) for (const f of this.idleWaiters.splice(0)) f();
   }
 
-  private safePrune(): void {
-    try {
-      this.prune();
-    } catch {
-      // A failed prune costs only disk space; the next run retries.
-    }
+  private get idle(): boolean {
+    return this.queue.length === 0 && this.ingestedThrough >= this.nextId - 1;
   }
 
-  /** Flush, then close the database. */
-  close(): void {
+  /** Resolves once every appended record is in SQLite (tests, shutdown). */
+  settled(): Promise<void> {
+    this.flush();
+    this.postIngest();
+    if (this.idle) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Flush, wait for ingestion, stop the worker, drop the journal. */
+  async close(): Promise<void> {
     if (this.closed) return;
     this.flush();
     this.closed = true;
-    if (this.pruneTimer) clearInterval(this.pruneTimer);
-    this.db.close();
+    this.worker.ref();
+    await Promise.race([this.settled(), new Promise((r) => setTimeout(r, 5000))]);
+    await this.worker.terminate();
+    fs.closeSync(this.seg.fd);
+    if (this.ingestedThrough >= this.nextId - 1) {
+      for (const s of [...this.retired, this.seg]) {
+        try {
+          fs.unlinkSync(s.file);
+        } catch {
+          // gone
+        }
+      }
+    }
   }
 }

@@ -3,6 +3,7 @@
  * it can run while the daemon writes.
  */
 import Database from 'better-sqlite3';
+import { journalSegments, readJournal, type JournalRow } from './audit-log.js';
 
 export interface AuditFilter {
   readonly source?: string | undefined;
@@ -36,9 +37,45 @@ export interface AuditRow {
   duration_us: number;
 }
 
-/** Rows matching the filter, oldest first. */
+function rowOf(j: JournalRow): AuditRow {
+  return {
+    id: j[0],
+    time_ms: j[1],
+    client: j[2],
+    mode: j[3],
+    source: j[4],
+    requested_source: j[5],
+    intended_target: j[6],
+    target: j[7],
+    service: j[8],
+    argument: j[9],
+    action: j[10],
+    result: j[11],
+    rule: j[12],
+    ask_answer: j[13],
+    reason: j[14],
+    duration_us: j[15],
+  };
+}
+
+function matches(r: AuditRow, f: AuditFilter): boolean {
+  return (
+    (f.source === undefined || r.source === f.source) &&
+    (f.target === undefined || r.target === f.target || r.intended_target === f.target) &&
+    (f.service === undefined || r.service === f.service) &&
+    (f.result === undefined || r.result === f.result) &&
+    (f.sinceMs === undefined || r.time_ms >= f.sinceMs)
+  );
+}
+
+/**
+ * Rows matching the filter, oldest first: the database, plus the records
+ * the daemon has journaled but not yet inserted (so every acknowledged
+ * decision shows).
+ */
 export function queryAudit(dbPath: string, f: AuditFilter): AuditRow[] {
   const db = new Database(dbPath, { readonly: true, fileMustExist: true });
+  let rows: AuditRow[];
   try {
     const where: string[] = [];
     const args: (string | number)[] = [];
@@ -69,10 +106,32 @@ export function queryAudit(dbPath: string, f: AuditFilter): AuditRow[] {
       ' ORDER BY id DESC' +
       (limit > 0 ? ' LIMIT ' + String(Math.floor(limit)) : '') +
       ') ORDER BY id';
-    return db.prepare(sql).all(...args) as AuditRow[];
+    rows = db.prepare(sql).all(...args) as AuditRow[];
   } finally {
     db.close();
   }
+  const seen = new Set(rows.map((r) => r.id));
+  const maxId = rows.length ? (rows[rows.length - 1] as AuditRow).id : 0;
+  let extra = false;
+  for (const seg of journalSegments(dbPath)) {
+    for (const j of readJournal(seg)) {
+      if (seen.has(j[0])) continue;
+      const r = rowOf(j);
+      if (!matches(r, f)) continue;
+      // A journaled row not returned by the query is either not yet ingested, or was cut by LIMIT.
+      if (r.id < maxId || rows.length === 0 || r.id > maxId) {
+        seen.add(r.id);
+        rows.push(r);
+        extra = true;
+      }
+    }
+  }
+  if (extra) {
+    rows.sort((a, b) => a.id - b.id);
+    const limit = f.limit ?? 1000;
+    if (limit > 0 && rows.length > limit) rows = rows.slice(rows.length - limit);
+  }
+  return rows;
 }
 
 /**

@@ -250,14 +250,14 @@ export async function startDaemon(
     await Promise.all([server.close(), ...evals.map((e) => e.close())]);
     store.close();
     systemInfo.close();
-    audit?.close();
+    await audit?.close();
   };
   try {
     await server.listen(cfg.socketPath);
   } catch (e) {
     store.close();
     systemInfo.close();
-    audit?.close();
+    await audit?.close();
     throw new StartupError(`cannot listen on ${cfg.socketPath}: ${(e as Error).message}`);
   }
   const services: [typeof cfg.evalSocket, 'policy.EvalSimple' | 'policy.EvalGUI'][] = [
