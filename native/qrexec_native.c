@@ -1,0 +1,217 @@
+/*
+ * qrexec_native: the few system calls qrexec-agent needs and Node.js lacks.
+ *
+ *   recvFds(fd, maxBytes, maxFds) -> { data: Buffer, fds: number[] } | null
+ *       one non-blocking recvmsg() with room for maxFds descriptors
+ *       (SCM_RIGHTS, received close-on-exec); null on EAGAIN.
+ *   pipe() -> [readFd, writeFd]             pipe2(O_CLOEXEC)
+ *   setBlocking(fd, blocking)               clear/set O_NONBLOCK
+ *   shutdown(fd, how) -> errno or 0         shutdown(2)
+ *
+ * Written for qrexec-ts (MIT). Uses only Node-API (ABI-stable).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <node_api.h>
+
+#define MAX_FDS_LIMIT 16
+#define MAX_BYTES_LIMIT (1024 * 1024)
+
+static napi_value throw_errno(napi_env env, const char *what, int err)
+{
+    char msg[128];
+    const char *s = strerror(err);
+    size_t n = strlen(what);
+    if (n > 60)
+        n = 60;
+    memcpy(msg, what, n);
+    msg[n] = '\0';
+    strncat(msg, ": ", sizeof(msg) - strlen(msg) - 1);
+    strncat(msg, s, sizeof(msg) - strlen(msg) - 1);
+    napi_throw_error(env, NULL, msg);
+    return NULL;
+}
+
+/* Reads argument i as an int32 into *out; throws and returns false on error. */
+static int get_int_arg(napi_env env, napi_value *argv, size_t argc, size_t i, int32_t *out)
+{
+    napi_valuetype t;
+    if (i >= argc || napi_typeof(env, argv[i], &t) != napi_ok || t != napi_number ||
+        napi_get_value_int32(env, argv[i], out) != napi_ok) {
+        napi_throw_type_error(env, NULL, "expected a number argument");
+        return 0;
+    }
+    return 1;
+}
+
+static napi_value recv_fds(napi_env env, napi_callback_info info)
+{
+    napi_value argv[3];
+    size_t argc = 3;
+    int32_t fd, max_bytes, max_fds;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok)
+        return NULL;
+    if (!get_int_arg(env, argv, argc, 0, &fd) || !get_int_arg(env, argv, argc, 1, &max_bytes) ||
+        !get_int_arg(env, argv, argc, 2, &max_fds))
+        return NULL;
+    if (fd < 0 || max_bytes < 1 || max_bytes > MAX_BYTES_LIMIT || max_fds < 0 || max_fds > MAX_FDS_LIMIT) {
+        napi_throw_range_error(env, NULL, "recvFds: argument out of range");
+        return NULL;
+    }
+
+    char *buf = malloc((size_t)max_bytes);
+    if (buf == NULL)
+        return throw_errno(env, "recvFds: malloc", ENOMEM);
+    /* Room for one more descriptor than allowed, to detect (and reject) extras. */
+    union {
+        struct cmsghdr align;
+        char space[CMSG_SPACE(sizeof(int) * (MAX_FDS_LIMIT + 1))];
+    } cbuf;
+    memset(&cbuf, 0, sizeof(cbuf));
+    struct iovec iov = { .iov_base = buf, .iov_len = (size_t)max_bytes };
+    struct msghdr msg = { 0 };
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.space;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * ((size_t)max_fds + 1));
+
+    ssize_t n;
+    do
+        n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        int err = errno;
+        free(buf);
+        if (err == EAGAIN || err == EWOULDBLOCK) {
+            napi_value null_value;
+            napi_get_null(env, &null_value);
+            return null_value;
+        }
+        return throw_errno(env, "recvmsg", err);
+    }
+
+    int fds[MAX_FDS_LIMIT + 1];
+    size_t nfds = 0;
+    int too_many = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len < CMSG_LEN(0))
+            continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        const unsigned char *p = CMSG_DATA(c);
+        for (size_t i = 0; i < count; i++) {
+            int one;
+            memcpy(&one, p + i * sizeof(int), sizeof(int));
+            if (nfds < (size_t)max_fds)
+                fds[nfds++] = one;
+            else {
+                close(one);
+                too_many = 1;
+            }
+        }
+    }
+    if (too_many || (msg.msg_flags & MSG_CTRUNC)) {
+        for (size_t i = 0; i < nfds; i++)
+            close(fds[i]);
+        free(buf);
+        napi_throw_error(env, NULL, "recvFds: too many file descriptors");
+        return NULL;
+    }
+
+    napi_value result, data, arr;
+    if (napi_create_object(env, &result) != napi_ok ||
+        napi_create_buffer_copy(env, (size_t)n, buf, NULL, &data) != napi_ok ||
+        napi_create_array_with_length(env, nfds, &arr) != napi_ok) {
+        for (size_t i = 0; i < nfds; i++)
+            close(fds[i]);
+        free(buf);
+        return NULL;
+    }
+    free(buf);
+    for (size_t i = 0; i < nfds; i++) {
+        napi_value v;
+        napi_create_int32(env, fds[i], &v);
+        napi_set_element(env, arr, (uint32_t)i, v);
+    }
+    napi_set_named_property(env, result, "data", data);
+    napi_set_named_property(env, result, "fds", arr);
+    return result;
+}
+
+static napi_value make_pipe(napi_env env, napi_callback_info info)
+{
+    (void)info;
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0)
+        return throw_errno(env, "pipe2", errno);
+    napi_value arr, a, b;
+    napi_create_array_with_length(env, 2, &arr);
+    napi_create_int32(env, p[0], &a);
+    napi_create_int32(env, p[1], &b);
+    napi_set_element(env, arr, 0, a);
+    napi_set_element(env, arr, 1, b);
+    return arr;
+}
+
+static napi_value set_blocking(napi_env env, napi_callback_info info)
+{
+    napi_value argv[2];
+    size_t argc = 2;
+    int32_t fd;
+    bool blocking;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok)
+        return NULL;
+    if (!get_int_arg(env, argv, argc, 0, &fd))
+        return NULL;
+    if (argc < 2 || napi_get_value_bool(env, argv[1], &blocking) != napi_ok) {
+        napi_throw_type_error(env, NULL, "expected a boolean argument");
+        return NULL;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0)
+        return throw_errno(env, "fcntl(F_GETFL)", errno);
+    fl = blocking ? (fl & ~O_NONBLOCK) : (fl | O_NONBLOCK);
+    if (fcntl(fd, F_SETFL, fl) < 0)
+        return throw_errno(env, "fcntl(F_SETFL)", errno);
+    return NULL;
+}
+
+static napi_value do_shutdown(napi_env env, napi_callback_info info)
+{
+    napi_value argv[2];
+    size_t argc = 2;
+    int32_t fd, how;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok)
+        return NULL;
+    if (!get_int_arg(env, argv, argc, 0, &fd) || !get_int_arg(env, argv, argc, 1, &how))
+        return NULL;
+    if (how != SHUT_RD && how != SHUT_WR) {
+        napi_throw_range_error(env, NULL, "shutdown: how must be 0 or 1");
+        return NULL;
+    }
+    int r = shutdown(fd, how) == 0 ? 0 : errno;
+    napi_value v;
+    napi_create_int32(env, r, &v);
+    return v;
+}
+
+static int add_fn(napi_env env, napi_value exports, const char *name, napi_callback cb)
+{
+    napi_value fn;
+    return napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, NULL, &fn) == napi_ok &&
+           napi_set_named_property(env, exports, name, fn) == napi_ok;
+}
+
+NAPI_MODULE_INIT()
+{
+    if (!add_fn(env, exports, "recvFds", recv_fds) || !add_fn(env, exports, "pipe", make_pipe) ||
+        !add_fn(env, exports, "setBlocking", set_blocking) || !add_fn(env, exports, "shutdown", do_shutdown))
+        return NULL;
+    return exports;
+}

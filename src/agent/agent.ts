@@ -1,0 +1,707 @@
+/**
+ * qrexec-agent: the qube side of qrexec (agent/qrexec-agent.c).
+ *
+ * - Control vchan (server, port 512, remote domain 0): MSG_HELLO, then
+ *   MSG_EXEC_CMDLINE / MSG_JUST_EXEC (run something, its stdio over a data
+ *   vchan we connect to), MSG_SERVICE_CONNECT (a local caller's call was
+ *   allowed: connect it) and MSG_SERVICE_REFUSED. We send
+ *   MSG_TRIGGER_SERVICE{,3,4} for local callers and MSG_CONNECTION_TERMINATED
+ *   when a data connection is over.
+ * - Agent socket: local callers. The reference's qrexec-client-vm sends
+ *   MSG_TRIGGER_SERVICE4 and gets exec_params back, then serves the data vchan
+ *   itself. Our launcher (native/qrexec-client-vm.c) sends the same request
+ *   with its stdio attached (SCM_RIGHTS); the agent then runs the whole call
+ *   and reports the exit code (see that file for the records).
+ */
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import type { Readable, Writable } from 'node:stream';
+import {
+  EXEC_PARAMS_SIZE,
+  ExitCode,
+  FrameDecoder,
+  HEADER_SIZE,
+  MAX_SERVICE_NAME_LEN,
+  MsgType,
+  PEER_INFO_SIZE,
+  ProtocolError,
+  ProtocolVersion,
+  QREXEC_AGENT_MIN_VERSION,
+  QREXEC_PROTOCOL_VERSION,
+  SERVICE_PARAMS_SIZE,
+  TRIGGER_SERVICE_PARAMS4_SIZE,
+  VCHAN_BASE_PORT,
+  daemonToAgentRules,
+  encodeConnectionTerminated,
+  encodeHello,
+  encodeMessage,
+  msgTypeName,
+  negotiateVersion,
+  parseExec,
+  parseHello,
+  type Frame,
+  type LengthRules,
+} from '../protocol/index.js';
+import { vchanConnect, vchanListen, type VchanEnv } from '../vchan/index.js';
+import { justExec, prepareCall, startService, waitForSession, type ExecContext, type PreparedCall } from './exec.js';
+import { loadNative, type NativeHelper } from './native.js';
+import { startPump, type Pump } from './pump.js';
+
+/** The reference's default agent socket. */
+export const DEFAULT_AGENT_SOCKET = '/var/run/qubes/qrexec-agent';
+/** How long a data vchan may take to appear (the reference's connection_timeout). */
+const DATA_CONNECT_TIMEOUT_MS = 120_000;
+
+/** Records between the agent and the fast launcher (see native/qrexec-client-vm.c). */
+export const LauncherRecord = {
+  ACCEPTED: 0xfffffff0,
+  EXIT: 0xfffffff1,
+  SIGUSR1: 1,
+  CHILD_EXIT: 2,
+} as const;
+/** The launcher's options memfd. */
+export const LAUNCHER_OPTS_MAGIC = 0x314c5851;
+export const LauncherFlag = { REPLACE_STDOUT: 1, REPLACE_STDERR: 2, LOCAL_PROGRAM: 4, STDIN_SOCKET: 8 } as const;
+
+export interface AgentOptions {
+  /** Path of the agent socket for local callers. */
+  readonly agentSocket: string;
+  readonly vchan: VchanEnv;
+  readonly exec: ExecContext;
+  readonly log: (msg: string) => void;
+}
+
+interface LauncherOptions {
+  readonly flags: number;
+  readonly prefix: Buffer;
+}
+
+/** A local caller waiting for dom0's answer. */
+interface PendingCaller {
+  readonly id: number;
+  readonly sock: net.Socket;
+  /** Passed descriptors [sink, source, stderr] and options: a fast launcher. */
+  readonly fast?: { fds: number[]; opts: LauncherOptions };
+}
+
+/** The agent. `start()` waits for dom0, then serves until the control vchan closes. */
+export class Agent {
+  private readonly log: (msg: string) => void;
+  private ctrl: net.Socket | undefined;
+  private version = 0;
+  private readonly pending = new Map<number, PendingCaller>();
+  private nextId = 1;
+  private server: net.Server | undefined;
+  private waiting: Promise<void> | undefined;
+  private readonly native: NativeHelper | null = loadNative();
+  private closed = false;
+  /** Resolves when the control channel is gone. */
+  readonly done: Promise<void>;
+  private resolveDone: () => void = () => undefined;
+
+  constructor(private readonly opts: AgentOptions) {
+    this.log = opts.log;
+    this.done = new Promise((r) => (this.resolveDone = r));
+  }
+
+  /** Negotiated control protocol version (0 before the handshake). */
+  get protocolVersion(): number {
+    return this.version;
+  }
+
+  /** Listens on the control vchan, waits for dom0's handshake, then opens the agent socket. */
+  async start(): Promise<void> {
+    const listener = await vchanListen(this.opts.vchan, 0, VCHAN_BASE_PORT);
+    const ctrl = await listener.accepted;
+    this.ctrl = ctrl;
+    ctrl.setNoDelay?.(true);
+    await this.handshake(ctrl);
+    await this.listenAgentSocket();
+  }
+
+  /** Stops serving: closes the agent socket and the control vchan. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.server?.close();
+    try {
+      fs.unlinkSync(this.opts.agentSocket);
+    } catch {
+      /* already gone */
+    }
+    for (const p of this.pending.values()) this.dropCaller(p);
+    this.pending.clear();
+    this.ctrl?.destroy();
+    this.resolveDone();
+  }
+
+  private handshake(ctrl: net.Socket): Promise<void> {
+    return new Promise((resolve, reject) => {
+      let helloSeen = false;
+      const rules: LengthRules = (t) => {
+        if (!helloSeen) {
+          helloSeen = true;
+          return t === MsgType.HELLO ? { min: PEER_INFO_SIZE, max: PEER_INFO_SIZE } : undefined;
+        }
+        return daemonToAgentRules(t);
+      };
+      const decoder = new FrameDecoder(rules);
+      let handshaken = false;
+      ctrl.on('data', (buf: Buffer) => {
+        try {
+          for (const f of decoder.push(buf)) {
+            if (this.closed) return;
+            const onHello = (): void => {
+              handshaken = true;
+              resolve();
+            };
+            this.onControlFrame(f, handshaken, onHello, reject);
+          }
+        } catch (e) {
+          if (!(e instanceof ProtocolError)) throw e;
+          this.fatal(`control vchan: ${e.message}`);
+          if (!handshaken) reject(e);
+        }
+      });
+      const gone = (): void => {
+        if (!handshaken) reject(new Error('control vchan closed during the handshake'));
+        this.fatal('Error while vchan read, exiting');
+      };
+      ctrl.on('end', gone);
+      ctrl.on('close', gone);
+      ctrl.on('error', (e) => this.log(`control vchan: ${e.message}`));
+      ctrl.write(encodeHello(QREXEC_PROTOCOL_VERSION));
+    });
+  }
+
+  private onControlFrame(f: Frame, handshaken: boolean, onHello: () => void, reject: (e: Error) => void): void {
+    if (handshaken) {
+      this.onControl(f);
+      return;
+    }
+    try {
+      this.version = negotiateVersion(parseHello(f.payload), QREXEC_PROTOCOL_VERSION, QREXEC_AGENT_MIN_VERSION);
+    } catch (e) {
+      this.fatal(`Incompatible daemon: ${(e as Error).message}`);
+      reject(e as Error);
+      return;
+    }
+    onHello();
+  }
+
+  private fatal(msg: string): void {
+    if (this.closed) return;
+    this.log(msg);
+    this.close();
+  }
+
+  private sendCtrl(b: Buffer): void {
+    if (!this.closed && this.ctrl && !this.ctrl.destroyed) this.ctrl.write(b);
+  }
+
+  private onControl(f: Frame): void {
+    switch (f.type) {
+      case MsgType.EXEC_CMDLINE:
+      case MsgType.JUST_EXEC:
+      case MsgType.SERVICE_CONNECT: {
+        let p;
+        try {
+          p = parseExec(f.payload);
+        } catch (e) {
+          // The reference forces the last byte to NUL; a message without a body is fatal there.
+          if (f.payload.length <= EXEC_PARAMS_SIZE) {
+            this.fatal(`${msgTypeName(f.type)}: ${(e as Error).message}`);
+            return;
+          }
+          p = {
+            connectDomain: f.payload.readUInt32LE(0),
+            connectPort: f.payload.readUInt32LE(4),
+            cmdline: f.payload.subarray(EXEC_PARAMS_SIZE, f.payload.length - 1),
+          };
+        }
+        const nul = p.cmdline.indexOf(0);
+        const cmdline = (nul >= 0 ? p.cmdline.subarray(0, nul) : p.cmdline).toString('utf8');
+        if (f.type === MsgType.SERVICE_CONNECT) this.serviceConnect(cmdline, p.connectDomain, p.connectPort);
+        else this.execRequest(f.type, cmdline, p.connectDomain, p.connectPort);
+        return;
+      }
+      case MsgType.SERVICE_REFUSED: {
+        const raw = f.payload.subarray(0, SERVICE_PARAMS_SIZE);
+        const nul = raw.indexOf(0);
+        const ident = raw.toString('latin1', 0, nul < 0 ? raw.length : nul);
+        const m = /^SOCKET([0-9]+)/.exec(ident);
+        const caller = m ? this.pending.get(Number(m[1])) : undefined;
+        if (!caller) {
+          this.log(`Received REFUSED for unknown service request '${ident}'`);
+          return;
+        }
+        this.pending.delete(caller.id);
+        this.dropCaller(caller);
+        return;
+      }
+      default:
+        this.fatal(`msg type from daemon is ${f.type} ?`);
+    }
+  }
+
+  // ------------------------------------------------------------ calls from dom0
+
+  private execRequest(type: number, cmdline: string, domain: number, port: number): void {
+    const call = prepareCall(cmdline, this.opts.exec);
+    if (typeof call === 'string') {
+      this.log(call);
+      this.runCall(type, null, cmdline, domain, port);
+      return;
+    }
+    if (call.cmd.rpc && !call.cmd.nogui && call.config.waitForSession) {
+      if (!this.waiting) {
+        this.waiting = waitForSession(call.cmd.rpc.sourceDomain, call.user, this.opts.exec).finally(() => {
+          this.waiting = undefined;
+        });
+      }
+      void this.waiting.then(() => this.runCall(type, call, cmdline, domain, port));
+      return;
+    }
+    this.runCall(type, call, cmdline, domain, port);
+  }
+
+  private runCall(type: number, call: PreparedCall | null, cmdline: string, domain: number, port: number): void {
+    const log = (m: string): void => this.log(m);
+    void (async () => {
+      let ch: net.Socket;
+      try {
+        ch = await vchanConnect(this.opts.vchan, domain, port, { timeoutMs: DATA_CONNECT_TIMEOUT_MS });
+      } catch (e) {
+        log(`Data vchan connection failed: ${(e as Error).message}`);
+        this.sendCtrl(encodeConnectionTerminated(domain, port));
+        return;
+      }
+      ch.setNoDelay?.(true);
+      let pump: Pump;
+      if (type === MsgType.JUST_EXEC) {
+        const code = call ? justExec(call, this.opts.exec).catch(() => ExitCode.PROBLEM) : Promise.resolve(ExitCode.PROBLEM);
+        pump = startPump({
+          channel: ch,
+          role: 'service',
+          sink: null,
+          source: null,
+          single: false,
+          log,
+          exitOnly: code.then((c) => ({ code: c, eofs: false })),
+        });
+      } else {
+        const started = call
+          ? await startService(call, this.opts.exec).catch((e: Error) => ({ code: ExitCode.PROBLEM, reason: e.message }))
+          : { code: ExitCode.PROBLEM, reason: 'bad command' };
+        if ('code' in started) {
+          log(started.reason);
+          log(`failed to spawn process (exited ${started.code}): ${cmdline}`);
+          pump = startPump({
+            channel: ch,
+            role: 'service',
+            sink: null,
+            source: null,
+            single: false,
+            log,
+            exitOnly: Promise.resolve({ code: started.code, eofs: true }),
+          });
+        } else {
+          log(`executed: ${started.what}`);
+          pump = startPump({
+            channel: ch,
+            role: 'service',
+            sink: started.sink,
+            source: started.source,
+            errSource: started.errSource,
+            single: started.single,
+            ...(started.sinkPrefix ? { sinkPrefix: started.sinkPrefix } : {}),
+            ...(started.localExit ? { localExit: started.localExit } : {}),
+            exitOnClientEof: started.exitOnClientEof,
+            exitOnServiceEof: started.exitOnServiceEof,
+            log,
+          });
+          void pump.done.then((st) => {
+            if (started.localExit) log(`pid ${started.child?.pid ?? '?'} exited with ${st}`);
+            else log('Socket service closed');
+          });
+        }
+      }
+      await pump.done;
+      this.sendCtrl(encodeConnectionTerminated(domain, port));
+    })();
+  }
+
+  // ------------------------------------------------------------ local callers
+
+  private async listenAgentSocket(): Promise<void> {
+    const path = this.opts.agentSocket;
+    try {
+      fs.unlinkSync(path);
+    } catch {
+      /* not there */
+    }
+    const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (sock) => this.onCaller(sock));
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(path, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    fs.chmodSync(path, 0o666);
+    server.on('error', (e) => this.log(`agent socket: ${e.message}`));
+  }
+
+  /** A local caller connected: read its request (and descriptors, if any). */
+  private onCaller(sock: net.Socket): void {
+    sock.on('error', () => undefined);
+    const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    const native = this.native;
+    if (!native || fd === undefined || fd < 0) {
+      this.readRequest(sock, Buffer.alloc(0), []);
+      return;
+    }
+    let tries = 0;
+    const started = Date.now();
+    const attempt = (): void => {
+      if (sock.destroyed || this.closed) return;
+      let got: { data: Buffer; fds: number[] } | null;
+      try {
+        got = native.recvFds(fd, HEADER_SIZE + TRIGGER_SERVICE_PARAMS4_SIZE + MAX_SERVICE_NAME_LEN + 1, 4);
+      } catch (e) {
+        this.log(`Failed to retrieve request from qrexec-client-vm: ${(e as Error).message}`);
+        sock.destroy();
+        return;
+      }
+      if (got === null) {
+        tries++;
+        if (Date.now() - started > 10_000) {
+          this.log('qrexec-client-vm sent no request in 10 s, closing');
+          sock.destroy();
+          return;
+        }
+        if (tries < 4) setImmediate(attempt);
+        else setTimeout(attempt, Math.min(50, 2 ** (tries - 4)));
+        return;
+      }
+      if (got.data.length === 0) {
+        for (const d of got.fds) closeFd(d);
+        sock.destroy(); // EOF before any request
+        return;
+      }
+      this.readRequest(sock, got.data, got.fds);
+    };
+    attempt();
+  }
+
+  private readRequest(sock: net.Socket, first: Buffer, fds: number[]): void {
+    const chunks: Buffer[] = first.length ? [first] : [];
+    let have = first.length;
+    let need = -1;
+    const fail = (why: string): void => {
+      this.log(`Invalid request received from qrexec-client-vm, is it outdated? (${why})`);
+      for (const d of fds) closeFd(d);
+      fds = [];
+      sock.destroy();
+    };
+    const check = (): boolean => {
+      if (need < 0 && have >= HEADER_SIZE) {
+        const head = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
+        const type = head.readUInt32LE(0);
+        const len = head.readUInt32LE(4);
+        if (type !== MsgType.TRIGGER_SERVICE4 || len <= TRIGGER_SERVICE_PARAMS4_SIZE || len > TRIGGER_SERVICE_PARAMS4_SIZE + MAX_SERVICE_NAME_LEN) {
+          fail(`${msgTypeName(type)} of ${len} bytes`);
+          return true;
+        }
+        need = HEADER_SIZE + len;
+      }
+      if (need >= 0 && have >= need) {
+        const all = Buffer.concat(chunks, have);
+        sock.removeListener('data', onData);
+        sock.removeListener('end', onEnd);
+        // Bytes after the request: the fast launcher's records; the reference client sends none.
+        const extra = all.subarray(need);
+        this.onRequest(sock, all.subarray(HEADER_SIZE, need), fds, extra);
+        return true;
+      }
+      return false;
+    };
+    const onData = (b: Buffer): void => {
+      chunks.push(b);
+      have += b.length;
+      check();
+    };
+    const onEnd = (): void => fail('connection closed');
+    if (check()) return;
+    sock.on('data', onData);
+    sock.on('end', onEnd);
+    sock.resume();
+  }
+
+  /** A complete MSG_TRIGGER_SERVICE4 body from a local caller. */
+  private onRequest(sock: net.Socket, params: Buffer, fds: number[], extra: Buffer): void {
+    let fast: PendingCaller['fast'];
+    if (fds.length > 0) {
+      const opts = fds.length === 4 ? readLauncherOptions(fds[3] as number) : undefined;
+      closeFd(fds[3]);
+      if (!opts) {
+        for (const d of fds.slice(0, 3)) closeFd(d);
+        this.log('Invalid request received from qrexec-client-vm: bad descriptors or options');
+        sock.destroy();
+        return;
+      }
+      fast = { fds: fds.slice(0, 3), opts };
+    }
+    const id = this.nextId++;
+    const ident = Buffer.alloc(SERVICE_PARAMS_SIZE);
+    ident.write(`SOCKET${id}`, 'latin1');
+    const p = Buffer.from(params);
+    ident.copy(p, 128);
+    const source = p.subarray(0, 64);
+    const target = p.subarray(64, 128);
+    const service = p.subarray(TRIGGER_SERVICE_PARAMS4_SIZE);
+    let msg: Buffer;
+    if (this.version >= ProtocolVersion.V4) {
+      msg = encodeMessage(MsgType.TRIGGER_SERVICE4, p);
+    } else if (this.version === ProtocolVersion.V3) {
+      msg = encodeMessage(MsgType.TRIGGER_SERVICE3, Buffer.concat([target, ident, service]));
+    } else {
+      const nul = service.indexOf(0);
+      const tnul = target.indexOf(0);
+      if (nul < 0 || nul >= 64 || tnul < 0 || tnul >= 32) {
+        this.log('service call does not fit in protocol version 2, refusing');
+        for (const d of fast?.fds ?? []) closeFd(d);
+        sock.destroy();
+        return;
+      }
+      const v2 = Buffer.alloc(128);
+      service.copy(v2, 0, 0, nul);
+      target.copy(v2, 64, 0, tnul);
+      ident.copy(v2, 96);
+      msg = encodeMessage(MsgType.TRIGGER_SERVICE, v2);
+    }
+    void source;
+    const caller: PendingCaller = fast ? { id, sock, fast } : { id, sock };
+    this.pending.set(id, caller);
+    sock.on('close', () => {
+      if (this.pending.get(id) === caller) {
+        // gone before dom0 answered: forget it; a later SERVICE_CONNECT finds nobody
+        this.pending.delete(id);
+        for (const d of fast?.fds ?? []) closeFd(d);
+      }
+    });
+    if (extra.length > 0 && !fast) {
+      this.log('qrexec-client-vm sent data after its request');
+    }
+    this.sendCtrl(msg);
+  }
+
+  private dropCaller(c: PendingCaller): void {
+    for (const d of c.fast?.fds ?? []) closeFd(d);
+    c.sock.destroy();
+  }
+
+  private serviceConnect(ident: string, domain: number, port: number): void {
+    const m = /^SOCKET([0-9]+)$/.exec(ident);
+    const caller = m ? this.pending.get(Number(m[1])) : undefined;
+    if (!caller) {
+      this.log(`Got MSG_SERVICE_CONNECT from qrexec-daemon with invalid ident (${ident}), ignoring`);
+      if (m) this.sendCtrl(encodeConnectionTerminated(domain, port));
+      return;
+    }
+    this.pending.delete(caller.id);
+    const terminated = (): void => this.sendCtrl(encodeConnectionTerminated(domain, port));
+    if (!caller.fast) {
+      const b = Buffer.alloc(EXEC_PARAMS_SIZE);
+      b.writeUInt32LE(domain, 0);
+      b.writeUInt32LE(port, 4);
+      caller.sock.write(b);
+      let sent = false;
+      const once = (): void => {
+        if (!sent) {
+          sent = true;
+          terminated();
+        }
+      };
+      caller.sock.on('data', () => caller.sock.destroy());
+      caller.sock.on('end', () => caller.sock.destroy());
+      caller.sock.on('close', once);
+      caller.sock.resume();
+      return;
+    }
+    void this.runFastCaller(caller, domain, port).finally(terminated);
+  }
+
+  /** The fast launcher's call: we are the vchan server and serve its descriptors. */
+  private async runFastCaller(caller: PendingCaller, domain: number, port: number): Promise<void> {
+    const fast = caller.fast as NonNullable<PendingCaller['fast']>;
+    const sock = caller.sock;
+    const [sinkFd, sourceFd, errFd] = fast.fds as [number, number, number];
+    const flags = fast.opts.flags;
+    const record = (a: number, b: number): void => {
+      const r = Buffer.alloc(8);
+      r.writeUInt32LE(a >>> 0, 0);
+      r.writeUInt32LE(b >>> 0, 4);
+      if (!sock.destroyed) sock.write(r);
+    };
+    let listener;
+    try {
+      listener = await vchanListen(this.opts.vchan, domain, port);
+    } catch (e) {
+      this.log(`Data vchan connection failed: ${(e as Error).message}`);
+      for (const d of fast.fds) closeFd(d);
+      sock.destroy();
+      return;
+    }
+    record(LauncherRecord.ACCEPTED, 0);
+    const timer = setTimeout(() => listener.close(), DATA_CONNECT_TIMEOUT_MS);
+    const onGone = (): void => listener.close();
+    sock.once('close', onGone);
+    let ch: net.Socket;
+    try {
+      ch = await listener.accepted;
+    } catch (e) {
+      this.log(`Data vchan connection failed: ${(e as Error).message}`);
+      for (const d of fast.fds) closeFd(d);
+      record(LauncherRecord.EXIT, 1);
+      sock.end();
+      return;
+    } finally {
+      clearTimeout(timer);
+      sock.off('close', onGone);
+    }
+    ch.setNoDelay?.(true);
+    const single = (flags & LauncherFlag.STDIN_SOCKET) !== 0;
+    const sinkS = openLocal(sinkFd, single ? 'duplex' : (flags & LauncherFlag.LOCAL_PROGRAM) !== 0 ? 'duplex' : 'write');
+    let sourceS: LocalStream;
+    if (single) {
+      closeFd(sourceFd);
+      sourceS = sinkS;
+    } else {
+      sourceS = openLocal(sourceFd, 'read');
+    }
+    const errS = openLocal(errFd, 'write');
+    let resolveLocal: (n: number) => void = () => undefined;
+    const localExit =
+      (flags & LauncherFlag.LOCAL_PROGRAM) !== 0 ? new Promise<number>((r) => (resolveLocal = r)) : undefined;
+    const pump = startPump({
+      channel: ch,
+      role: 'client',
+      sink: sinkS.stream as Writable,
+      source: sourceS.stream as Readable,
+      single,
+      errSink: errS.stream as Writable,
+      prefix: fast.opts.prefix,
+      ...(localExit ? { localExit } : {}),
+      replaceStdout: (flags & LauncherFlag.REPLACE_STDOUT) !== 0,
+      replaceStderr: (flags & LauncherFlag.REPLACE_STDERR) !== 0,
+      log: (m) => this.log(m),
+    });
+    // records from the launcher
+    let pendingRec: Buffer = Buffer.alloc(0);
+    sock.on('data', (b: Buffer) => {
+      pendingRec = pendingRec.length ? Buffer.concat([pendingRec, b]) : b;
+      while (pendingRec.length >= 8) {
+        const a = pendingRec.readUInt32LE(0);
+        const v = pendingRec.readUInt32LE(4);
+        pendingRec = pendingRec.subarray(8);
+        if (a === LauncherRecord.CHILD_EXIT) resolveLocal(v);
+        else if (a === LauncherRecord.SIGUSR1 && sinkS.kind === 'socket') pump.useStdinSocket(sinkS.stream as net.Socket);
+      }
+      if (pendingRec.length > 64) sock.destroy();
+    });
+    sock.on('close', () => {
+      resolveLocal(255);
+      pump.abort('qrexec-client-vm went away');
+    });
+    sock.resume();
+    const status = await pump.done;
+    for (const s of new Set([sinkS, sourceS, errS])) s.release();
+    record(LauncherRecord.EXIT, status & 0xff);
+    sock.end();
+  }
+}
+
+/** A local descriptor wrapped in a stream; `release()` restores blocking mode and closes it. */
+interface LocalStream {
+  readonly kind: 'socket' | 'file';
+  readonly stream: Readable | Writable | net.Socket;
+  release(): void;
+}
+
+function openLocal(fd: number, mode: 'read' | 'write' | 'duplex'): LocalStream {
+  const native = loadNative();
+  let st: fs.Stats | undefined;
+  try {
+    st = fs.fstatSync(fd);
+  } catch {
+    st = undefined;
+  }
+  if (st && (st.isSocket() || st.isFIFO())) {
+    const s = new net.Socket({ fd, readable: mode !== 'write', writable: mode !== 'read', allowHalfOpen: true });
+    s.on('error', () => undefined);
+    // libuv made the descriptor non-blocking; the file description is shared
+    // with the caller's shell, so restore blocking mode before letting go.
+    const restore = (): void => {
+      try {
+        native?.setBlocking(fd, true);
+      } catch {
+        /* closed already */
+      }
+    };
+    return {
+      kind: 'socket',
+      stream: s,
+      release(): void {
+        if (s.destroyed) return;
+        if (s.writable && !s.writableEnded) {
+          s.end(() => {
+            restore();
+            s.destroy();
+          });
+        } else {
+          restore();
+          s.destroy();
+        }
+      },
+    };
+  }
+  const stream: Readable | Writable =
+    mode === 'read' ? fs.createReadStream('', { fd, autoClose: true }) : fs.createWriteStream('', { fd, autoClose: true });
+  stream.on('error', () => undefined);
+  return {
+    kind: 'file',
+    stream,
+    release(): void {
+      if (mode !== 'read') (stream as fs.WriteStream).end();
+      else stream.destroy();
+    },
+  };
+}
+
+function closeFd(fd: number | undefined): void {
+  if (fd === undefined) return;
+  try {
+    fs.closeSync(fd);
+  } catch {
+    /* already closed */
+  }
+}
+
+/** Reads the launcher's options memfd; undefined when malformed. */
+function readLauncherOptions(fd: number): LauncherOptions | undefined {
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile() || st.size < 12 || st.size > 4 * 1024 * 1024) return undefined;
+    const b = Buffer.alloc(st.size);
+    if (fs.readSync(fd, b, 0, st.size, 0) !== st.size) return undefined;
+    if (b.readUInt32LE(0) !== LAUNCHER_OPTS_MAGIC) return undefined;
+    const flags = b.readUInt32LE(4);
+    const len = b.readUInt32LE(8);
+    if (flags & ~0xf || len !== st.size - 12) return undefined;
+    return { flags, prefix: b.subarray(12) };
+  } catch {
+    return undefined;
+  }
+}

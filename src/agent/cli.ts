@@ -1,0 +1,87 @@
+/** Command-line front ends of the agent programs (kept here so src/cli stays thin). */
+import { vchanEnvFrom } from '../vchan/index.js';
+import { Agent, DEFAULT_AGENT_SOCKET } from './agent.js';
+import { execContextFromEnv } from './exec.js';
+
+const FORK_SERVER_SOCKET = '/var/run/qubes/qrexec-server.%s.sock';
+
+function agentUsage(argv0: string): string {
+  return (
+    `usage: ${argv0} [options]\n` +
+    'Options:\n' +
+    '  -h, --help - display usage\n' +
+    `  --agent-socket=PATH - path to listen at, default: ${DEFAULT_AGENT_SOCKET}\n` +
+    `  --fork-server-socket=PATH - where to find the fork server, default: ${FORK_SERVER_SOCKET}\n` +
+    '    (set empty to disable, use %s as username)\n' +
+    "  --no-fork-server - don't try to connect to fork server\n"
+  );
+}
+
+/** A logger writing `qrexec-agent[pid]: msg` lines to stderr. */
+export function stderrLogger(name: string): (msg: string) => void {
+  return (msg) => {
+    process.stderr.write(`${name}[${process.pid}]: ${msg}\n`);
+  };
+}
+
+/**
+ * qrexec-agent's command line, as the reference's getopt_long("ha:s:S"):
+ * --agent-socket=PATH (-a), --fork-server-socket=PATH (-s; accepted, there is
+ * no fork server: services are started by the agent itself), --no-fork-server (-S).
+ * Returns the exit status.
+ */
+export async function runAgentCli(args: string[]): Promise<number> {
+  let agentSocket = DEFAULT_AGENT_SOCKET;
+  const argv0 = 'qrexec-agent';
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i] as string;
+    const takeValue = (name: string): string | undefined => {
+      if (a.startsWith(`${name}=`)) return a.slice(name.length + 1);
+      if (a === name) return args[++i];
+      return undefined;
+    };
+    if (a === '-h' || a === '--help') {
+      process.stderr.write(agentUsage(argv0));
+      return 2;
+    }
+    const sock = a.startsWith('--agent-socket') ? takeValue('--agent-socket') : a.startsWith('-a') ? (a.length > 2 ? a.slice(2) : args[++i]) : undefined;
+    if (sock !== undefined) {
+      agentSocket = sock;
+      continue;
+    }
+    if (a.startsWith('--fork-server-socket') || a.startsWith('-s')) {
+      const v = a.startsWith('--') ? takeValue('--fork-server-socket') : a.length > 2 ? a.slice(2) : args[++i];
+      if (v === undefined) {
+        process.stderr.write(`${argv0}: option requires an argument -- '${a}'\n${agentUsage(argv0)}`);
+        return 2;
+      }
+      continue;
+    }
+    if (a === '--no-fork-server' || a === '-S') continue;
+    process.stderr.write(`${argv0}: unrecognized option '${a}'\n${agentUsage(argv0)}`);
+    return 2;
+  }
+  const log = stderrLogger('qrexec-agent');
+  const agent = new Agent({
+    agentSocket,
+    vchan: vchanEnvFrom(process.env),
+    exec: execContextFromEnv(process.env, log),
+    log,
+  });
+  let terminated = false;
+  process.on('SIGTERM', () => {
+    terminated = true;
+    agent.close();
+  });
+  process.on('SIGPIPE', () => undefined);
+  try {
+    await agent.start();
+  } catch (e) {
+    log(`${(e as Error).message}`);
+    agent.close();
+    return 1;
+  }
+  if (process.env['NOTIFY_SOCKET']) log('NOTIFY_SOCKET set: sd_notify is not implemented');
+  await agent.done;
+  return terminated ? 0 : 1;
+}

@@ -1,0 +1,517 @@
+/**
+ * Starting what a command line asks for, as the reference agent does
+ * (agent/qrexec-agent.c do_exec, libqrexec/exec.c): an executable service with
+ * its argument and QREXEC_* environment, a unix-socket or /dev/tcp service
+ * with its descriptor header, or a plain command through `/bin/sh -c`.
+ */
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { PassThrough, type Readable, type Writable } from 'node:stream';
+import { ExitCode, parseCommand, ProtocolError, type ParsedCommand } from '../protocol/index.js';
+import { defaultServiceConfig, parseServiceConfig, ServiceConfigError, type ServiceConfig } from './config.js';
+import { DEFAULT_CONFIG_PATH, DEFAULT_SERVICE_PATH, findFile, findServiceFile, isExecutable } from './lookup.js';
+import { nativePipe } from './native.js';
+
+/** What the agent needs to know about its environment to run services. */
+export interface ExecContext {
+  /** The environment services inherit (the agent's own, normally). */
+  readonly env: NodeJS.ProcessEnv;
+  /** QREXEC_SERVICE_PATH, or the reference default. */
+  readonly servicePath: string;
+  /** QUBES_RPC_CONFIG_PATH, or the reference default. */
+  readonly configPath: string;
+  /** Value of QREXEC_AGENT_PID given to every child. */
+  readonly agentPid: number;
+  /** The agent's effective uid and user name. */
+  readonly uid: number;
+  readonly userName: string;
+  readonly log: (msg: string) => void;
+}
+
+/** Builds the context from the agent's process environment. */
+export function execContextFromEnv(env: NodeJS.ProcessEnv, log: (msg: string) => void): ExecContext {
+  const uid = process.geteuid?.() ?? os.userInfo().uid;
+  let userName: string;
+  try {
+    userName = os.userInfo().username;
+  } catch {
+    userName = String(uid);
+  }
+  return {
+    env,
+    servicePath: env['QREXEC_SERVICE_PATH'] ?? DEFAULT_SERVICE_PATH,
+    configPath: env['QUBES_RPC_CONFIG_PATH'] ?? DEFAULT_CONFIG_PATH,
+    agentPid: process.pid,
+    uid,
+    userName,
+    log,
+  };
+}
+
+/** A command line parsed and, for service calls, with its configuration loaded. */
+export interface PreparedCall {
+  readonly cmd: ParsedCommand;
+  /** The user to run as: dom0's, or `force-user` from the configuration. */
+  readonly user: string;
+  readonly config: ServiceConfig;
+}
+
+/**
+ * Parses a command line from dom0 and loads the service configuration, as
+ * handle_server_exec_request_init does. Returns a reason string when the call
+ * must fail with QREXEC_EXIT_PROBLEM.
+ */
+export function prepareCall(cmdline: string, ctx: ExecContext): PreparedCall | string {
+  let cmd: ParsedCommand;
+  try {
+    cmd = parseCommand(cmdline, true);
+  } catch (e) {
+    return `Cannot parse command line: ${cmdline} (${e instanceof ProtocolError ? e.message : String(e)})`;
+  }
+  const user = cmd.username ?? '';
+  if (!cmd.rpc) return { cmd, user, config: defaultServiceConfig() };
+  const rpc = cmd.rpc;
+  let found = findFile(ctx.configPath, rpc.descriptor, false);
+  if (found.kind === 'absent') found = findFile(ctx.configPath, rpc.serviceName, false);
+  if (found.kind === 'error') return `Cannot load service configuration: ${rpc.descriptor}: ${found.reason}`;
+  if (found.kind !== 'found') return { cmd, user, config: defaultServiceConfig() };
+  let config: ServiceConfig;
+  try {
+    config = parseServiceConfig(found.path, fs.readFileSync(found.path), ctx.log);
+  } catch (e) {
+    const why = e instanceof ServiceConfigError ? e.message : `Failed to load ${found.path}: ${(e as Error).message}`;
+    return `Cannot load service configuration: ${rpc.descriptor}: ${why}`;
+  }
+  if (config.user !== undefined) {
+    const clash = !config.sendServiceDescriptor
+      ? 'skip-service-descriptor'
+      : config.exitOnClientEof
+        ? 'exit-on-client-eof'
+        : config.exitOnServiceEof
+          ? 'exit-on-service-eof'
+          : undefined;
+    if (clash) return `service ${rpc.descriptor}: Cannot set explicit username if ${clash}=true`;
+    return { cmd, user: config.user, config };
+  }
+  return { cmd, user, config };
+}
+
+/** A started service: local streams to connect to the data vchan. */
+export interface StartedService {
+  readonly sink: Writable | null;
+  readonly source: Readable | null;
+  readonly errSource: Readable | null;
+  readonly single: boolean;
+  readonly sinkPrefix?: Buffer;
+  readonly localExit?: Promise<number>;
+  readonly exitOnClientEof: boolean;
+  readonly exitOnServiceEof: boolean;
+  /** For the log: what runs. */
+  readonly what: string;
+  /** The child, when there is one. */
+  readonly child?: ChildProcess;
+}
+
+/** A service that could not be started: the exit code to report (125 or 127). */
+export interface FailedService {
+  readonly code: number;
+  readonly reason: string;
+}
+
+type Target =
+  | { kind: 'exec'; program: string | null }
+  | { kind: 'socket'; path: string }
+  | { kind: 'tcp'; host: string; port: string };
+
+/** Finds what a call runs; a FailedService when it is missing (127) or unusable (125). */
+function resolveTarget(call: PreparedCall, ctx: ExecContext): Target | FailedService {
+  const rpc = call.cmd.rpc;
+  if (!rpc) return { kind: 'exec', program: null };
+  const r = findServiceFile(ctx.servicePath, rpc.descriptor, rpc.serviceName, true);
+  if (r.kind === 'absent') return { code: ExitCode.NOT_FOUND, reason: `Service not found: ${rpc.descriptor}` };
+  if (r.kind === 'error') return { code: ExitCode.PROBLEM, reason: `Error finding service: ${rpc.descriptor}: ${r.reason}` };
+  if (r.kind === 'tcp') return tcpTarget(r.target, rpc.arg);
+  if (r.stat.isSocket()) return { kind: 'socket', path: r.path };
+  if (isExecutable(r.path)) {
+    for (const [on, key] of [
+      [!call.config.sendServiceDescriptor, 'skip-service-descriptor'],
+      [call.config.exitOnServiceEof, 'exit-on-service-eof'],
+      [call.config.exitOnClientEof, 'exit-on-client-eof'],
+    ] as const) {
+      if (on) ctx.log(`Warning: ignoring ${key}=true for executable service ${r.path}`);
+    }
+    return { kind: 'exec', program: r.path };
+  }
+  return { code: ExitCode.PROBLEM, reason: `Unknown service type (not executable, not a socket): ${r.path}` };
+}
+
+/** The reference's validate_port: 1..65535, decimal, no leading zero. */
+function validPort(p: string): boolean {
+  return /^[1-9][0-9]{0,4}$/.test(p) && Number(p) <= 65535;
+}
+
+function tcpTarget(link: string, arg: string | undefined): Target | FailedService {
+  const bad = (reason: string): FailedService => ({ code: ExitCode.PROBLEM, reason });
+  let host: string | undefined;
+  let port: string | undefined;
+  const rest = link.slice('/dev/tcp'.length);
+  if (rest.startsWith('/')) {
+    const slash = rest.indexOf('/', 1);
+    if (slash < 0) host = rest.slice(1);
+    else {
+      host = rest.slice(1, slash);
+      port = rest.slice(slash + 1);
+    }
+  }
+  if (port === undefined) {
+    if (arg === undefined || arg === '') return bad(`No or empty argument provided, cannot connect to ${link}`);
+    if (host === undefined) {
+      const plus = arg.lastIndexOf('+');
+      if (plus < 0) return bad(`No port provided, cannot connect to ${arg}`);
+      const h = arg.slice(0, plus);
+      if (h.includes('_')) return bad(`Underscore not allowed in hostname ${h}`);
+      host = h.replace(/\+/g, ':');
+      port = arg.slice(plus + 1);
+    } else {
+      port = arg;
+    }
+  } else if (arg !== undefined && arg !== '') {
+    return bad(`Unexpected argument ${arg} to service ${link}`);
+  }
+  if (host === undefined) return bad(`No host provided, cannot connect to ${link}`);
+  if (!validPort(port)) return bad(`Invalid port number ${port}`);
+  const v6 = host.includes(':') || host.includes('%');
+  if (v6 ? !net.isIPv6(host) : net.isIP(host) === 0) return bad(`getaddrinfo(${host}, ${port}) failed: not a numeric address`);
+  return { kind: 'tcp', host, port };
+}
+
+/** Connects to a unix socket service; paths too long for sockaddr_un go through a temporary symlink. */
+async function connectUnix(p: string): Promise<net.Socket> {
+  if (Buffer.byteLength(p) < 108) return connectSock({ path: p, allowHalfOpen: true });
+  const dir = fs.mkdtempSync(path.join('/tmp', 'qrexec-'));
+  const link = path.join(dir, 'qrexec-socket');
+  try {
+    fs.symlinkSync(p, link);
+    return await connectSock({ path: link, allowHalfOpen: true });
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function connectSock(opts: net.NetConnectOpts): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(opts);
+    s.once('error', reject);
+    s.once('connect', () => {
+      s.off('error', reject);
+      resolve(s);
+    });
+  });
+}
+
+/** Looks a user up in /etc/passwd (name → uid, gid, home, shell). */
+export function getpwnam(name: string): { uid: number; gid: number; home: string; shell: string } | undefined {
+  let text: string;
+  try {
+    text = fs.readFileSync('/etc/passwd', 'utf8');
+  } catch {
+    return undefined;
+  }
+  for (const line of text.split('\n')) {
+    const f = line.split(':');
+    if (f.length >= 7 && f[0] === name) {
+      const uid = Number(f[2]);
+      const gid = Number(f[3]);
+      if (!Number.isInteger(uid) || !Number.isInteger(gid) || !f[5]) return undefined;
+      return { uid, gid, home: f[5], shell: f[6] || '/bin/sh' };
+    }
+  }
+  return undefined;
+}
+
+interface SpawnPlan {
+  file: string;
+  args: string[];
+  argv0: string;
+  env: NodeJS.ProcessEnv;
+  uid?: number;
+  gid?: number;
+  cwd?: string;
+}
+
+/** Environment of a service: QREXEC* stripped (but QREXEC_SERVICE_PATH, QREXEC_AGENT_PID), then the call's variables. */
+function serviceEnv(base: NodeJS.ProcessEnv, words: string[]): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(base)) {
+    if (k.startsWith('QREXEC') && k !== 'QREXEC_SERVICE_PATH' && k !== 'QREXEC_AGENT_PID') continue;
+    env[k] = v;
+  }
+  const [full, remote, ttype, target] = words as [string, string, string?, string?];
+  if (words.length === 4 && ttype !== undefined && target !== undefined) {
+    env['QREXEC_REQUESTED_TARGET_TYPE'] = ttype;
+    if (ttype === 'name') env['QREXEC_REQUESTED_TARGET'] = target;
+    else if (ttype === 'keyword') env['QREXEC_REQUESTED_TARGET_KEYWORD'] = target;
+  } else {
+    env['QREXEC_REQUESTED_TARGET_TYPE'] = '';
+  }
+  env['QREXEC_SERVICE_FULL_NAME'] = full;
+  env['QREXEC_REMOTE_DOMAIN'] = remote;
+  const plus = full.indexOf('+');
+  if (plus >= 0) env['QREXEC_SERVICE_ARGUMENT'] = full.slice(plus + 1);
+  return env;
+}
+
+/**
+ * How to run a call: a FailedService-like string when the child would fail
+ * before exec (the reference's forked child logs the reason to its stderr and
+ * exits 125).
+ */
+function planSpawn(call: PreparedCall, program: string | null, ctx: ExecContext): SpawnPlan | string {
+  const baseEnv: NodeJS.ProcessEnv = { ...ctx.env, QREXEC_AGENT_PID: String(ctx.agentPid) };
+  let uid: number | undefined;
+  let gid: number | undefined;
+  let cwd: string | undefined;
+  let loginEnv: NodeJS.ProcessEnv | undefined;
+  let shell = '/bin/sh';
+  if (ctx.uid !== 0) {
+    if (call.user !== ctx.userName) {
+      return `requested user ${call.user}, but qrexec-agent is running as user ${ctx.userName}`;
+    }
+  } else if (call.user !== ctx.userName) {
+    const pw = getpwnam(call.user);
+    if (!pw) return `user ${call.user} does not exist`;
+    uid = pw.uid;
+    gid = pw.gid;
+    shell = pw.shell;
+    if (fs.existsSync(pw.home)) cwd = pw.home;
+    else ctx.log(`chdir(${pw.home}): No such file or directory`);
+    loginEnv = {
+      PATH: ctx.env['PATH'] ?? '/usr/local/bin:/usr/bin:/bin',
+      QREXEC_AGENT_PID: String(ctx.agentPid),
+      HOME: pw.home,
+      SHELL: pw.shell,
+      USER: call.user,
+      LOGNAME: call.user,
+    };
+  }
+  const who = { ...(uid !== undefined ? { uid } : {}), ...(gid !== undefined ? { gid } : {}), ...(cwd ? { cwd } : {}) };
+  if (program !== null) {
+    const words = call.cmd.command.split(' ').filter((w) => w.length > 0);
+    if (words.length !== 2 && words.length !== 4) return `invalid number of arguments: ${words.length + 1}`;
+    const env = serviceEnv(loginEnv ?? baseEnv, words);
+    const full = words[0] as string;
+    const plus = full.indexOf('+');
+    const arg = plus >= 0 ? full.slice(plus + 1) : '';
+    return { file: program, args: arg !== '' ? [arg] : [], argv0: program, env, ...who };
+  }
+  if (loginEnv) {
+    return { file: shell, args: ['-c', call.cmd.command], argv0: `-${path.basename(shell)}`, env: loginEnv, ...who };
+  }
+  return { file: '/bin/sh', args: ['-c', call.cmd.command], argv0: 'sh', env: baseEnv, ...who };
+}
+
+/**
+ * libuv falls back to /bin/sh when execve() fails with ENOEXEC (glibc execvp
+ * semantics); the reference uses execve() and fails with 125. Accept what the
+ * kernel runs directly: ELF binaries and `#!` scripts.
+ */
+function execFormatOk(file: string): boolean {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'r');
+  } catch {
+    return true; // execute-only file: let execve decide
+  }
+  try {
+    const b = Buffer.alloc(4);
+    const n = fs.readSync(fd, b, 0, 4, 0);
+    return (n >= 2 && b[0] === 0x23 && b[1] === 0x21) || (n === 4 && b.readUInt32BE(0) === 0x7f454c46);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** A stand-in for a child that fails before exec: prints `reason` on stderr and exits with `code`. */
+function failedChild(reason: string, code: number, what: string): StartedService {
+  const out = new PassThrough();
+  out.end();
+  const err = new PassThrough();
+  err.end(`qrexec-agent: ${reason}\n`);
+  const sink = new PassThrough();
+  sink.resume();
+  return {
+    sink,
+    source: out,
+    errSource: err,
+    single: false,
+    localExit: Promise.resolve(code),
+    exitOnClientEof: false,
+    exitOnServiceEof: false,
+    what,
+  };
+}
+
+function exitStatusOf(child: ChildProcess, onSpawnError: (e: NodeJS.ErrnoException) => void): Promise<number> {
+  return new Promise((resolve) => {
+    child.once('error', (e: NodeJS.ErrnoException) => {
+      if (child.pid === undefined) {
+        onSpawnError(e);
+        resolve(e.code === 'ENOENT' ? ExitCode.NOT_FOUND : ExitCode.PROBLEM);
+      }
+    });
+    child.once('exit', (code, signal) => {
+      if (signal) resolve(128 + (os.constants.signals[signal] ?? 0));
+      else resolve(code ?? 255);
+    });
+  });
+}
+
+/**
+ * Starts an MSG_EXEC_CMDLINE call. Resolves with the local streams, or with a
+ * FailedService when the call fails before anything runs (the caller then
+ * sends stdout/stderr EOF and the code).
+ */
+export async function startService(call: PreparedCall, ctx: ExecContext): Promise<StartedService | FailedService> {
+  const target = resolveTarget(call, ctx);
+  if ('code' in target) return target;
+  const desc = call.cmd.rpc ? Buffer.from(`${call.cmd.command}\0`) : undefined;
+  if (target.kind === 'socket' || target.kind === 'tcp') {
+    let sock: net.Socket;
+    try {
+      sock =
+        target.kind === 'socket'
+          ? await connectUnix(target.path)
+          : await connectSock({ host: target.host, port: Number(target.port), allowHalfOpen: true });
+    } catch (e) {
+      return { code: ExitCode.PROBLEM, reason: `connect: ${(e as Error).message}` };
+    }
+    sock.setNoDelay?.(true);
+    return {
+      sink: sock,
+      source: sock,
+      errSource: null,
+      single: true,
+      ...(call.config.sendServiceDescriptor && desc ? { sinkPrefix: desc } : {}),
+      exitOnClientEof: call.config.exitOnClientEof,
+      exitOnServiceEof: call.config.exitOnServiceEof,
+      what: target.kind === 'socket' ? `socket ${target.path}` : `tcp ${target.host}:${target.port}`,
+    };
+  }
+  const what = target.program ? `${target.program} ${call.cmd.command}` : call.cmd.command;
+  const plan = planSpawn(call, target.program, ctx);
+  if (typeof plan === 'string') return failedChild(plan, ExitCode.PROBLEM, what);
+  if (target.program && !execFormatOk(target.program)) return failedChild('execve: Exec format error', ExitCode.PROBLEM, what);
+  const errPipe = nativePipe();
+  const stdio: StdioOptions = ['pipe', 'pipe', errPipe ? errPipe[1] : 'pipe'];
+  let spawnError = '';
+  const child = spawn(plan.file, plan.args, {
+    argv0: plan.argv0,
+    env: plan.env,
+    stdio,
+    ...(plan.uid !== undefined ? { uid: plan.uid } : {}),
+    ...(plan.gid !== undefined ? { gid: plan.gid } : {}),
+    ...(plan.cwd !== undefined ? { cwd: plan.cwd } : {}),
+  });
+  let errSource: Readable | null;
+  if (errPipe) {
+    fs.closeSync(errPipe[1]);
+    errSource = new net.Socket({ fd: errPipe[0], readable: true, writable: false });
+  } else {
+    errSource = child.stderr;
+  }
+  const localExit = exitStatusOf(child, (e) => {
+    spawnError = `execve: ${e.message}`;
+    ctx.log(`${spawnError}: ${what}`);
+  });
+  void spawnError;
+  return {
+    sink: child.stdin,
+    source: child.stdout,
+    errSource,
+    single: false,
+    localExit,
+    exitOnClientEof: false,
+    exitOnServiceEof: false,
+    what: child.pid !== undefined ? `${what} (pid ${child.pid})` : what,
+    child,
+  };
+}
+
+/**
+ * Runs an MSG_JUST_EXEC call: start and forget, stdio on /dev/null. Resolves
+ * with the exit code to report (0 once started; 125/127 when it could not be).
+ */
+export async function justExec(call: PreparedCall, ctx: ExecContext): Promise<number> {
+  const target = resolveTarget(call, ctx);
+  if ('code' in target) {
+    ctx.log(target.reason);
+    return target.code;
+  }
+  if (target.kind === 'socket' || target.kind === 'tcp') {
+    try {
+      const sock =
+        target.kind === 'socket'
+          ? await connectUnix(target.path)
+          : await connectSock({ host: target.host, port: Number(target.port), allowHalfOpen: true });
+      sock.on('error', () => undefined);
+      const desc = call.config.sendServiceDescriptor ? Buffer.from(`${call.cmd.command}\0`) : Buffer.alloc(0);
+      await new Promise<void>((resolve, reject) => sock.end(desc, () => resolve()).once('error', reject));
+      sock.destroySoon();
+      return 0;
+    } catch (e) {
+      ctx.log(`socket service: ${(e as Error).message}`);
+      return ExitCode.PROBLEM;
+    }
+  }
+  const plan = planSpawn(call, target.program, ctx);
+  const what = target.program ? `${target.program} ${call.cmd.command}` : call.cmd.command;
+  if (typeof plan === 'string') {
+    ctx.log(plan);
+    return 0; // the reference's child fails after the exit code was sent
+  }
+  if (target.program && !execFormatOk(target.program)) {
+    ctx.log(`execve: Exec format error: ${target.program}`);
+    return 0;
+  }
+  const child = spawn(plan.file, plan.args, {
+    argv0: plan.argv0,
+    env: plan.env,
+    stdio: ['ignore', 'ignore', call.cmd.rpc ? 'inherit' : 'ignore'],
+    ...(plan.uid !== undefined ? { uid: plan.uid } : {}),
+    ...(plan.gid !== undefined ? { gid: plan.gid } : {}),
+    ...(plan.cwd !== undefined ? { cwd: plan.cwd } : {}),
+  });
+  child.on('error', (e) => ctx.log(`execve: ${e.message}: ${what}`));
+  child.unref();
+  ctx.log(`executed (nowait): ${what}${child.pid !== undefined ? ` (pid ${child.pid})` : ''}`);
+  return 0;
+}
+
+/**
+ * Starts qubes.WaitForSession for `source` with `user` on its stdin, as
+ * exec_wait_for_session does. Resolves when it exits (at once when missing).
+ */
+export function waitForSession(source: string, user: string, ctx: ExecContext): Promise<void> {
+  const found = findFile(ctx.servicePath, 'qubes.WaitForSession', false);
+  if (found.kind !== 'found') {
+    ctx.log('Service not found: qubes.WaitForSession');
+    return Promise.resolve();
+  }
+  return new Promise((resolve) => {
+    const child = spawn(found.path, [], {
+      argv0: 'qubes.WaitForSession',
+      env: { ...ctx.env, QREXEC_AGENT_PID: String(ctx.agentPid), QREXEC_REMOTE_DOMAIN: source },
+      stdio: ['pipe', 'inherit', 'inherit'],
+    });
+    child.on('error', (e) => {
+      ctx.log(`qubes.WaitForSession: ${e.message}`);
+      resolve();
+    });
+    child.on('exit', () => resolve());
+    child.stdin?.on('error', () => undefined);
+    child.stdin?.end(`${user}\n`);
+  });
+}

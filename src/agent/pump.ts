@@ -1,0 +1,448 @@
+/**
+ * One data vchan of a call, from the qube's side: the handshake and the
+ * MSG_DATA_* stream between the vchan and local streams, with the reference's
+ * rules (libqrexec/process_io.c) for both roles:
+ *
+ * - `service`: we run the service. Remote MSG_DATA_STDIN goes to the
+ *   service's stdin; its stdout/stderr go out as MSG_DATA_STDOUT/STDERR; the
+ *   exit code is sent once stdout and stderr ended and the process exited.
+ * - `client`: we are the caller (qrexec-client-vm). Local input goes out as
+ *   MSG_DATA_STDIN; remote stdout/stderr are written locally; the result is
+ *   the remote exit code (or the local program's status when that failed).
+ *
+ * Memory stays bounded: local reads pause while the vchan cannot take more,
+ * and the vchan is paused while a local writer is slow.
+ */
+import type { Readable, Writable } from 'node:stream';
+import {
+  FrameDecoder,
+  HEADER_SIZE,
+  MAX_DATA_CHUNK_V3,
+  MsgType,
+  PEER_INFO_SIZE,
+  ProtocolError,
+  QREXEC_DATA_MIN_VERSION,
+  QREXEC_PROTOCOL_VERSION,
+  encodeDataHeader,
+  encodeExitCode,
+  encodeHello,
+  maxDataChunk,
+  negotiateVersion,
+  parseHello,
+  type Frame,
+  type LengthRules,
+} from '../protocol/index.js';
+import type { Channel } from '../vchan/index.js';
+
+/** Replaces bytes that are not printable ASCII (nor tab, newline, CR, backspace, bell) by `_`, in place. */
+export function replaceChars(buf: Buffer): Buffer {
+  for (let i = 0; i < buf.length; i++) {
+    const c = buf[i] as number;
+    if ((c < 0x20 || c > 0x7e) && c !== 0x09 && c !== 0x0a && c !== 0x0d && c !== 0x08 && c !== 0x07) buf[i] = 0x5f;
+  }
+  return buf;
+}
+
+/** A local stream we write to; `end()` signals EOF (shutdown for sockets). */
+export type LocalSink = Writable;
+/** A local stream we read from. */
+export type LocalSource = Readable;
+
+/** Options of one call's data pump. */
+export interface PumpOptions {
+  readonly channel: Channel;
+  readonly role: 'service' | 'client';
+  /** Where remote data goes (service: process stdin; client: local stdout). */
+  readonly sink: LocalSink | null;
+  /** Local data to send (service: process stdout; client: local stdin). */
+  readonly source: LocalSource | null;
+  /** `sink` and `source` are one socket (socket services, --use-stdin-socket). */
+  readonly single: boolean;
+  /** Service: the process's stderr. */
+  readonly errSource?: LocalSource | null;
+  /** Client: where remote stderr goes. */
+  readonly errSink?: Writable | null;
+  /** Bytes to write to `sink` before any remote data (a socket service's descriptor). */
+  readonly sinkPrefix?: Buffer;
+  /** Client: bytes sent as MSG_DATA_STDIN before `source` is read (--prefix-data). */
+  readonly prefix?: Buffer;
+  /** A local process: resolves with its exit status (128+signal when killed). */
+  readonly localExit?: Promise<number>;
+  /** Socket services: end the call when the client sends EOF. */
+  readonly exitOnClientEof?: boolean;
+  /** Socket services: end the call when the service's output ends. */
+  readonly exitOnServiceEof?: boolean;
+  /** Client: replace unsafe bytes of remote stdout / stderr (-t / -T). */
+  readonly replaceStdout?: boolean;
+  readonly replaceStderr?: boolean;
+  readonly log?: (msg: string) => void;
+  /** Invoked with the negotiated version once the handshake is done. */
+  readonly onHandshake?: (version: number) => void;
+  /**
+   * Service: nothing runs; after the handshake send only this exit code (with
+   * stdout/stderr EOF first when `eofs`), as for a call that failed to start
+   * or an MSG_JUST_EXEC call.
+   */
+  readonly exitOnly?: Promise<{ readonly code: number; readonly eofs: boolean }>;
+}
+
+/** Control of a running pump. */
+export interface Pump {
+  /** Resolves with the call's status (service: the sent exit code or -1 when none was; client: the exit status). */
+  readonly done: Promise<number>;
+  /** The child asked to use its stdin socket for output too (SIGUSR1): switch `source` to `sink`. */
+  useStdinSocket(sock: LocalSource & LocalSink): void;
+  /** Abort: close everything, no exit code. */
+  abort(reason: string): void;
+}
+
+const HELLO_BOUNDS = { min: PEER_INFO_SIZE, max: PEER_INFO_SIZE };
+const DATA_BOUNDS = { min: 0, max: MAX_DATA_CHUNK_V3 };
+
+/**
+ * Starts the handshake (sending our MSG_HELLO) and then the data stream.
+ * The channel is ended when the pump finishes.
+ */
+export function startPump(o: PumpOptions): Pump {
+  const ch = o.channel;
+  const log = o.log ?? (() => undefined);
+  const isService = o.role === 'service';
+  const outType = isService ? MsgType.DATA_STDOUT : MsgType.DATA_STDIN;
+  const inType = isService ? MsgType.DATA_STDIN : MsgType.DATA_STDOUT;
+  let helloSeen = false;
+  // The first header must be MSG_HELLO; the data messages after it may arrive in
+  // the same read, so the chunk limit of the negotiated version is checked on dispatch.
+  const rules: LengthRules = (t) => {
+    if (!helloSeen) {
+      helloSeen = true;
+      return t === MsgType.HELLO ? HELLO_BOUNDS : undefined;
+    }
+    return t === MsgType.DATA_STDIN || t === MsgType.DATA_STDOUT || t === MsgType.DATA_STDERR || t === MsgType.DATA_EXIT_CODE
+      ? DATA_BOUNDS
+      : undefined;
+  };
+  const decoder = new FrameDecoder(rules);
+  let version = -1;
+  let chunk = 0;
+  let finished = false;
+  let started = false;
+  let sink: LocalSink | null = o.sink;
+  let source: LocalSource | null = o.source;
+  let errSource: LocalSource | null = (isService && o.errSource) || null;
+  let single = o.single;
+  const hasLocal = o.localExit !== undefined;
+  let localStatus: number | undefined;
+  let remoteStatus: number | undefined;
+  let warnedDirection = false;
+  let resolveDone: (n: number) => void = () => undefined;
+  const done = new Promise<number>((r) => (resolveDone = r));
+  const sources = new Set<LocalSource>();
+
+  const sendData = (type: number, data: Buffer): void => {
+    if (data.length === 0) {
+      ch.write(encodeDataHeader(type, 0));
+      return;
+    }
+    for (let off = 0; off < data.length; off += chunk) {
+      const part = data.subarray(off, Math.min(off + chunk, data.length));
+      if (part.length <= 4096) {
+        const b = Buffer.allocUnsafe(HEADER_SIZE + part.length);
+        b.writeUInt32LE(type, 0);
+        b.writeUInt32LE(part.length, 4);
+        part.copy(b, HEADER_SIZE);
+        ch.write(b);
+      } else {
+        ch.write(encodeDataHeader(type, part.length));
+        ch.write(part);
+      }
+    }
+  };
+
+  const closeSink = (): void => {
+    if (sink === null) return;
+    const s = sink;
+    sink = null;
+    if (!single || source === null) {
+      s.end();
+    } else {
+      s.end(); // shutdown(SHUT_WR) on the shared socket; reading goes on
+    }
+  };
+  const stopSource = (r: LocalSource | null): void => {
+    if (r === null) return;
+    sources.delete(r);
+    r.removeAllListeners('data');
+    r.pause();
+    if (!(single && r === (sink as unknown))) r.destroy();
+  };
+
+  /** The reference's close_stdin(). */
+  const closeInput = (): void => {
+    if (o.exitOnClientEof) {
+      if (source !== null) ch.write(encodeDataHeader(outType, 0));
+      const s = source;
+      source = null;
+      stopSource(s);
+      sink = null;
+      return;
+    }
+    closeSink();
+  };
+  /** The reference's close_stdout(). */
+  const closeOutput = (): void => {
+    const s = source;
+    source = null;
+    stopSource(s);
+    if (o.exitOnServiceEof) sink = null;
+  };
+
+  const finish = (status: number, sendExit: boolean): void => {
+    if (finished) return;
+    finished = true;
+    if (sendExit) ch.write(encodeExitCode(status));
+    for (const r of sources) {
+      r.removeAllListeners('data');
+      r.destroy();
+    }
+    sources.clear();
+    const s = sink;
+    sink = null;
+    s?.end();
+    if (single && s) setImmediate(() => s.destroy());
+    source = null;
+    errSource = null;
+    ch.end();
+    setTimeout(() => ch.destroy(), 2000).unref();
+    if (hasLocal && localStatus === undefined) {
+      void o.localExit?.then(
+        (st) => {
+          localStatus = st;
+          resolveDone(result());
+        },
+        () => resolveDone(result()),
+      );
+    } else {
+      resolveDone(result());
+    }
+  };
+  const result = (): number => {
+    if (isService) return remoteStatus ?? -1; // remoteStatus holds the sent code for services
+    if (remoteStatus === undefined) return 255;
+    if (remoteStatus !== 0) return remoteStatus;
+    return hasLocal ? (localStatus ?? 255) : 0;
+  };
+
+  const checkDone = (): void => {
+    if (finished || !started) return;
+    if (sink !== null || source !== null || errSource !== null) return;
+    if (isService) {
+      if (!hasLocal || localStatus !== undefined) {
+        remoteStatus = hasLocal ? (localStatus as number) : 0;
+        finish(remoteStatus, true);
+      }
+    } else if ((!hasLocal || localStatus !== undefined) && remoteStatus !== undefined) {
+      finish(remoteStatus, false);
+    }
+  };
+
+  const pump = (r: LocalSource, type: number, onEof: () => void): void => {
+    sources.add(r);
+    r.on('data', (d: Buffer) => {
+      if (finished) return;
+      sendData(type, d);
+      if (ch.writableNeedDrain && !r.isPaused()) {
+        r.pause();
+        ch.once('drain', () => {
+          if (!finished && sources.has(r)) r.resume();
+        });
+      }
+    });
+    let ended = false;
+    const eof = (): void => {
+      if (ended || finished || !sources.has(r)) return;
+      ended = true;
+      ch.write(encodeDataHeader(type, 0));
+      onEof();
+      checkDone();
+    };
+    r.once('end', eof);
+    r.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code !== 'ECONNRESET' && e.code !== 'EPIPE') log(`local read error: ${e.message}`);
+      eof();
+    });
+  };
+
+  const start = (): void => {
+    if (o.exitOnly) {
+      void o.exitOnly.then((r) => {
+        if (finished) return;
+        if (r.eofs) {
+          ch.write(encodeDataHeader(MsgType.DATA_STDOUT, 0));
+          ch.write(encodeDataHeader(MsgType.DATA_STDERR, 0));
+        }
+        remoteStatus = r.code;
+        finish(r.code, true);
+      });
+      return;
+    }
+    started = true;
+    if (isService && errSource === null) ch.write(encodeDataHeader(MsgType.DATA_STDERR, 0));
+    if (o.sinkPrefix && o.sinkPrefix.length > 0 && sink) writeSink(o.sinkPrefix);
+    if (o.prefix && o.prefix.length > 0) sendData(outType, o.prefix);
+    if (source) pump(source, outType, closeOutput);
+    if (errSource) {
+      const e = errSource;
+      pump(e, MsgType.DATA_STDERR, () => {
+        sources.delete(e);
+        errSource = null;
+      });
+    }
+    if (hasLocal) {
+      o.localExit?.then(
+        (st) => {
+          localStatus = st;
+          if (!finished) {
+            closeInput();
+            checkDone();
+          }
+        },
+        () => {
+          localStatus = 125;
+          checkDone();
+        },
+      );
+    }
+    checkDone();
+  };
+
+  const writeSink = (data: Buffer): void => {
+    const s = sink;
+    if (s === null) return;
+    if (!s.write(data) && !finished) {
+      ch.pause();
+      s.once('drain', () => ch.resume());
+    }
+  };
+  const attachSinkErrors = (s: LocalSink | null): void => {
+    s?.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code !== 'EPIPE' && e.code !== 'ECONNRESET') log(`local write error: ${e.message}`);
+      if (s === sink) {
+        ch.resume();
+        closeInput();
+        checkDone();
+      }
+    });
+  };
+  attachSinkErrors(sink);
+  if (o.errSink) o.errSink.on('error', () => undefined);
+
+  const onFrame = (f: Frame): void => {
+    if (version < 0) {
+      try {
+        version = negotiateVersion(parseHello(f.payload), QREXEC_PROTOCOL_VERSION, QREXEC_DATA_MIN_VERSION);
+      } catch (e) {
+        log((e as Error).message);
+        finish(-1, false);
+        return;
+      }
+      chunk = maxDataChunk(version);
+      o.onHandshake?.(version);
+      start();
+      return;
+    }
+    if (f.payload.length > chunk) {
+      log(`Too big data chunk received: ${f.payload.length} > ${chunk}`);
+      finish(isService ? -1 : 1, false);
+      return;
+    }
+    switch (f.type) {
+      case MsgType.DATA_STDIN:
+      case MsgType.DATA_STDOUT:
+        if (f.type !== inType && !warnedDirection) {
+          warnedDirection = true;
+          log(isService ? 'client sent MSG_DATA_STDOUT' : 'service sent MSG_DATA_STDIN');
+        }
+        if (sink === null) return;
+        if (f.payload.length === 0) {
+          closeInput();
+          checkDone();
+          return;
+        }
+        writeSink(!isService && o.replaceStdout ? replaceChars(Buffer.from(f.payload)) : f.payload);
+        return;
+      case MsgType.DATA_STDERR:
+        if (isService) {
+          log('client sent MSG_DATA_STDERR');
+          return;
+        }
+        if (f.payload.length > 0 && o.errSink && !o.errSink.destroyed) {
+          o.errSink.write(o.replaceStderr ? replaceChars(Buffer.from(f.payload)) : f.payload);
+        }
+        return;
+      case MsgType.DATA_EXIT_CODE:
+        if (isService) {
+          log('client sent MSG_DATA_EXIT_CODE');
+          return;
+        }
+        if (f.payload.length < 4) {
+          log(`MSG_DATA_EXIT_CODE too short: ${f.payload.length} < 4`);
+          remoteStatus = 255;
+        } else {
+          remoteStatus = f.payload.readInt32LE(0);
+        }
+        if (source !== null) ch.write(encodeDataHeader(outType, 0));
+        closeOutput();
+        checkDone();
+        return;
+      default:
+        return;
+    }
+  };
+
+  ch.on('data', (buf: Buffer) => {
+    if (finished) return;
+    try {
+      for (const f of decoder.push(buf)) {
+        if (finished) break;
+        onFrame(f);
+      }
+    } catch (e) {
+      if (!(e instanceof ProtocolError)) throw e;
+      log(`data vchan: ${e.message}`);
+      finish(isService ? -1 : 1, false);
+    }
+  });
+  const onClose = (): void => {
+    if (finished) return;
+    const allClosed = sink === null && source === null && errSource === null;
+    if (isService || !(allClosed && remoteStatus !== undefined)) {
+      log(`vchan connection closed early (local status: ${localStatus ?? 'running'}, remote status: ${remoteStatus ?? 'none'})`);
+    }
+    finish(isService ? -1 : (remoteStatus ?? 255), false);
+  };
+  ch.on('end', onClose);
+  ch.on('close', onClose);
+  ch.on('error', (e: Error) => log(`data vchan error: ${e.message}`));
+  ch.write(encodeHello(QREXEC_PROTOCOL_VERSION));
+
+  return {
+    done,
+    useStdinSocket(sock: LocalSource & LocalSink): void {
+      if (finished || single) return;
+      const s = source;
+      source = null;
+      stopSource(s);
+      single = true;
+      if (sink !== null || sock.readable) {
+        source = sock;
+        pump(sock, outType, closeOutput);
+      }
+      checkDone();
+    },
+    abort(reason: string): void {
+      log(reason);
+      finish(-1, false);
+    },
+  };
+}
+
