@@ -147,11 +147,12 @@ export class RequestParser {
     }
     if (this.fields.has(key)) return this.fail(`duplicate argument ${key}`);
     const valueLen = b.length - eq - 1;
+    if ((key === 'assume_yes_for_ask' || key === 'just_evaluate') && valueLen <= 64) {
+      const v = Buffer.from(b.buffer, b.byteOffset + eq + 1, valueLen).toString('latin1');
+      if (v !== 'yes' && v !== 'no') return this.fail(`invalid bool value ${v} for argument ${key}`);
+    }
     if (valueLen > limit) return this.fail(`value of ${key} is ${valueLen} bytes long, the limit is ${limit}`);
     const value = Buffer.from(b.buffer, b.byteOffset + eq + 1, valueLen).toString('latin1');
-    if ((key === 'assume_yes_for_ask' || key === 'just_evaluate') && value !== 'yes' && value !== 'no') {
-      return this.fail(`invalid bool value ${value} for argument ${key}`);
-    }
     this.fields.set(key, value);
     return MORE;
   }
