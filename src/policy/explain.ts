@@ -9,6 +9,7 @@
  * functions to describe what happened. It never decides anything itself.
  */
 import { EvaluationCrash, pyRepr } from './errors.js';
+import { pySplit } from './lines.js';
 import { basename } from './paths.js';
 import type { Decision, Policy, PolicyRequest, ResolvedRequest } from './policy.js';
 import { decide, decisionToJson, ruleLabel, type DecisionJson } from './report.js';
@@ -341,10 +342,18 @@ function ruleJson(r: Rule): { file: string; line: number | null; label: string; 
   return { file: r.file, line: r.line, label: ruleLabel(r), text: ruleText(r) };
 }
 
-/** The text of a rule; the implicit denies of `!compat-4.0` have no line of their own. */
+/**
+ * The text of a rule. A line of a 4.0-syntax file (legacy or
+ * `!include-service`) is shown as the new-format rule it stands for, with
+ * the line as written; the implicit denies of `!compat-4.0` have no line.
+ */
 function ruleText(r: Rule): string {
-  if (r.line !== null) return r.text;
-  return `${r.service ?? '*'} ${r.argument ?? '*'} ${r.text}  (implicit, after the 4.0 file ${basename(r.file)})`;
+  const head = `${r.service ?? '*'} ${r.argument ?? '*'}`;
+  if (r.line === null) return `${head} ${r.text}  (implicit, after the 4.0 file ${basename(r.file)})`;
+  const words = pySplit(r.text);
+  if (words[0] === (r.service ?? '*') && words[1] === (r.argument ?? '*')) return r.text;
+  const converted = pySplit(r.text.replaceAll('$', '@').replaceAll(',', ' ')).join(' ');
+  return `${head} ${converted}  (4.0 syntax: ${words.join(' ')})`;
 }
 
 /** Machine-readable form of an explanation (`--json`). */
