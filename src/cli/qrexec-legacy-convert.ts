@@ -74,7 +74,7 @@ runMain('qrexec-legacy-convert', USAGE, () => {
     const tmp = path.join(path.dirname(path.resolve(output)), `.${path.basename(output)}.${process.pid}.tmp`);
     fs.writeFileSync(tmp, result.text, { mode: 0o644 });
     fs.renameSync(tmp, output);
-    process.stderr.write(`qrexec-legacy-convert: wrote ${result.rules} rules from ${result.files.length} files to ${output}\n`);
+    process.stderr.write(`qrexec-legacy-convert: wrote ${result.rules} rule${result.rules === 1 ? '' : 's'} from ${result.files.length} file${result.files.length === 1 ? '' : 's'} to ${output}\n`);
   }
   return 0;
 });
