@@ -131,7 +131,7 @@ export class PolicyServer {
     const pending: Pending = { sock, since: performance.now() };
     this.reading.add(pending);
     const ctx = this.ctx;
-    let state: 'reading' | 'deciding' | 'closed' = 'reading';
+    let state: 'reading' | 'deciding' | 'replying' | 'closed' = 'reading';
     const reject = (reason: string): void => {
       ctx.log.error(`error parsing policy request: ${reason}`);
       stop();
@@ -147,10 +147,12 @@ export class PolicyServer {
       state = 'deciding';
       sock.pause();
       decideAndRecord(req, ctx, (reply) => {
+        const what = reply === DENY_REPLY ? 'deny' : 'allow';
         if (state === 'closed' || sock.destroyed) {
-          ctx.log.info(`client left before the reply (${reply === DENY_REPLY ? 'deny' : 'allow'} not delivered)`);
+          ctx.log.info(`client left before the reply (${what} not delivered)`);
           return;
         }
+        state = 'replying';
         sock.end(reply, () => sock.destroy());
       });
     };
@@ -168,7 +170,8 @@ export class PolicyServer {
     sock.on('data', onData);
     sock.on('end', onEnd);
     sock.on('error', (e) => {
-      if (state !== 'closed') ctx.log.debug(`policy connection: ${e.message}`);
+      if (state === 'replying') ctx.log.info(`client left before the reply (${e.message})`);
+      else if (state !== 'closed') ctx.log.debug(`policy connection: ${e.message}`);
     });
     sock.on('close', () => {
       if (state === 'reading') this.reading.delete(pending);
