@@ -18,6 +18,8 @@ export interface Channel {
   on(event: 'drain' | 'end' | 'close', cb: () => void): unknown;
   on(event: 'error', cb: (err: Error) => void): unknown;
   once(event: 'drain' | 'end' | 'close', cb: () => void): unknown;
+  off(event: 'data', cb: (chunk: Buffer) => void): unknown;
+  off(event: 'drain' | 'end' | 'close', cb: () => void): unknown;
 }
 
 /**

@@ -1,0 +1,533 @@
+import * as net from 'node:net';
+import { mkdir, symlink, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import {
+  FrameDecoder,
+  MsgType,
+  ProtocolError,
+  QREXEC_AGENT_MIN_VERSION,
+  QREXEC_CLIENT_MIN_VERSION,
+  QREXEC_CLIENT_PROTOCOL_VERSION,
+  QREXEC_PROTOCOL_VERSION,
+  VCHAN_BASE_PORT,
+  agentToDaemonRules,
+  buildDom0ServiceCommand,
+  buildServiceCommand,
+  clientToDaemonRules,
+  encodeExecParams,
+  encodeHello,
+  encodeMessage,
+  encodeServiceConnect,
+  encodeServiceRefused,
+  helloRules,
+  msgTypeName,
+  negotiateVersion,
+  parseExec,
+  parseExecParams,
+  parseHello,
+  parseTrigger,
+  targetRefersToDom0,
+  type Frame,
+  type Trigger,
+} from '../protocol/index.js';
+import { vchanConnect, type Channel, type VchanEnv } from '../vchan/index.js';
+import { DaemonClient, DaemonClientError } from './client.js';
+import { runDom0Service } from './dom0.js';
+import { askPolicy, type PolicyAllow, type PolicyOutcome, type PolicyQuery } from './policy.js';
+import { PortAllocator } from './ports.js';
+
+export type LogLevel = 'info' | 'warning' | 'error';
+export type Logger = (level: LogLevel, msg: string) => void;
+
+/** Configuration of the host side of one qube. */
+export interface QubeDaemonOptions {
+  readonly domid: number;
+  readonly name: string;
+  readonly uuid?: string;
+  /** User substituted for `DEFAULT:` in commands (reference default "user"). */
+  readonly defaultUser: string;
+  /** Directory of the `qrexec.<domid>` sockets. */
+  readonly socketDir: string;
+  readonly vchan: VchanEnv;
+  readonly policySocket: string;
+  readonly policyProgram: string;
+  /** Where services addressed to dom0 are looked up. */
+  readonly servicePath: readonly string[];
+  /** Give up connecting to the agent after this long at start (default 60 s; 0 = forever). */
+  readonly startupTimeoutMs?: number;
+  readonly log?: Logger;
+  /** Replaces the vchan-socket connection to the agent (tests). */
+  readonly connectAgent?: () => Promise<Channel>;
+  /** Replaces the policy query (tests). */
+  readonly policy?: (q: PolicyQuery) => Promise<PolicyOutcome>;
+}
+
+/** Most policy requests in flight per qube (reference: MAX_CLIENTS slots); more are refused. */
+export const MAX_PENDING_CALLS = 256;
+/** Most local client connections per qube. */
+export const MAX_CLIENTS = 1024;
+
+interface Pending {
+  readonly ident: string;
+  readonly identRaw: Buffer;
+  state: 'pending' | 'allowed' | 'denied';
+  readonly generation: number;
+}
+
+interface LocalClient {
+  readonly sock: net.Socket;
+  readonly decoder: FrameDecoder;
+  state: 'hello' | 'cmdline' | 'running';
+  readonly id: number;
+}
+
+/**
+ * The host side of one qube (the reference's qrexec-daemon, as an object so
+ * one process can serve many qubes on one event loop): owns the qube's control
+ * vchan, serves local clients on `qrexec.<domid>` (+ name and uuid symlinks),
+ * answers the qube's service calls by asking the policy and connecting the
+ * call. The qube's identity is the channel: every call's source is `name`.
+ *
+ * Faults are contained: a protocol violation on the control vchan closes that
+ * vchan (the daemon then waits for the agent to reconnect, as the reference
+ * does); a misbehaving local client is disconnected; nothing blocks the loop.
+ */
+export class QubeDaemon {
+  private readonly log: Logger;
+  private readonly ports: PortAllocator;
+  private control: Channel | undefined;
+  private version = 0;
+  private server: net.Server | undefined;
+  private readonly clients = new Set<LocalClient>();
+  private readonly notify = new Map<number, LocalClient>(); // port -> client to close when it ends
+  private readonly pending: Pending[] = [];
+  private generation = 0;
+  private clientSeq = 0;
+  private stopped = false;
+  private readonly abort = new AbortController();
+  private controlPaused = false;
+  private readonly socketNames: string[];
+  /** Resolves when the daemon stops for good (reconnect failure or stop()). */
+  readonly done: Promise<number>;
+  private resolveDone!: (code: number) => void;
+
+  constructor(readonly opts: QubeDaemonOptions) {
+    this.log = opts.log ?? (() => undefined);
+    this.ports = new PortAllocator(opts.domid);
+    this.socketNames = [`qrexec.${opts.domid}`, `qrexec.${opts.name}`, ...(opts.uuid ? [`qrexec.uuid:${opts.uuid}`] : [])];
+    this.done = new Promise((r) => (this.resolveDone = r));
+  }
+
+  /** Connects to the agent (with the startup timeout), handshakes and opens the sockets. */
+  async start(): Promise<void> {
+    const t = this.opts.startupTimeoutMs ?? 60_000;
+    const ch = await this.connectAgent(t > 0 ? t : undefined);
+    await this.handshake(ch);
+    await this.openSockets();
+    if (this.stopped) {
+      ch.destroy();
+      await this.closeSockets();
+      return;
+    }
+    this.attachControl(ch);
+  }
+
+  /** Closes everything; pending calls are dropped. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.abort.abort();
+    await this.closeSockets();
+    this.control?.destroy();
+    this.resolveDone(0);
+  }
+
+  private connectAgent(timeoutMs: number | undefined): Promise<Channel> {
+    if (this.opts.connectAgent) return this.opts.connectAgent();
+    const signal = this.abort.signal;
+    return vchanConnect(this.opts.vchan, this.opts.domid, VCHAN_BASE_PORT, timeoutMs === undefined ? { signal } : { timeoutMs, signal });
+  }
+
+  /** Agent sends MSG_HELLO first; we answer with the negotiated version. */
+  private handshake(ch: Channel): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const d = new FrameDecoder(helloRules);
+      const fail = (msg: string): void => {
+        cleanup();
+        ch.destroy();
+        reject(new ProtocolError('BAD_VERSION', msg));
+      };
+      const onData = (buf: Buffer): void => {
+        ch.pause();
+        let hello: Frame | undefined;
+        try {
+          const it = d.push(buf);
+          const r = it.next();
+          if (!r.done) hello = r.value;
+        } catch (e) {
+          fail(`Invalid HELLO packet received: ${(e as Error).message}`);
+          return;
+        }
+        if (!hello) {
+          ch.resume();
+          return;
+        }
+        const remote = parseHello(hello.payload);
+        try {
+          this.version = negotiateVersion(remote, QREXEC_PROTOCOL_VERSION, QREXEC_AGENT_MIN_VERSION);
+        } catch {
+          fail(`Incompatible agent protocol version (remote ${remote}, local ${QREXEC_PROTOCOL_VERSION}); minimum supported version is ${QREXEC_AGENT_MIN_VERSION}`);
+          return;
+        }
+        cleanup();
+        ch.write(encodeHello(this.version));
+        // bytes after the HELLO in this chunk belong to the running channel
+        const rest = buf.subarray(buf.length - d.bufferedBytes);
+        this.pushback = rest.length > 0 ? rest : undefined;
+        resolve();
+      };
+      const onEnd = (): void => fail('Failed to read agent HELLO');
+      const cleanup = (): void => {
+        ch.off('data', onData);
+        ch.off('end', onEnd);
+        ch.off('close', onEnd);
+      };
+      ch.on('data', onData);
+      ch.on('end', onEnd);
+      ch.on('close', onEnd);
+      ch.on('error', (e: Error) => this.log('error', `control vchan: ${e.message}`));
+    });
+  }
+  private pushback: Buffer | undefined;
+
+  private attachControl(ch: Channel): void {
+    this.control = ch;
+    const gen = ++this.generation;
+    const decoder = new FrameDecoder(agentToDaemonRules(this.version));
+    const onData = (buf: Buffer): void => {
+      if (this.control !== ch) return;
+      try {
+        for (const f of decoder.push(buf)) {
+          this.onAgentMessage(f);
+          if (this.control !== ch) return;
+        }
+      } catch (e) {
+        this.log('error', `${this.opts.name}: closing control vchan: ${e instanceof Error ? e.message : String(e)}`);
+        ch.destroy();
+      }
+    };
+    ch.on('data', onData);
+    let gone = false;
+    const onGone = (): void => {
+      if (gone) return;
+      gone = true;
+      if (this.control === ch && gen === this.generation) void this.agentGone();
+    };
+    ch.on('end', onGone);
+    ch.on('close', onGone);
+    ch.resume();
+    const rest = this.pushback;
+    this.pushback = undefined;
+    if (rest) onData(rest);
+  }
+
+  /** Sends to the agent; while the vchan is full, stops reading the agent and the clients. */
+  private sendControl(buf: Buffer): void {
+    const ch = this.control;
+    if (!ch || ch.destroyed) return;
+    ch.write(buf);
+    if (ch.writableNeedDrain && !this.controlPaused) {
+      this.controlPaused = true;
+      ch.pause();
+      for (const c of this.clients) c.sock.pause();
+      ch.once('drain', () => {
+        this.controlPaused = false;
+        if (this.control === ch) ch.resume();
+        for (const c of this.clients) c.sock.resume();
+      });
+    }
+  }
+
+  private onAgentMessage(f: Frame): void {
+    switch (f.type) {
+      case MsgType.TRIGGER_SERVICE:
+      case MsgType.TRIGGER_SERVICE3:
+      case MsgType.TRIGGER_SERVICE4: {
+        const r = parseTrigger(f.type, f.payload);
+        if (!r.ok) {
+          this.log('error', `${this.opts.name}: ${r.reason}`);
+          this.sendControl(encodeServiceRefused(r.identRaw));
+          return;
+        }
+        this.handleTrigger(r.trigger);
+        return;
+      }
+      case MsgType.CONNECTION_TERMINATED: {
+        const p = parseExecParams(f.payload);
+        if (!PortAllocator.inRange(p.connectPort)) {
+          throw new ProtocolError('BAD_PAYLOAD', `Invalid port in MSG_CONNECTION_TERMINATED (${p.connectPort})`);
+        }
+        if (this.ports.release(p.connectPort, p.connectDomain)) {
+          const c = this.notify.get(p.connectPort);
+          if (c) this.terminateClient(c);
+        }
+        return;
+      }
+      default:
+        throw new ProtocolError('UNKNOWN_TYPE', `unknown message type ${msgTypeName(f.type)} from agent`);
+    }
+  }
+
+  private handleTrigger(t: Trigger): void {
+    if (this.pending.length >= MAX_PENDING_CALLS) {
+      this.log('error', `${this.opts.name}: Service request denied, too many pending requests`);
+      this.sendControl(encodeServiceRefused(t.identRaw));
+      return;
+    }
+    const p: Pending = { ident: t.ident, identRaw: t.identRaw, state: 'pending', generation: this.generation };
+    this.pending.push(p);
+    const q: PolicyQuery = {
+      source: this.opts.name,
+      intendedTarget: t.target,
+      serviceAndArg: t.service,
+      ...(t.requestedSource ? { requestedSource: t.requestedSource } : {}),
+    };
+    const ask = this.opts.policy ?? ((qq: PolicyQuery) => askPolicy(qq, { socketPath: this.opts.policySocket, program: this.opts.policyProgram, log: (m) => this.log('error', m) }));
+    ask(q)
+      .then(async (d) => {
+        if (d.result !== 'allow') {
+          if (d.result === 'error') this.log('error', `${this.opts.name}: ${d.reason}`);
+          this.refuse(p);
+          return;
+        }
+        await this.connectCall(p, t, d);
+      })
+      .catch((e: unknown) => {
+        this.log('error', `${this.opts.name}: call ${t.service} to ${t.target} failed: ${e instanceof Error ? e.message : String(e)}`);
+        this.refuse(p);
+      })
+      .finally(() => {
+        const i = this.pending.indexOf(p);
+        if (i >= 0) this.pending.splice(i, 1);
+      });
+  }
+
+  private refuse(p: Pending): void {
+    if (p.state !== 'pending' || p.generation !== this.generation) return;
+    p.state = 'denied';
+    this.sendControl(encodeServiceRefused(p.identRaw));
+  }
+
+  private async connectCall(p: Pending, t: Trigger, d: PolicyAllow): Promise<void> {
+    const service = d.service ?? t.service;
+    const source = d.policySource ?? this.opts.name;
+    if (p.state !== 'pending' || p.generation !== this.generation) return;
+    if (targetRefersToDom0(d.target)) {
+      const cmd = buildDom0ServiceCommand(service, source, d.requestedTarget);
+      const port = this.ports.allocate(0);
+      if (port === 0) throw new Error('Failed to allocate new vchan port, too many clients?');
+      if (p.state !== 'pending' || p.generation !== this.generation) {
+        this.ports.release(port, 0);
+        return;
+      }
+      p.state = 'allowed';
+      this.sendControl(encodeServiceConnect(0, port, p.identRaw));
+      const ch = await vchanConnect(this.opts.vchan, this.opts.domid, port, { timeoutMs: 5000 });
+      await runDom0Service(ch, cmd, this.opts.servicePath, (m) => this.log('info', `${this.opts.name}: ${m}`));
+      return;
+    }
+    const target = d.targetUuid ?? d.target;
+    if (target.startsWith('@dispvm:')) {
+      // TODO(#3): admin.vm.CreateDisposable through qubesd, then kill at the end of the call.
+      throw new Error(`Target ${target}: disposable VMs are not supported by this daemon yet`);
+    }
+    if (p.state !== 'pending' || p.generation !== this.generation) return;
+    const cmd = buildServiceCommand(d.user, service, source);
+    let c: DaemonClient;
+    try {
+      c = await DaemonClient.connect(this.opts.socketDir, target);
+    } catch (e) {
+      if (e instanceof DaemonClientError && e.code === 'NOT_RUNNING' && d.autostart) {
+        // TODO(#3): admin.vm.Start through qubesd, then retry.
+        throw new Error(`qube ${target} is not running (autostart needs qubesd)`);
+      }
+      throw e;
+    }
+    try {
+      const ep = await c.exec(cmd, this.opts.domid);
+      if (p.state !== 'pending' || p.generation !== this.generation) return;
+      p.state = 'allowed';
+      this.sendControl(encodeServiceConnect(ep.domain, ep.port, p.identRaw));
+    } finally {
+      c.close();
+    }
+  }
+
+  /** The agent disconnected: drop clients and pending calls, wait for it to come back (no timeout). */
+  private async agentGone(): Promise<void> {
+    this.control = undefined;
+    if (this.stopped) return;
+    this.log('warning', `${this.opts.name}: qrexec-agent has disconnected`);
+    await this.closeSockets();
+    for (const p of this.pending) p.state = 'denied';
+    this.pending.length = 0;
+    this.generation++;
+    try {
+      const ch = await this.connectAgent(undefined);
+      if (this.stopped) {
+        ch.destroy();
+        return;
+      }
+      await this.handshake(ch);
+      if (this.stopped) {
+        ch.destroy();
+        return;
+      }
+      await this.openSockets();
+      if (this.stopped) {
+        ch.destroy();
+        await this.closeSockets();
+        return;
+      }
+      this.attachControl(ch);
+      this.log('info', `${this.opts.name}: qrexec-agent has reconnected`);
+    } catch (e) {
+      this.log('error', `${this.opts.name}: Failed to reconnect to qrexec-agent, terminating: ${(e as Error).message}`);
+      this.stopped = true;
+      this.resolveDone(1);
+    }
+  }
+
+  // ------------------------------------------------------------ local clients
+
+  private async openSockets(): Promise<void> {
+    const dir = this.opts.socketDir;
+    await mkdir(dir, { recursive: true });
+    const main = join(dir, this.socketNames[0] as string);
+    await unlink(main).catch(() => undefined);
+    const server = net.createServer((sock) => this.onClient(sock));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(main, () => resolve());
+    });
+    server.on('error', (e) => this.log('error', `${this.opts.name}: socket server: ${e.message}`));
+    for (const name of this.socketNames.slice(1)) {
+      const p = join(dir, name);
+      await unlink(p).catch(() => undefined);
+      await symlink(this.socketNames[0] as string, p).catch((e: Error) => this.log('error', `symlink(${name}): ${e.message}`));
+    }
+    this.server = server;
+  }
+
+  private async closeSockets(): Promise<void> {
+    const s = this.server;
+    this.server = undefined;
+    for (const name of this.socketNames) await unlink(join(this.opts.socketDir, name)).catch(() => undefined);
+    if (s) s.close();
+    for (const c of [...this.clients]) this.terminateClient(c);
+  }
+
+  private onClient(sock: net.Socket): void {
+    if (this.clients.size >= MAX_CLIENTS || !this.control) {
+      this.log('error', `${this.opts.name}: too many clients, refusing a connection`);
+      sock.destroy();
+      return;
+    }
+    const c: LocalClient = { sock, decoder: new FrameDecoder(helloRules), state: 'hello', id: ++this.clientSeq };
+    this.clients.add(c);
+    sock.on('error', () => undefined);
+    sock.on('close', () => this.terminateClient(c));
+    sock.on('data', (buf: Buffer) => {
+      if (!this.clients.has(c)) return;
+      if (c.state === 'running') {
+        this.log('error', `${this.opts.name}: Unexpected data received from client ${c.id}`);
+        this.terminateClient(c);
+        return;
+      }
+      try {
+        for (const f of c.decoder.push(buf)) {
+          if ((c.state as LocalClient["state"]) === "running") {
+            this.log('error', `${this.opts.name}: Unexpected data received from client ${c.id}`);
+            this.terminateClient(c);
+            return;
+          }
+          this.onClientMessage(c, f);
+          if (!this.clients.has(c)) return;
+          if ((c.state as LocalClient['state']) === 'running' && c.decoder.bufferedBytes > 0) {
+            this.log('error', `${this.opts.name}: Unexpected data received from client ${c.id}`);
+            this.terminateClient(c);
+            return;
+          }
+        }
+      } catch (e) {
+        this.log('error', `${this.opts.name}: client ${c.id}: ${e instanceof Error ? e.message : String(e)}`);
+        this.terminateClient(c);
+      }
+    });
+    sock.on('end', () => this.terminateClient(c));
+    sock.write(encodeHello(QREXEC_CLIENT_PROTOCOL_VERSION));
+    if (this.controlPaused) sock.pause();
+  }
+
+  private terminateClient(c: LocalClient): void {
+    if (!this.clients.delete(c)) return;
+    c.sock.destroy();
+    for (const [port, n] of this.notify) if (n === c) this.notify.delete(port);
+  }
+
+  private onClientMessage(c: LocalClient, f: Frame): void {
+    if (c.state === 'hello') {
+      const v = parseHello(f.payload);
+      if (v < QREXEC_CLIENT_MIN_VERSION) {
+        this.log('error', `Incompatible client protocol version (remote ${v}, local ${QREXEC_PROTOCOL_VERSION}); minimum supported version is ${QREXEC_CLIENT_MIN_VERSION}`);
+        this.terminateClient(c);
+        return;
+      }
+      c.state = 'cmdline';
+      c.decoder.setRules(clientToDaemonRules);
+      return;
+    }
+    // state 'cmdline': one request
+    const params = parseExec(f.payload);
+    const body = params.cmdline; // without the final NUL
+    if (f.type === MsgType.SERVICE_CONNECT) {
+      const nul = body.indexOf(0);
+      const ident = body.subarray(0, nul < 0 ? body.length : nul).toString('latin1');
+      const p = this.pending.find((x) => x.state === 'pending' && x.ident === ident);
+      if (!p) {
+        this.log('error', `${this.opts.name}: Connection with ident ${ident} not requested or already handled`);
+        this.terminateClient(c);
+        return;
+      }
+      p.state = 'allowed';
+    } else if (params.connectPort !== 0) {
+      this.log('error', `Client provided port ${params.connectPort} in non-MSG_SERVICE_CONNECT request (type ${f.type})`);
+    }
+    let port = params.connectPort;
+    if (port === 0) {
+      port = this.ports.allocate(params.connectDomain);
+      if (port === 0) {
+        this.log('error', 'Failed to allocate new vchan port, too many clients?');
+        this.terminateClient(c);
+        return;
+      }
+      this.notify.set(port, c);
+      c.sock.write(encodeExecParams(f.type, this.opts.domid, port));
+    } else if (!PortAllocator.inRange(port)) {
+      this.log('error', `Invalid connect port ${port}`);
+      this.terminateClient(c);
+      return;
+    }
+    let cmdline: Buffer = body;
+    if (f.type !== MsgType.SERVICE_CONNECT && body.subarray(0, 8).toString('latin1') === 'DEFAULT:') {
+      cmdline = Buffer.concat([Buffer.from(this.opts.defaultUser, 'utf8'), body.subarray(7)]);
+    }
+    const payload = Buffer.allocUnsafe(8 + cmdline.length + 1);
+    payload.writeUInt32LE(params.connectDomain >>> 0, 0);
+    payload.writeUInt32LE(port, 4);
+    cmdline.copy(payload, 8);
+    payload[8 + cmdline.length] = 0;
+    this.sendControl(encodeMessage(f.type, payload));
+    c.state = 'running';
+  }
+}

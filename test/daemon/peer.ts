@@ -1,0 +1,131 @@
+// A test peer written from the spec (libqrexec/qrexec.h): it frames messages
+// itself and does not import the code under test.
+import * as net from 'node:net';
+import { unlink } from 'node:fs/promises';
+
+export const T = {
+  EXEC_CMDLINE: 0x200,
+  JUST_EXEC: 0x201,
+  SERVICE_CONNECT: 0x202,
+  SERVICE_REFUSED: 0x203,
+  TRIGGER_SERVICE: 0x210,
+  CONNECTION_TERMINATED: 0x211,
+  TRIGGER_SERVICE3: 0x212,
+  TRIGGER_SERVICE4: 0x213,
+  HELLO: 0x300,
+  DATA_STDIN: 0x190,
+  DATA_STDOUT: 0x191,
+  DATA_STDERR: 0x192,
+  DATA_EXIT_CODE: 0x193,
+};
+
+export const u32 = (...v: number[]): Buffer => {
+  const b = Buffer.alloc(4 * v.length);
+  v.forEach((x, i) => b.writeUInt32LE(x >>> 0, 4 * i));
+  return b;
+};
+export const msg = (type: number, payload: Buffer = Buffer.alloc(0)): Buffer => Buffer.concat([u32(type, payload.length), payload]);
+export const pad = (s: string | Buffer, n: number): Buffer => {
+  const b = Buffer.alloc(n);
+  (typeof s === 'string' ? Buffer.from(s, 'latin1') : s).copy(b);
+  return b;
+};
+export const trigger4 = (target: string, ident: string | Buffer, service: string | Buffer, source = ''): Buffer =>
+  msg(T.TRIGGER_SERVICE4, Buffer.concat([pad(source, 64), pad(target, 64), pad(ident, 32), typeof service === 'string' ? Buffer.from(`${service}\0`, 'latin1') : service]));
+
+/** Reads exact byte counts / whole messages from a socket. */
+export class Reader {
+  private buf = Buffer.alloc(0);
+  private waiters: (() => void)[] = [];
+  closed = false;
+  constructor(readonly sock: net.Socket) {
+    sock.on('data', (d: Buffer) => {
+      this.buf = Buffer.concat([this.buf, d]);
+      this.wake();
+    });
+    sock.on('close', () => {
+      this.closed = true;
+      this.wake();
+    });
+    sock.on('error', () => undefined);
+  }
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+  async bytes(n: number, timeoutMs = 10000): Promise<Buffer> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.buf.length < n) {
+      if (this.closed) throw new Error(`closed after ${this.buf.length}/${n} bytes`);
+      if (Date.now() > deadline) throw new Error(`timeout waiting for ${n} bytes (have ${this.buf.length})`);
+      await new Promise<void>((r) => {
+        this.waiters.push(r);
+        setTimeout(r, 100);
+      });
+    }
+    const out = this.buf.subarray(0, n);
+    this.buf = this.buf.subarray(n);
+    return out;
+  }
+  async message(timeoutMs = 10000): Promise<{ type: number; data: Buffer }> {
+    const h = await this.bytes(8, timeoutMs);
+    const data = await this.bytes(h.readUInt32LE(4), timeoutMs);
+    return { type: h.readUInt32LE(0), data };
+  }
+  /** Resolves true when the peer closes within the time, false otherwise. */
+  async waitClosed(timeoutMs = 10000): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (!this.closed && Date.now() < deadline) await new Promise<void>((r) => {
+      this.waiters.push(r);
+      setTimeout(r, 100);
+    });
+    return this.closed;
+  }
+  get pending(): number {
+    return this.buf.length;
+  }
+}
+
+/** A fake agent: the vchan server side of port 512 for domain `domid`, as qrexec-agent is. */
+export async function fakeAgentListen(dir: string, domid: number): Promise<{ accepted: Promise<Reader>; close: () => void }> {
+  const path = `${dir}/vchan.${domid}.0.512.sock`;
+  await unlink(path).catch(() => undefined);
+  const server = net.createServer();
+  await new Promise<void>((r) => server.listen(path, () => r()));
+  const accepted = new Promise<Reader>((resolve) => server.once('connection', (s) => resolve(new Reader(s))));
+  return { accepted, close: () => server.close() };
+}
+
+/** A fake policy daemon: answers each request with `reply(request)`; records the requests. */
+export async function fakePolicyDaemon(path: string, reply: (req: string) => string | null): Promise<{ requests: string[]; close: () => void }> {
+  const requests: string[] = [];
+  const server = net.createServer((s) => {
+    let text = '';
+    s.on('data', (d: Buffer) => {
+      text += d.toString();
+      if (text.endsWith('\n\n')) {
+        requests.push(text);
+        const r = reply(text);
+        if (r !== null) s.end(r);
+      }
+    });
+    s.on('error', () => undefined);
+  });
+  await new Promise<void>((r) => server.listen(path, () => r()));
+  return { requests, close: () => server.close() };
+}
+
+/** Connects to a daemon's local socket and does the client handshake (expects HELLO v3, answers v3). */
+export async function daemonClient(path: string): Promise<Reader> {
+  const s = net.createConnection(path);
+  await new Promise<void>((r, j) => {
+    s.once('connect', () => r());
+    s.once('error', j);
+  });
+  const rd = new Reader(s);
+  const h = await rd.bytes(12);
+  if (!h.equals(u32(T.HELLO, 4, 3))) throw new Error(`bad daemon hello ${h.toString('hex')}`);
+  s.write(u32(T.HELLO, 4, 3));
+  return rd;
+}
