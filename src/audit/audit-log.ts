@@ -357,7 +357,14 @@ export class AuditLog {
     this.flush();
     this.postIngest();
     if (this.idle) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
+    // Keep the process alive while waiting for the worker's answer.
+    this.worker.ref();
+    return new Promise((resolve) =>
+      this.idleWaiters.push(() => {
+        if (!this.closed) this.worker.unref();
+        resolve();
+      }),
+    );
   }
 
   /** Flush, wait for ingestion, stop the worker, drop the journal. */
