@@ -1,0 +1,7 @@
+import { qrexecClientMain } from '../daemon/main-client.js';
+
+process.on('SIGPIPE', () => undefined);
+const code = await qrexecClientMain(process.argv.slice(2));
+process.exitCode = code;
+// stdin may keep the loop alive after the remote side is done
+setImmediate(() => process.exit(code));

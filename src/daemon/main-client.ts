@@ -1,0 +1,299 @@
+import { spawn } from 'node:child_process';
+import { Transform, type Readable, type Writable } from 'node:stream';
+import * as net from 'node:net';
+import { parseCommand, targetRefersToDom0, ExitCode, MsgType } from '../protocol/index.js';
+import { runDataStream, vchanConnect, vchanEnvFrom, vchanListen } from '../vchan/index.js';
+import { DaemonClient, DEFAULT_SOCKET_DIR } from './client.js';
+import { DEFAULT_SERVICE_PATH, findService, runDom0Service } from './dom0.js';
+
+const USAGE = (name: string): string => `usage: ${name} [options] -d domain_name [-l local_prog|-c request_id,src_domain_name,src_domain_id|-e] user:remote_cmdline
+Options:
+  -h, --help - display usage
+  -e - exit after sending cmd
+  -E, --no-exit-code - always exit with 0 after command exits
+  -t - enables replacing problematic bytes with '_' in command output, -T is the same for stderr
+  -W - waits for connection end even in case of VM-VM (-c)
+  -c - connect to existing process (response to trigger service call)
+  -w timeout - override default connection timeout of 5s (set 0 for no timeout)
+  -k - kill the domain right before exiting
+  --socket-dir=PATH -  directory for qrexec socket, default: ${DEFAULT_SOCKET_DIR}
+  -p PREFIX-DATA, --prefix-data=PREFIX-DATA - send the given data before the provided stdin (can only be used once)
+  --use-stdin-socket - use fd 0 (which must be socket) for both stdin and stdout
+`;
+
+function die(code: number, msg: string): never {
+  process.stderr.write(`qrexec-client: ${msg}\n`);
+  process.exit(code);
+}
+
+/** Replaces bytes that are not printable ASCII, tab, newline, CR, backspace or bell with `_` (reference do_replace_chars). */
+export function replaceChars(): Transform {
+  return new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      const b = Buffer.from(chunk);
+      for (let i = 0; i < b.length; i++) {
+        const c = b[i] as number;
+        if ((c < 0x20 || c > 0x7e) && c !== 9 && c !== 10 && c !== 13 && c !== 8 && c !== 7) b[i] = 0x5f;
+      }
+      cb(null, b);
+    },
+  });
+}
+
+interface Opts {
+  domain?: string;
+  local?: string;
+  connect?: { ident: string; srcName: string; srcId: number };
+  justExec: boolean;
+  exitWithCode: boolean;
+  t: boolean;
+  T: boolean;
+  timeout: number;
+  waitEnd: boolean;
+  kill: boolean;
+  socketDir: string;
+  prefix?: string;
+  stdinSocket: boolean;
+  cmd?: string;
+}
+
+function parseIntArg(s: string, what: string): number {
+  if (!/^[0-9]/.test(s)) die(1, `${what} '${s}' does not start with an ASCII digit`);
+  const v = Number(s);
+  if (!Number.isInteger(v) || v < 0 || v > 0x7fffffff) die(1, `invalid ${what} '${s}'`);
+  return v;
+}
+
+/** getopt_long-like parsing of the reference's options "hd:l:eEc:p:tTw:Wk". */
+function parse(argv: string[]): Opts {
+  const o: Opts = { justExec: false, exitWithCode: true, t: false, T: false, timeout: 10, waitEnd: false, kill: false, socketDir: DEFAULT_SOCKET_DIR, stdinSocket: false };
+  const withArg = new Set(['d', 'l', 'c', 'p', 'w']);
+  const pos: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    if (a === '--') {
+      pos.push(...argv.slice(i + 1));
+      break;
+    }
+    if (a.startsWith('--')) {
+      const [k, v] = a.includes('=') ? [a.slice(2, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a.slice(2), undefined];
+      const val = (): string => v ?? (argv[++i] as string | undefined) ?? die(1, `option '--${k}' requires an argument`);
+      if (k === 'help') {
+        process.stdout.write(USAGE('qrexec-client'));
+        process.exit(0);
+      } else if (k === 'socket-dir') o.socketDir = val();
+      else if (k === 'no-exit-code') o.exitWithCode = false;
+      else if (k === 'prefix-data') {
+        if (o.prefix !== undefined) {
+          process.stderr.write(USAGE('qrexec-client'));
+          process.exit(2);
+        }
+        o.prefix = val();
+      } else if (k === 'use-stdin-socket') {
+        if (o.stdinSocket) die(2, '--use-stdin-socket passed twice');
+        o.stdinSocket = true;
+      } else {
+        process.stderr.write(`qrexec-client: unrecognized option '${a}'\n${USAGE('qrexec-client')}`);
+        process.exit(0);
+      }
+      continue;
+    }
+    if (a.startsWith('-') && a.length > 1) {
+      for (let j = 1; j < a.length; j++) {
+        const f = a[j] as string;
+        let val: string | undefined;
+        if (withArg.has(f)) {
+          val = j + 1 < a.length ? a.slice(j + 1) : argv[++i];
+          if (val === undefined) die(1, `option requires an argument -- '${f}'`);
+          j = a.length;
+        }
+        switch (f) {
+          case 'd': o.domain = val as string; break;
+          case 'l': o.local = val as string; break;
+          case 'e': o.justExec = true; break;
+          case 'E': o.exitWithCode = false; break;
+          case 'c': {
+            if (o.connect) die(1, 'ERROR: -c passed more than once');
+            const m = /^([^,]*),([^,]*),(.*)$/.exec(val as string);
+            if (!m) die(1, 'Invalid -c parameter (should be: "-c request_id,src_domain_name,src_domain_id")');
+            if ((m[1] as string).length >= 32) die(1, 'Invalid -c parameter (request_id too long, max 31)');
+            o.connect = { ident: m[1] as string, srcName: m[2] as string, srcId: parseIntArg(m[3] as string, 'source domain ID') };
+            if (targetRefersToDom0(o.connect.srcName) || o.connect.srcId === 0) die(1, 'ERROR: -c cannot be used for requests to dom0');
+            break;
+          }
+          case 'p':
+            if (o.prefix !== undefined) {
+              process.stderr.write(USAGE('qrexec-client'));
+              process.exit(2);
+            }
+            o.prefix = val as string;
+            break;
+          case 't': o.t = true; break;
+          case 'T': o.T = true; break;
+          case 'w': o.timeout = parseIntArg(val as string, 'connection timeout'); break;
+          case 'W': o.waitEnd = true; break;
+          case 'k': o.kill = true; break;
+          case 'h':
+            process.stdout.write(USAGE('qrexec-client'));
+            process.exit(0);
+            break;
+          default:
+            process.stderr.write(`qrexec-client: invalid option -- '${f}'\n${USAGE('qrexec-client')}`);
+            process.exit(0);
+        }
+      }
+      continue;
+    }
+    pos.push(a);
+  }
+  if (pos.length < 1 || !o.domain) {
+    process.stderr.write(USAGE('qrexec-client'));
+    process.exit(1);
+  }
+  o.cmd = pos[0] as string;
+  return o;
+}
+
+/** `qrexec-client` main (reference daemon/qrexec-client.c). */
+export async function qrexecClientMain(argv: string[]): Promise<number> {
+  const o = parse(argv);
+  const domain = o.domain as string;
+  const cmd = o.cmd as string;
+  if (Number(o.justExec) + Number(!!o.connect) + Number(o.local !== undefined) > 1) {
+    process.stderr.write(`ERROR: only one of -e, -l, -c can be specified\n${USAGE('qrexec-client')}`);
+    return 1;
+  }
+  if (o.local !== undefined && o.stdinSocket) {
+    process.stderr.write(`ERROR: at most one of -l and --use-stdin-socket can be specified\n${USAGE('qrexec-client')}`);
+    return 1;
+  }
+  const servicePath = (process.env['QREXEC_SERVICE_PATH'] ?? DEFAULT_SERVICE_PATH).split(':').filter((x) => x);
+  const venv = vchanEnvFrom();
+  const timeoutMs = o.timeout > 0 ? o.timeout * 1000 : undefined;
+  let stdin: Readable = process.stdin;
+  let stdout: Writable = process.stdout;
+  if (o.stdinSocket) {
+    const s = new net.Socket({ fd: 0, readable: true, writable: true, allowHalfOpen: true });
+    stdin = s;
+    stdout = s;
+  }
+
+  if (targetRefersToDom0(domain)) {
+    if (o.connect) {
+      if (o.connect.ident === '') die(1, 'ERROR: request ID cannot be empty');
+      process.env['QREXEC_REMOTE_DOMAIN'] = o.connect.srcName;
+      const c = await DaemonClient.connect(o.socketDir, String(o.connect.srcId)).catch((e: Error) => die(ExitCode.PROBLEM, e.message));
+      const ident = Buffer.alloc(32);
+      ident.write(o.connect.ident, 'latin1');
+      const ep = await c.negotiate(MsgType.SERVICE_CONNECT, 0, ident);
+      const ch = await vchanConnect(venv, ep.domain, ep.port, timeoutMs === undefined ? {} : { timeoutMs }).catch(() => die(ExitCode.PROBLEM, 'qrexec connection timeout'));
+      const r = await runDom0Service(ch, cmd, servicePath, (m) => process.stderr.write(`qrexec-client: ${m}\n`));
+      c.close();
+      return o.exitWithCode ? r.status : 0;
+    }
+    if (o.local !== undefined) die(ExitCode.PROBLEM, 'dom0 -> dom0 qrexec calls with LOCAL_COMMAND not yet implemented');
+    if (!cmd.startsWith('DEFAULT:')) die(ExitCode.PROBLEM, 'dom0 -> dom0 commands must be prefixed with DEFAULT:');
+    let rpc;
+    try {
+      rpc = parseCommand(cmd.slice('DEFAULT:'.length), false).rpc;
+    } catch (e) {
+      process.stderr.write(`qrexec-client: ${(e as Error).message}\n`);
+      return ExitCode.PROBLEM;
+    }
+    if (!rpc) {
+      process.stderr.write('qrexec-client: For dom0 -> dom0 commands, only proper qrexec calls are allowed\n');
+      return ExitCode.PROBLEM;
+    }
+    const found = await findService(servicePath, rpc);
+    if (found.kind !== 'exec') return found.kind === 'none' ? ExitCode.NOT_FOUND : ExitCode.PROBLEM;
+    const env: NodeJS.ProcessEnv = { ...process.env, QREXEC_SERVICE_FULL_NAME: rpc.descriptor, QREXEC_REMOTE_DOMAIN: rpc.sourceDomain, QREXEC_REQUESTED_TARGET_TYPE: rpc.requestedTarget?.type ?? '' };
+    if (rpc.arg !== undefined) env['QREXEC_SERVICE_ARGUMENT'] = rpc.arg;
+    if (rpc.requestedTarget?.type === 'name') env['QREXEC_REQUESTED_TARGET'] = rpc.requestedTarget.value;
+    if (rpc.requestedTarget?.type === 'keyword') env['QREXEC_REQUESTED_TARGET_KEYWORD'] = rpc.requestedTarget.value;
+    const child = spawn(found.path, rpc.arg ? [rpc.arg] : [], { stdio: 'inherit', env });
+    return new Promise((r) => {
+      child.on('error', () => r(ExitCode.PROBLEM));
+      child.on('exit', (code) => r(code ?? ExitCode.PROBLEM));
+    });
+  }
+
+  if (o.connect) {
+    // VM-VM: ask the target daemon to run cmd, then tell the source's daemon where to connect
+    try {
+      const t = await DaemonClient.connect(o.socketDir, domain);
+      const ep = await t.exec(cmd, o.connect.srcId, o.justExec);
+      const s = await DaemonClient.connect(o.socketDir, String(o.connect.srcId));
+      s.serviceConnect(o.connect.ident, ep.domain, ep.port);
+      s.close();
+      if (o.waitEnd) await t.waitClosed();
+      else t.close();
+      return 0;
+    } catch (e) {
+      process.stderr.write(`qrexec-client: ${(e as Error).message}\n`);
+      return 137;
+    }
+  }
+
+  let client: DaemonClient;
+  try {
+    client = await DaemonClient.connect(o.socketDir, domain);
+  } catch (e) {
+    process.stderr.write(`qrexec-client: ${(e as Error).message}\n`);
+    return ExitCode.PROBLEM;
+  }
+  let ep;
+  try {
+    ep = await client.exec(cmd, 0, o.justExec);
+  } catch (e) {
+    process.stderr.write(`qrexec-client: ${(e as Error).message}\n`);
+    return ExitCode.PROBLEM;
+  }
+  process.env['QREXEC_REMOTE_DOMAIN'] = domain;
+  const listener = await vchanListen(venv, ep.domain, ep.port);
+  const timer = timeoutMs === undefined ? undefined : setTimeout(() => listener.close(), timeoutMs);
+  let ch: net.Socket;
+  try {
+    ch = await listener.accepted;
+  } catch {
+    process.stderr.write('qrexec-client: qrexec connection timeout\n');
+    return ExitCode.PROBLEM;
+  } finally {
+    if (timer) clearTimeout(timer);
+  }
+  let input: Readable = stdin;
+  let output: Writable = stdout;
+  let localExit: Promise<number> | undefined;
+  if (o.local !== undefined) {
+    const child = spawn('/bin/bash', ['-c', o.local], { stdio: ['pipe', 'pipe', 'inherit'] });
+    input = child.stdout;
+    output = child.stdin;
+    child.stdin.on('error', () => undefined);
+    localExit = new Promise((r) => child.on('exit', (c) => r(c ?? 255)));
+  }
+  let errOut: Writable = process.stderr;
+  if (o.t) {
+    const tr = replaceChars();
+    tr.pipe(output);
+    output = tr;
+  }
+  if (o.T) {
+    const tr = replaceChars();
+    tr.pipe(process.stderr);
+    errOut = tr;
+  }
+  const r = await runDataStream({
+    channel: ch,
+    role: 'caller',
+    input,
+    output,
+    errOutput: errOut,
+    ...(o.prefix !== undefined ? { prefix: Buffer.from(o.prefix) } : {}),
+    log: (m) => process.stderr.write(`qrexec-client: ${m}\n`),
+  });
+  if (localExit) await localExit;
+  client.close();
+  if (o.kill) {
+    // TODO(#3): admin.vm.Kill through qubesd
+  }
+  return o.exitWithCode ? r.status : 0;
+}
