@@ -14,7 +14,7 @@
  * connect/1-byte/close round trip against a trivial echo server process.
  * Each figure is the median of several runs. Last line: one JSON object.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -36,6 +36,71 @@ function roundTrip(socketPath: string, payload: string): Promise<string> {
       resolve(out);
     });
     sock.on('error', reject);
+  });
+}
+
+/**
+ * Load generator in C (compiled into the temp dir when a C compiler is
+ * present): a Node client costs as much CPU per request as the daemon, and
+ * on a 2-core machine it, not the daemon, would set the rps figure.
+ * `loadgen SOCKET REQUEST rtt N` prints N round-trip times (µs), one a line;
+ * `loadgen SOCKET REQUEST rps THREADS MS` prints the requests completed.
+ */
+const LOADGEN_C = String.raw`
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+static const char *path, *req; static size_t reqlen; static long ms; static volatile int stop;
+static double now_us(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1e6 + t.tv_nsec / 1e3; }
+static int one(void) {
+  struct sockaddr_un a; memset(&a, 0, sizeof a); a.sun_family = AF_UNIX; strncpy(a.sun_path, path, sizeof a.sun_path - 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0); if (fd < 0) return -1;
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) { close(fd); return -1; }
+  if (write(fd, req, reqlen) != (ssize_t)reqlen) { close(fd); return -1; }
+  char buf[4096]; ssize_t n, tot = 0; while ((n = read(fd, buf, sizeof buf)) > 0) tot += n;
+  close(fd); return tot > 0 ? 0 : -1;
+}
+static void *worker(void *arg) { long *cnt = arg; while (!stop) if (one() == 0) (*cnt)++; return NULL; }
+int main(int argc, char **argv) {
+  if (argc < 5) return 2; path = argv[1]; req = argv[2]; reqlen = strlen(req);
+  if (!strcmp(argv[3], "rtt")) { long n = atol(argv[4]); for (long i = 0; i < n; i++) { double t = now_us(); if (one()) return 1; printf("%.1f\n", now_us() - t); } return 0; }
+  int th = atoi(argv[4]); ms = atol(argv[5]); pthread_t t[64]; long cnt[64] = {0};
+  for (int i = 0; i < th; i++) pthread_create(&t[i], NULL, worker, &cnt[i]);
+  usleep(ms * 1000); stop = 1; long tot = 0; for (int i = 0; i < th; i++) { pthread_join(t[i], NULL); tot += cnt[i]; }
+  printf("%ld\n", tot); return 0;
+}
+`;
+
+function buildLoadgen(dir: string): string | null {
+  const src = path.join(dir, 'loadgen.c');
+  const bin = path.join(dir, 'loadgen');
+  fs.writeFileSync(src, LOADGEN_C);
+  for (const cc of ['cc', 'gcc', 'clang']) {
+    const r = spawnSync(cc, ['-O2', '-pthread', '-o', bin, src], { stdio: 'ignore' });
+    if (r.status === 0) return bin;
+  }
+  return null;
+}
+
+function loadgenRtt(bin: string, socket: string, payload: string, n: number): number[] {
+  const r = spawnSync(bin, [socket, payload, 'rtt', String(n)], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error('loadgen rtt failed');
+  return r.stdout.trim().split('\n').map(Number);
+}
+
+function loadgenRps(bin: string, socket: string, payload: string, threads: number, durationMs: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(bin, [socket, payload, 'rps', String(threads), String(durationMs)]);
+    let out = '';
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (c: string) => (out += c));
+    child.on('error', reject);
+    child.on('exit', (code) => (code === 0 ? resolve(Number(out.trim()) / (durationMs / 1000)) : reject(new Error('loadgen rps failed'))));
   });
 }
 
@@ -192,13 +257,15 @@ async function main(): Promise<void> {
     ]);
     children.push(echo);
     await waitSocket(echoSock).catch(() => undefined);
-    const floor = median(
-      await Promise.all([0]).then(async () => {
-        const runs: number[] = [];
-        for (let r = 0; r < 3; r++) runs.push(median(await rttSeries(echoSock, 'x', 2000, 300)));
-        return runs;
-      }),
-    );
+    const loadgen = buildLoadgen(dir);
+    const series = async (sock: string, payload: string, n: number, warm: number): Promise<number[]> => {
+      if (loadgen === null) return rttSeries(sock, payload, n, warm);
+      loadgenRtt(loadgen, sock, payload, warm);
+      return loadgenRtt(loadgen, sock, payload, n);
+    };
+    const floorRuns: number[] = [];
+    for (let r = 0; r < 3; r++) floorRuns.push(median(await series(echoSock, 'x', 2000, 300)));
+    const floor = median(floorRuns);
 
     const daemon = spawn(
       process.execPath,
@@ -220,12 +287,14 @@ async function main(): Promise<void> {
     const p50s: number[] = [];
     const p99s: number[] = [];
     for (let r = 0; r < 3; r++) {
-      const xs = await rttSeries(socket, REQUEST, 2000, r === 0 ? 1000 : 200);
+      const xs = await series(socket, REQUEST, 2000, r === 0 ? 1000 : 200);
       p50s.push(pct(xs, 50));
       p99s.push(pct(xs, 99));
     }
     const rpsRuns: number[] = [];
-    for (let r = 0; r < 3; r++) rpsRuns.push(await rps(socket, 8, 2, 2000));
+    for (let r = 0; r < 3; r++) {
+      rpsRuns.push(loadgen !== null ? await loadgenRps(loadgen, socket, REQUEST, 8, 2000) : await rps(socket, 8, 2, 2000));
+    }
 
     // Reload: 10k-rule file, toggled between deny and allow for bench.Probe.
     const probe = 'source=work\nintended_target=personal\nservice_and_arg=bench.Probe+\njust_evaluate=yes\n\n';
@@ -258,6 +327,7 @@ async function main(): Promise<void> {
       rss_mb_10k: Math.round(rss * 10) / 10,
       floor_rtt_us_p50: Math.round(floor),
       rtt_vs_floor: Math.round((median(p50s) / floor) * 100) / 100,
+      client: loadgen !== null ? 'c' : 'node',
     };
     process.stderr.write(
       `rtt p50 runs ${p50s.map(Math.round).join(',')} us; p99 runs ${p99s.map(Math.round).join(',')} us; rps runs ${rpsRuns.map(Math.round).join(',')}; reload runs ${reloads.map((x) => x.toFixed(1)).join(',')} ms\n`,
