@@ -94,7 +94,7 @@ export const DOMAIN_FIELD_SIZE = 64;
 export const MAX_DATA_CHUNK_V2 = 4096;
 /** Largest data chunk with protocol v3 and later. */
 export const MAX_DATA_CHUNK_V3 = 65536;
-/** Longest `SERVICE+ARG` (without the NUL). */
+/** Longest `SERVICE+ARG` field on the wire, its terminating NUL included (so at most 64,999 characters). */
 export const MAX_SERVICE_NAME_LEN = 65000;
 /** Longest exec message payload (exec_params + command line + NUL). */
 export const MAX_QREXEC_CMD_LEN = 65535;

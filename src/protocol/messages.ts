@@ -115,7 +115,7 @@ export interface TriggerFields {
   readonly target: string;
   /** Request ident (`SOCKET7`), at most 31 bytes. */
   readonly ident: string;
-  /** `SERVICE+ARG`, at most 65,000 bytes (63 with v2). */
+  /** `SERVICE+ARG`, at most 64,999 bytes: with its NUL it fills the reference's 65,000-byte limit (63 with v2). */
   readonly service: string;
   /** MSG_TRIGGER_SERVICE4 only: requested source, at most 63 bytes. */
   readonly source?: string;
@@ -166,8 +166,9 @@ export function encodeExitCode(status: number): Buffer {
 
 function serviceField(service: string): Buffer {
   const s = Buffer.from(service, 'utf8');
-  if (s.length === 0 || s.length > MAX_SERVICE_NAME_LEN) {
-    throw new ProtocolError('BAD_LENGTH', `service name length ${s.length} outside [1, ${MAX_SERVICE_NAME_LEN}]`);
+  // the reference bounds the field with its NUL: name + NUL ≤ MAX_SERVICE_NAME_LEN
+  if (s.length === 0 || s.length > MAX_SERVICE_NAME_LEN - 1) {
+    throw new ProtocolError('BAD_LENGTH', `service name length ${s.length} outside [1, ${MAX_SERVICE_NAME_LEN - 1}]`);
   }
   if (s.includes(0)) throw new ProtocolError('BAD_PAYLOAD', 'service name contains a NUL byte');
   const b = Buffer.allocUnsafe(s.length + 1);
@@ -411,7 +412,7 @@ export function parseTrigger(type: number, payload: Buffer): TriggerResult {
     if (type !== MsgType.TRIGGER_SERVICE3 && type !== MsgType.TRIGGER_SERVICE4) {
       throw new ProtocolError('UNKNOWN_TYPE', `${msgTypeName(type)} is not a trigger`);
     }
-    if (payload.length <= fixed || payload.length - fixed > MAX_SERVICE_NAME_LEN + 1) {
+    if (payload.length <= fixed || payload.length - fixed > MAX_SERVICE_NAME_LEN) {
       throw new ProtocolError('BAD_LENGTH', `${msgTypeName(type)} of ${payload.length} bytes`);
     }
     let o = 0;

@@ -58,7 +58,7 @@ void test('encoders refuse oversized or NUL-containing fields', () => {
   const cases: [string, () => unknown, P.ProtocolErrorCode][] = [
     ['ident 32 bytes', () => P.encodeServiceRefused('x'.repeat(32)), 'BAD_LENGTH'],
     ['target 64 bytes', () => P.encodeTriggerService3({ target: 't'.repeat(64), ident: 'i', service: 's' }), 'BAD_LENGTH'],
-    ['service 65001 bytes', () => P.encodeTriggerService3({ target: 't', ident: 'i', service: 's'.repeat(65001) }), 'BAD_LENGTH'],
+    ['service 65000 bytes (65001 with NUL)', () => P.encodeTriggerService3({ target: 't', ident: 'i', service: 's'.repeat(65000) }), 'BAD_LENGTH'],
     ['empty service', () => P.encodeTriggerService3({ target: 't', ident: 'i', service: '' }), 'BAD_LENGTH'],
     ['NUL in service', () => P.encodeTriggerService4({ target: 't', ident: 'i', service: 'a\0b' }), 'BAD_PAYLOAD'],
     ['cmdline too long', () => P.encodeExec(P.MsgType.EXEC_CMDLINE, 0, 0, 'x'.repeat(65535 - 8)), 'BAD_LENGTH'],
@@ -67,7 +67,7 @@ void test('encoders refuse oversized or NUL-containing fields', () => {
     assert.throws(f, (e: unknown) => e instanceof P.ProtocolError && e.code === code, name);
   }
   // the longest allowed ones encode
-  assert.equal(P.encodeTriggerService3({ target: 't'.repeat(63), ident: 'i'.repeat(31), service: 's'.repeat(65000) }).length, 8 + 96 + 65001);
+  assert.equal(P.encodeTriggerService3({ target: 't'.repeat(63), ident: 'i'.repeat(31), service: 's'.repeat(64999) }).length, 8 + 96 + 65000);
   assert.equal(P.encodeExec(P.MsgType.EXEC_CMDLINE, 0, 0, 'x'.repeat(65535 - 9)).length, 8 + 65535);
 });
 
