@@ -1,0 +1,233 @@
+// bench/qrexec.ts — a full qube→host→qube call with the policy daemon deciding.
+// Prints one JSON line (last line): call latency from a TypeScript client in a
+// running program to a socket service (_lib), as a qrexec-client-vm process to
+// an executable service (_cli, when bin/qrexec-client-vm exists), echo
+// throughput of 1 GiB through `cat`, raw unix-socket throughput with 64 KiB
+// writes measured in the same run, and host memory per connected qube.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, mkdir, writeFile, chmod, rm, access, readFile, symlink } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as net from 'node:net';
+import { Readable, Writable } from 'node:stream';
+import { runDataStream, vchanListen } from '../src/vchan/index.js';
+
+const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
+const BIN = (n: string): string => join(ROOT, 'bin', n);
+const procs: ChildProcess[] = [];
+
+function start(cmd: string, args: string[], env: NodeJS.ProcessEnv): ChildProcess {
+  const p = spawn(cmd, args, { env, stdio: ['ignore', 'ignore', process.env['BENCH_DEBUG'] ? 'inherit' : 'ignore'] });
+  procs.push(p);
+  return p;
+}
+async function waitFile(p: string, ms = 20000): Promise<void> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await access(p).then(() => true, () => false)) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`timeout waiting for ${p}`);
+}
+const pad = (s: string, n: number): Buffer => {
+  const b = Buffer.alloc(n);
+  b.write(s, 'latin1');
+  return b;
+};
+
+/** The reference qrexec-client-vm protocol, as a library call: trigger, exec_params, then the data vchan. */
+async function call(agentSocket: string, vdir: string, own: number, target: string, service: string, input: Readable, output: Writable): Promise<number> {
+  const s = net.createConnection(agentSocket);
+  await new Promise<void>((r, j) => {
+    s.once('connect', () => r());
+    s.once('error', j);
+  });
+  const body = Buffer.concat([pad('', 64), pad(target, 64), pad('', 32), Buffer.from(`${service}\0`)]);
+  const h = Buffer.alloc(8);
+  h.writeUInt32LE(0x213, 0);
+  h.writeUInt32LE(body.length, 4);
+  s.write(Buffer.concat([h, body]));
+  const params = await new Promise<Buffer | null>((r) => {
+    let got = Buffer.alloc(0);
+    s.on('data', (d: Buffer) => {
+      got = Buffer.concat([got, d]);
+      if (got.length >= 8) r(got.subarray(0, 8));
+    });
+    s.on('close', () => r(null));
+  });
+  if (!params) throw new Error('call refused');
+  const l = await vchanListen({ dir: vdir, ownDomain: own }, params.readUInt32LE(0), params.readUInt32LE(4));
+  const ch = await l.accepted;
+  const res = await runDataStream({ channel: ch, role: 'caller', input, output });
+  s.end();
+  return res.status;
+}
+
+const sink = (count: { n: number }): Writable =>
+  new Writable({
+    write(c: Buffer, _e, cb) {
+      count.n += c.length;
+      cb();
+    },
+  });
+function source(total: number): Readable {
+  const chunk = Buffer.alloc(65536, 0x61);
+  let left = total;
+  return new Readable({
+    read() {
+      if (left <= 0) {
+        this.push(null);
+        return;
+      }
+      const n = Math.min(left, chunk.length);
+      left -= n;
+      this.push(n === chunk.length ? chunk : chunk.subarray(0, n));
+    },
+  });
+}
+const pct = (xs: number[], p: number): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] as number;
+};
+const median = (xs: number[]): number => pct(xs, 50);
+const r2 = (x: number): number => Math.round(x * 100) / 100;
+
+async function rawUnix(dir: string, total: number): Promise<number> {
+  const path = join(dir, `raw-${Math.random().toString(36).slice(2)}.sock`);
+  let got = 0;
+  let done!: () => void;
+  const finished = new Promise<void>((r) => (done = r));
+  const server = net.createServer((c) => {
+    c.on('data', (d: Buffer) => {
+      got += d.length;
+    });
+    c.on('end', () => done());
+  });
+  await new Promise<void>((r) => server.listen(path, () => r()));
+  const c = net.createConnection(path);
+  await new Promise<void>((r) => c.once('connect', () => r()));
+  const t0 = process.hrtime.bigint();
+  await new Promise<void>((r) => {
+    source(total).pipe(c).on('finish', () => r());
+  });
+  await finished;
+  const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+  server.close();
+  return got / 1e6 / secs;
+}
+
+async function rssMb(pid: number): Promise<number> {
+  const st = await readFile(`/proc/${pid}/status`, 'utf8');
+  const m = /VmRSS:\s+(\d+) kB/.exec(st);
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+async function main(): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'qrexec-bench-'));
+  const sock = join(dir, 'sock');
+  await mkdir(sock);
+  const env = { ...process.env, VCHAN_SOCKET_DIR: dir };
+  try {
+    // policy daemon with a real policy
+    const pol = join(dir, 'policy.d');
+    await mkdir(pol);
+    await writeFile(join(pol, '30-bench.policy'), 'bench.Sock * work vault allow user=root\nbench.Exec * work vault allow user=root\nbench.Cat * work vault allow user=root\n');
+    const info = { domains: Object.fromEntries(['dom0', 'work', 'vault'].map((n, i) => [n, { tags: [], type: n === 'dom0' ? 'AdminVM' : 'AppVM', template_for_dispvms: false, default_dispvm: null, icon: 'x', label: 'red', guivm: null, relayvm: null, transport_rpc: null, internal: null, power_state: 'Running', uuid: `00000000-0000-0000-0000-00000000000${i}` }])) };
+    await writeFile(join(dir, 'system-info.json'), JSON.stringify(info));
+    const policySock = join(dir, 'policy.sock');
+    start(BIN('qrexec-policy-daemon'), ['--policy-path', pol, '--socket-path', policySock, '--system-info', join(dir, 'system-info.json'), '--eval-socket-path', 'none', '--gui-socket-path', 'none', '--qubesd-events-socket', 'none', '--audit-db', join(dir, 'audit.sqlite')], env);
+    await waitFile(policySock);
+    // vault's services: a socket service answered by this process, an executable, cat
+    const rpcVault = join(dir, 'rpc-vault');
+    await mkdir(rpcVault);
+    const svcSock = join(dir, 'bench-sock.sock');
+    const svcServer = net.createServer((c) => {
+      let seen = false;
+      c.on('data', (d: Buffer) => {
+        if (!seen && d.includes(0)) {
+          seen = true;
+          c.end('ok\n');
+        }
+      });
+      c.on('error', () => undefined);
+    });
+    await new Promise<void>((r) => svcServer.listen(svcSock, () => r()));
+    await symlink(svcSock, join(rpcVault, 'bench.Sock'));
+    await writeFile(join(rpcVault, 'bench.Exec'), '#!/bin/sh\necho ok\n');
+    await writeFile(join(rpcVault, 'bench.Cat'), '#!/bin/sh\nexec cat\n');
+    await chmod(join(rpcVault, 'bench.Exec'), 0o755);
+    await chmod(join(rpcVault, 'bench.Cat'), 0o755);
+    await mkdir(join(dir, 'rpc-work'));
+    const daemons: ChildProcess[] = [];
+    for (const [id, name] of [[1, 'work'], [2, 'vault']] as const) {
+      start(BIN('qrexec-agent'), [`--agent-socket=${join(dir, `agent-${name}.sock`)}`], { ...env, VCHAN_DOMAIN: String(id), QREXEC_SERVICE_PATH: join(dir, `rpc-${name}`), QUBES_RPC_CONFIG_PATH: join(dir, 'cfg') });
+      daemons.push(start(BIN('qrexec-daemon'), ['--direct', '-q', `--uuid=00000000-0000-0000-0000-00000000000${id}`, `--socket-dir=${sock}`, `--policy-socket=${policySock}`, `--policy-program=${join(dir, 'none')}`, String(id), name, 'root'], { ...env, VCHAN_DOMAIN: '0' }));
+      await waitFile(join(sock, `qrexec.${name}`));
+    }
+    const agentWork = join(dir, 'agent-work.sock');
+
+    // _lib: 200 calls (after 20 warm-up calls) to the socket service
+    const lib: number[] = [];
+    for (let i = 0; i < 220; i++) {
+      const t0 = process.hrtime.bigint();
+      const out = { n: 0 };
+      await call(agentWork, dir, 1, 'vault', 'bench.Sock', Readable.from([]), sink(out));
+      if (i >= 20) lib.push(Number(process.hrtime.bigint() - t0) / 1e6);
+      if (out.n !== 3) throw new Error(`bench.Sock returned ${out.n} bytes`);
+    }
+
+    // _cli: qrexec-client-vm as a process, if built
+    let cli: number[] | null = null;
+    const clientVm = BIN('qrexec-client-vm');
+    if (await access(clientVm).then(() => true, () => false)) {
+      cli = [];
+      for (let i = 0; i < 220; i++) {
+        const t0 = process.hrtime.bigint();
+        const code = await new Promise<number>((r) => {
+          const p = spawn(clientVm, [`--agent-socket=${agentWork}`, 'vault', 'bench.Exec'], { env: { ...env, VCHAN_DOMAIN: '1' }, stdio: ['ignore', 'ignore', 'ignore'] });
+          p.on('close', (c) => r(c ?? -1));
+        });
+        if (code !== 0) {
+          cli = null;
+          break;
+        }
+        if (i >= 20) cli.push(Number(process.hrtime.bigint() - t0) / 1e6);
+      }
+    }
+
+    // throughput: 1 GiB through cat, and raw unix socket, 3 runs each, interleaved
+    const total = Number(process.env['BENCH_BYTES'] ?? 1 << 30);
+    const echo: number[] = [];
+    const raw: number[] = [];
+    for (let k = 0; k < 3; k++) {
+      raw.push(await rawUnix(dir, total));
+      const out = { n: 0 };
+      const t0 = process.hrtime.bigint();
+      await call(agentWork, dir, 1, 'vault', 'bench.Cat', source(total), sink(out));
+      const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+      if (out.n !== total) throw new Error(`echo returned ${out.n} of ${total} bytes`);
+      echo.push(total / 1e6 / secs);
+    }
+    const rss = await Promise.all(daemons.map((d) => rssMb(d.pid as number)));
+    svcServer.close();
+    const result = {
+      call_ms_p50_lib: r2(median(lib)),
+      call_ms_p99_lib: r2(pct(lib, 99)),
+      call_ms_p50_cli: cli ? r2(median(cli)) : null,
+      call_ms_p99_cli: cli ? r2(pct(cli, 99)) : null,
+      mbps_echo: Math.round(median(echo)),
+      mbps_unix_raw: Math.round(median(raw)),
+      host_rss_mb_per_qube: r2(rss.reduce((a, b) => a + b, 0) / rss.length),
+    };
+    process.stderr.write(`echo runs ${echo.map(Math.round).join(', ')} MB/s; raw runs ${raw.map(Math.round).join(', ')} MB/s; daemon rss ${rss.map(r2).join(', ')} MB (one daemon process per qube)\n`);
+    console.log(JSON.stringify(result));
+  } finally {
+    for (const p of procs) if (p.exitCode === null) p.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 200));
+    for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
