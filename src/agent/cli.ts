@@ -74,6 +74,9 @@ export async function runAgentCli(args: string[]): Promise<number> {
     agent.close();
   });
   process.on('SIGPIPE', () => undefined);
+  // Services may signal QREXEC_AGENT_PID to ask for a single stdio socket; with one
+  // agent process for all calls that cannot be attributed to a call (TODO(#3)).
+  process.on('SIGUSR1', () => log('SIGUSR1 ignored: single-socket switch for services is not supported'));
   try {
     await agent.start();
   } catch (e) {

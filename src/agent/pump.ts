@@ -205,12 +205,21 @@ export function startPump(o: PumpOptions): Pump {
       r.destroy();
     }
     sources.clear();
-    const s = sink;
     sink = null;
-    s?.end();
-    if (single && s) setImmediate(() => s.destroy());
     source = null;
     errSource = null;
+    // close every local stream we were given, whatever state the call left it in
+    for (const r of [o.source, o.errSource]) {
+      if (r && r !== (o.sink as unknown)) {
+        r.removeAllListeners('data');
+        r.destroy();
+      }
+    }
+    if (o.sink && !o.sink.destroyed) {
+      const s = o.sink;
+      if (!s.writableEnded) s.end();
+      if (o.single) setImmediate(() => s.destroy());
+    }
     ch.end();
     setTimeout(() => ch.destroy(), 2000).unref();
     if (hasLocal && localStatus === undefined) {
