@@ -655,11 +655,14 @@ function openLocal(fd: number, mode: 'read' | 'write' | 'duplex'): LocalStream {
       stream: s,
       release(): void {
         if (s.destroyed) return;
-        if (s.writable && !s.writableEnded) {
-          s.end(() => {
+        if (s.writable && !s.writableFinished) {
+          const done = (): void => {
             restore();
             s.destroy();
-          });
+          };
+          s.once('finish', done);
+          s.once('error', done);
+          if (!s.writableEnded) s.end();
         } else {
           restore();
           s.destroy();

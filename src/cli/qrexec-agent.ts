@@ -4,4 +4,4 @@
  */
 import { runAgentCli } from '../agent/index.js';
 
-process.exitCode = await runAgentCli(process.argv.slice(2));
+process.exit(await runAgentCli(process.argv.slice(2)));
