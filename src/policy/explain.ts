@@ -422,7 +422,7 @@ export function formatExplanation(x: Explanation): string {
     out.push(`rule:     ${where(x.rule)}`);
     out.push(`          ${ruleText(x.rule)}`);
   } else {
-    out.push('rule:     none matched');
+    out.push(x.resolved === null ? 'rule:     none read (the request was refused first)' : 'rule:     none matched');
   }
   if (x.misses.length > 0) {
     out.push('');
