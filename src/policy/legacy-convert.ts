@@ -115,7 +115,8 @@ interface Row {
  *   that are not 4.0 policy files.
  */
 export function convertLegacy(src: PolicySource, opts: LegacyConvertOptions): LegacyConversion {
-  const legacyDir = opts.legacyDir;
+  // resolved as the loader resolves it, so that rule positions compare equal
+  const legacyDir = src.resolve(opts.legacyDir);
   const keepComments = opts.comments ?? true;
   let names: string[];
   const entries = src.readDir(legacyDir);

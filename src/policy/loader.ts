@@ -257,12 +257,14 @@ class Loader {
 
   /** `!compat-4.0`: every legacy file as `!include-service`, plus the implicit denies. */
   private compat40(pos: Position): void {
-    const dir = this.opts.legacyDir;
+    let dir: string;
     let entries: DirEntry[];
     try {
+      // absolute, so that the legacy file paths below resolve once, not twice
+      dir = this.src.resolve(this.opts.legacyDir);
       entries = this.src.readDir(dir);
     } catch (e) {
-      throw this.ioError(e, dir, pos.line, pos.file);
+      throw this.ioError(e, this.opts.legacyDir, pos.line, pos.file);
     }
     const services = new Map<string, Map<string, string>>();
     for (const e of entries) {
