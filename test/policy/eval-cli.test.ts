@@ -41,7 +41,7 @@ test('a policy that does not load: one error line, exit status 2', () => {
 });
 
 test('bad request lines and bad options are reported, with exit status 1 and 2', () => {
-  const args = ['--policy-dir', path.join(ROOT, 'examples/policy.d'), '--system-info', path.join(ROOT, 'examples/system-info.json')];
+  const args = ['--policy-dir', path.join(ROOT, 'examples/policy.d'), '--legacy-dir', path.join(ROOT, 'examples/legacy'), '--system-info', path.join(ROOT, 'examples/system-info.json')];
   const bad = run(args, '{"source":1}\n');
   assert.equal(bad.code, 1);
   assert.match(bad.err, /stdin:1: request: "source" must be a string/);
