@@ -45,6 +45,7 @@ import {
 import { vchanConnect, vchanListen, type VchanEnv } from '../vchan/index.js';
 import { justExec, prepareCall, startService, waitForSession, type ExecContext, type PreparedCall } from './exec.js';
 import { loadNative, type NativeHelper } from './native.js';
+import { openLocal, type LocalStream } from './local.js';
 import { startPump, type Pump } from './pump.js';
 
 /** The reference's default agent socket. */
@@ -621,66 +622,6 @@ export class Agent {
     record(LauncherRecord.EXIT, status & 0xff);
     sock.end();
   }
-}
-
-/** A local descriptor wrapped in a stream; `release()` restores blocking mode and closes it. */
-interface LocalStream {
-  readonly kind: 'socket' | 'file';
-  readonly stream: Readable | Writable | net.Socket;
-  release(): void;
-}
-
-function openLocal(fd: number, mode: 'read' | 'write' | 'duplex'): LocalStream {
-  const native = loadNative();
-  let st: fs.Stats | undefined;
-  try {
-    st = fs.fstatSync(fd);
-  } catch {
-    st = undefined;
-  }
-  if (st && (st.isSocket() || st.isFIFO())) {
-    const s = new net.Socket({ fd, readable: mode !== 'write', writable: mode !== 'read', allowHalfOpen: true });
-    s.on('error', () => undefined);
-    // libuv made the descriptor non-blocking; the file description is shared
-    // with the caller's shell, so restore blocking mode before letting go.
-    const restore = (): void => {
-      try {
-        native?.setBlocking(fd, true);
-      } catch {
-        /* closed already */
-      }
-    };
-    return {
-      kind: 'socket',
-      stream: s,
-      release(): void {
-        if (s.destroyed) return;
-        if (s.writable && !s.writableFinished) {
-          const done = (): void => {
-            restore();
-            s.destroy();
-          };
-          s.once('finish', done);
-          s.once('error', done);
-          if (!s.writableEnded) s.end();
-        } else {
-          restore();
-          s.destroy();
-        }
-      },
-    };
-  }
-  const stream: Readable | Writable =
-    mode === 'read' ? fs.createReadStream('', { fd, autoClose: true }) : fs.createWriteStream('', { fd, autoClose: true });
-  stream.on('error', () => undefined);
-  return {
-    kind: 'file',
-    stream,
-    release(): void {
-      if (mode !== 'read') (stream as fs.WriteStream).end();
-      else stream.destroy();
-    },
-  };
 }
 
 function closeFd(fd: number | undefined): void {

@@ -9,3 +9,5 @@ export { parseServiceConfig, defaultServiceConfig, ServiceConfigError, type Serv
 export { execContextFromEnv, prepareCall, startService, type ExecContext } from './exec.js';
 export { findFile, findServiceFile, DEFAULT_SERVICE_PATH, DEFAULT_CONFIG_PATH } from './lookup.js';
 export { startPump, replaceChars, type Pump, type PumpOptions } from './pump.js';
+export { callService, encodeClientRequest, type CallOptions, type CallResult } from './client.js';
+export { runClientVmCli, parseClientVmArgs } from './client-vm.js';

@@ -162,10 +162,11 @@ export function startPump(o: PumpOptions): Pump {
     if (sink === null) return;
     const s = sink;
     sink = null;
-    if (!single || source === null) {
-      s.end();
-    } else {
+    if (single && source !== null) {
       s.end(); // shutdown(SHUT_WR) on the shared socket; reading goes on
+    } else {
+      // close the descriptor once flushed: a pipe's reader sees EOF only then
+      s.end(() => s.destroy());
     }
   };
   const stopSource = (r: LocalSource | null): void => {

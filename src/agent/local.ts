@@ -1,0 +1,84 @@
+/** Local descriptors (a caller's stdin/stdout/stderr) as streams. */
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import type { Readable, Writable } from 'node:stream';
+import { loadNative } from './native.js';
+
+/**
+ * A local descriptor wrapped in a stream: sockets and pipes become net.Socket
+ * (event-driven), files and terminals fs streams. `release()` flushes, restores
+ * blocking mode (the file description is shared with the caller's shell) and
+ * closes it.
+ */
+export interface LocalStream {
+  readonly kind: 'socket' | 'file';
+  readonly stream: Readable | Writable | net.Socket;
+  release(): void;
+}
+
+export function openLocal(fd: number, mode: 'read' | 'write' | 'duplex'): LocalStream {
+  const native = loadNative();
+  let st: fs.Stats | undefined;
+  try {
+    st = fs.fstatSync(fd);
+  } catch {
+    st = undefined;
+  }
+  if (st && st.isFIFO() && fd <= 2 && mode === 'write') {
+    // libuv never closes descriptors 0-2, but a pipe's reader sees EOF only when
+    // every writer is closed: move our end to a new descriptor we can close.
+    try {
+      const moved = fs.openSync(`/proc/self/fd/${fd}`, fs.constants.O_WRONLY);
+      fs.closeSync(fd);
+      const placeholder = fs.openSync('/dev/null', fs.constants.O_RDWR);
+      if (placeholder !== fd) fs.closeSync(placeholder);
+      fd = moved;
+    } catch {
+      /* keep the original */
+    }
+  }
+  if (st && (st.isSocket() || st.isFIFO())) {
+    const s = new net.Socket({ fd, readable: mode !== 'write', writable: mode !== 'read', allowHalfOpen: true });
+    s.on('error', () => undefined);
+    // libuv made the descriptor non-blocking; the file description is shared
+    // with the caller's shell, so restore blocking mode before letting go.
+    const restore = (): void => {
+      try {
+        native?.setBlocking(fd, true);
+      } catch {
+        /* closed already */
+      }
+    };
+    return {
+      kind: 'socket',
+      stream: s,
+      release(): void {
+        if (s.destroyed) return;
+        if (s.writable && !s.writableFinished) {
+          const done = (): void => {
+            restore();
+            s.destroy();
+          };
+          s.once('finish', done);
+          s.once('error', done);
+          if (!s.writableEnded) s.end();
+        } else {
+          restore();
+          s.destroy();
+        }
+      },
+    };
+  }
+  const stream: Readable | Writable =
+    mode === 'read' ? fs.createReadStream('', { fd, autoClose: true }) : fs.createWriteStream('', { fd, autoClose: true });
+  stream.on('error', () => undefined);
+  return {
+    kind: 'file',
+    stream,
+    release(): void {
+      if (mode !== 'read') (stream as fs.WriteStream).end();
+      else stream.destroy();
+    },
+  };
+}
+
