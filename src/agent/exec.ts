@@ -14,6 +14,7 @@ import { ExitCode, parseCommand, ProtocolError, type ParsedCommand } from '../pr
 import { defaultServiceConfig, parseServiceConfig, ServiceConfigError, type ServiceConfig } from './config.js';
 import { DEFAULT_CONFIG_PATH, DEFAULT_SERVICE_PATH, findFile, findServiceFile, isExecutable } from './lookup.js';
 import { nativePipe } from './native.js';
+import { decodeVmExecArg, VMEXEC_SERVICES, VmExecDecodeError } from './vmexec.js';
 
 /** What the agent needs to know about its environment to run services. */
 export interface ExecContext {
@@ -123,6 +124,7 @@ export interface FailedService {
 
 type Target =
   | { kind: 'exec'; program: string | null }
+  | { kind: 'vmexec'; argv: string[] | FailedService }
   | { kind: 'socket'; path: string }
   | { kind: 'tcp'; host: string; port: string };
 
@@ -131,7 +133,10 @@ function resolveTarget(call: PreparedCall, ctx: ExecContext): Target | FailedSer
   const rpc = call.cmd.rpc;
   if (!rpc) return { kind: 'exec', program: null };
   const r = findServiceFile(ctx.servicePath, rpc.descriptor, rpc.serviceName, true);
-  if (r.kind === 'absent') return { code: ExitCode.NOT_FOUND, reason: `Service not found: ${rpc.descriptor}` };
+  if (r.kind === 'absent') {
+    if (VMEXEC_SERVICES.includes(rpc.serviceName)) return { kind: 'vmexec', argv: vmexecArgv(rpc.arg, ctx) };
+    return { code: ExitCode.NOT_FOUND, reason: `Service not found: ${rpc.descriptor}` };
+  }
   if (r.kind === 'error') return { code: ExitCode.PROBLEM, reason: `Error finding service: ${rpc.descriptor}: ${r.reason}` };
   if (r.kind === 'tcp') return tcpTarget(r.target, rpc.arg);
   if (r.stat.isSocket()) return { kind: 'socket', path: r.path };
@@ -146,6 +151,24 @@ function resolveTarget(call: PreparedCall, ctx: ExecContext): Target | FailedSer
     return { kind: 'exec', program: r.path };
   }
   return { code: ExitCode.PROBLEM, reason: `Unknown service type (not executable, not a socket): ${r.path}` };
+}
+
+/**
+ * Built-in qubes.VMExec(GUI) (used when no such file is in the service path):
+ * decodes the argument strictly and logs the full command. Failures exit 1
+ * with the reason on stderr, as qubes-core-agent-linux's script does.
+ */
+function vmexecArgv(arg: string | undefined, ctx: ExecContext): string[] | FailedService {
+  if (arg === undefined || arg === '') return { code: 1, reason: 'This service requires exactly one argument' };
+  try {
+    const argv = decodeVmExecArg(arg);
+    ctx.log(`qubes.VMExec: executing ${JSON.stringify(argv)}`);
+    return argv;
+  } catch (e) {
+    if (!(e instanceof VmExecDecodeError)) throw e;
+    ctx.log(`qubes.VMExec: rejected argument ${JSON.stringify(arg)}: ${e.message}`);
+    return { code: 1, reason: `Decode error: ${e.message}` };
+  }
 }
 
 /** The reference's validate_port: 1..65535, decimal, no leading zero. */
@@ -269,7 +292,7 @@ function serviceEnv(base: NodeJS.ProcessEnv, words: string[]): NodeJS.ProcessEnv
  * before exec (the reference's forked child logs the reason to its stderr and
  * exits 125).
  */
-function planSpawn(call: PreparedCall, program: string | null, ctx: ExecContext): SpawnPlan | string {
+function planSpawn(call: PreparedCall, program: string | null, ctx: ExecContext, execArgv?: string[]): SpawnPlan | string {
   const baseEnv: NodeJS.ProcessEnv = { ...ctx.env, QREXEC_AGENT_PID: String(ctx.agentPid) };
   let uid: number | undefined;
   let gid: number | undefined;
@@ -302,6 +325,10 @@ function planSpawn(call: PreparedCall, program: string | null, ctx: ExecContext)
     const words = call.cmd.command.split(' ').filter((w) => w.length > 0);
     if (words.length !== 2 && words.length !== 4) return `invalid number of arguments: ${words.length + 1}`;
     const env = serviceEnv(loginEnv ?? baseEnv, words);
+    if (execArgv) {
+      const [file, ...args] = execArgv as [string, ...string[]];
+      return { file, args, argv0: file, env, ...who };
+    }
     const full = words[0] as string;
     const plus = full.indexOf('+');
     const arg = plus >= 0 ? full.slice(plus + 1) : '';
@@ -400,10 +427,19 @@ export async function startService(call: PreparedCall, ctx: ExecContext): Promis
       what: target.kind === 'socket' ? `socket ${target.path}` : `tcp ${target.host}:${target.port}`,
     };
   }
-  const what = target.program ? `${target.program} ${call.cmd.command}` : call.cmd.command;
-  const plan = planSpawn(call, target.program, ctx);
-  if (typeof plan === 'string') return failedChild(plan, ExitCode.PROBLEM, what);
-  if (target.program && !execFormatOk(target.program)) return failedChild('execve: Exec format error', ExitCode.PROBLEM, what);
+  let plan: SpawnPlan | string;
+  let what: string;
+  if (target.kind === 'vmexec') {
+    if ('code' in target.argv) return failedChild(target.argv.reason, target.argv.code, call.cmd.command);
+    what = `${call.cmd.command}: ${JSON.stringify(target.argv)}`;
+    plan = planSpawn(call, '', ctx, target.argv);
+    if (typeof plan === 'string') return failedChild(plan, ExitCode.PROBLEM, what);
+  } else {
+    what = target.program ? `${target.program} ${call.cmd.command}` : call.cmd.command;
+    plan = planSpawn(call, target.program, ctx);
+    if (typeof plan === 'string') return failedChild(plan, ExitCode.PROBLEM, what);
+    if (target.program && !execFormatOk(target.program)) return failedChild('execve: Exec format error', ExitCode.PROBLEM, what);
+  }
   const errPipe = nativePipe();
   const stdio: StdioOptions = ['pipe', 'pipe', errPipe ? errPipe[1] : 'pipe'];
   let spawnError = '';
@@ -466,13 +502,18 @@ export async function justExec(call: PreparedCall, ctx: ExecContext): Promise<nu
       return ExitCode.PROBLEM;
     }
   }
-  const plan = planSpawn(call, target.program, ctx);
-  const what = target.program ? `${target.program} ${call.cmd.command}` : call.cmd.command;
+  if (target.kind === 'vmexec' && 'code' in target.argv) {
+    ctx.log(target.argv.reason);
+    return 0;
+  }
+  const plan =
+    target.kind === 'vmexec' ? planSpawn(call, '', ctx, target.argv as string[]) : planSpawn(call, target.program, ctx);
+  const what = target.kind === 'vmexec' ? call.cmd.command : target.program ? `${target.program} ${call.cmd.command}` : call.cmd.command;
   if (typeof plan === 'string') {
     ctx.log(plan);
     return 0; // the reference's child fails after the exit code was sent
   }
-  if (target.program && !execFormatOk(target.program)) {
+  if (target.kind === 'exec' && target.program && !execFormatOk(target.program)) {
     ctx.log(`execve: Exec format error: ${target.program}`);
     return 0;
   }
