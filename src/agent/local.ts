@@ -54,7 +54,7 @@ export function openLocal(fd: number, mode: 'read' | 'write' | 'duplex'): LocalS
       stream: s,
       release(): void {
         if (s.destroyed) return;
-        if (s.writable && !s.writableFinished) {
+        if (mode !== 'read' && !s.writableFinished) {
           const done = (): void => {
             restore();
             s.destroy();

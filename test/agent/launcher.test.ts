@@ -7,6 +7,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { callService } from '../../src/agent/index.js';
 import { DOMAIN, Fixture, ROOT, T, TARGET_DOMAIN, connectRetry, fixed, msg, u32, type Conn } from './peer.js';
 
 const LAUNCHER = path.join(ROOT, 'native', 'build', 'qrexec-client-vm');
@@ -152,6 +153,9 @@ describe('qrexec-client-vm launcher', { skip: !built && 'native parts not built'
   it('exits 255 when the service side disconnects without an exit code', async () => {
     const run = runLauncher(['vault', 'qubes.Svc']);
     const svc = await accept(await nextTrigger());
+    // consume what the caller sends first: a write into a closed vchan fails
+    // with EPIPE and Node then drops the unread rest (see README, known gaps)
+    assert.deepEqual(await readStdin(svc), Buffer.alloc(0));
     svc.send(msg(T.DATA_STDOUT, 'partial'));
     svc.close();
     const r = await run;
@@ -180,5 +184,31 @@ describe('qrexec-client-vm launcher', { skip: !built && 'native parts not built'
     assert.match(notsock.stderr, /stdin not a socket/);
     const noagent = spawnSync(LAUNCHER, [`--agent-socket=${path.join(fx.dir, 'nope')}`, 'a', 'b'], { encoding: 'utf8' });
     assert.equal(noagent.status, 1);
+  });
+
+  it('callService (the library) makes a call from a running program', async () => {
+    const result = callService('vault', 'qubes.Lib+x', {
+      agentSocket: fx.agentSocket,
+      vchan: { dir: fx.dir, ownDomain: DOMAIN },
+      stdin: 'library input',
+    });
+    const trig = await nextTrigger();
+    assert.deepEqual(trig.subarray(160), Buffer.from('qubes.Lib+x\0'));
+    const svc = await accept(trig);
+    assert.deepEqual(await readStdin(svc), Buffer.from('library input'));
+    svc.send(msg(T.DATA_STDOUT, 'lib out'));
+    svc.send(msg(T.DATA_STDERR, 'lib err'));
+    svc.send(msg(T.DATA_STDOUT));
+    svc.send(msg(T.DATA_EXIT_CODE, u32(3)));
+    const r = await result;
+    assert.equal(r.exitCode, 3);
+    assert.equal(r.refused, false);
+    assert.equal(r.stdout.toString(), 'lib out');
+    assert.equal(r.stderr.toString(), 'lib err');
+
+    const refused = callService('vault', 'qubes.Lib', { agentSocket: fx.agentSocket, vchan: { dir: fx.dir, ownDomain: DOMAIN } });
+    const t2 = await nextTrigger();
+    fx.dom0?.send(msg(T.SERVICE_REFUSED, t2.subarray(128, 160)));
+    assert.deepEqual({ ...(await refused), stdout: undefined, stderr: undefined }, { exitCode: 126, refused: true, stdout: undefined, stderr: undefined });
   });
 });

@@ -135,7 +135,7 @@ export async function connectRetry(p: string, timeoutMs = 20000): Promise<Conn> 
       return new Conn(s);
     } catch (e) {
       if (Date.now() > deadline) throw e;
-      await new Promise((r) => setTimeout(r, 10));
+      await new Promise((r) => setTimeout(r, 1));
     }
   }
 }
