@@ -392,3 +392,65 @@ describe('qrexec-agent: local callers (reference protocol on the agent socket)',
     await trigger(); // still serving
   });
 });
+
+describe('qrexec-agent: backpressure', () => {
+  const rssMb = (pid: number): number => {
+    const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : 0;
+  };
+
+  it('a peer that does not read its data vchan keeps agent memory bounded, then gets every byte', async () => {
+    await started();
+    // 256 MiB of output; the peer reads nothing for a while
+    const { target } = await fx.exec(T.EXEC_CMDLINE, 'head -c 268435456 /dev/zero');
+    target.send(msg(T.DATA_STDIN));
+    target.sock.pause();
+    await new Promise((r) => setTimeout(r, 1500));
+    const pid = fx.agent?.pid as number;
+    assert.ok(rssMb(pid) < 200, `agent RSS ${rssMb(pid)} MiB while the peer is not reading`);
+    target.sock.resume();
+    let total = 0;
+    let code: number | undefined;
+    for (;;) {
+      const m = await target.recv();
+      if (!m) break;
+      if (m.type === T.DATA_STDOUT) total += m.data.length;
+      if (m.type === T.DATA_EXIT_CODE) code = m.data.readUInt32LE(0);
+    }
+    assert.equal(total, 268435456);
+    assert.equal(code, 0);
+  });
+
+  it('a service that does not read stdin pauses the vchan instead of buffering', async () => {
+    await started();
+    const { target } = await fx.exec(T.EXEC_CMDLINE, 'sleep 2; wc -c');
+    const chunk = msg(T.DATA_STDIN, Buffer.alloc(65536, 0x61));
+    let sent = 0;
+    // write until the agent stops reading (our socket buffer fills) or 128 MiB
+    for (;;) {
+      const more = target.sock.write(chunk);
+      sent++;
+      if (sent >= 2048) break;
+      if (!more) {
+        const drained = await Promise.race([
+          new Promise<boolean>((r) => target.sock.once('drain', () => r(true))),
+          new Promise<boolean>((r) => setTimeout(() => r(false), 1000)),
+        ]);
+        if (!drained) break; // the agent stopped reading: backpressure reached us
+      }
+    }
+    const pid = fx.agent?.pid as number;
+    assert.ok(sent < 2048, 'the agent kept reading although the service did not');
+    assert.ok(rssMb(pid) < 200);
+    const rest = 64;
+    for (let i = 0; i < rest; i++) target.sock.write(chunk);
+    target.send(msg(T.DATA_STDIN));
+    let out = '';
+    for (;;) {
+      const m = await target.recv(60000);
+      if (!m) break;
+      if (m.type === T.DATA_STDOUT) out += m.data.toString();
+    }
+    assert.equal(Number(out.trim()), (sent + rest) * 65536);
+  });
+});

@@ -91,8 +91,8 @@ export class Conn {
     this.buf = this.buf.subarray(out.length);
     return out;
   }
-  async recv(): Promise<Message | undefined> {
-    const h = await this.read(8);
+  async recv(timeoutMs = 20000): Promise<Message | undefined> {
+    const h = await this.read(8, timeoutMs);
     if (h.length < 8) return undefined;
     const data = await this.read(h.readUInt32LE(4));
     return { type: h.readUInt32LE(0), data };
