@@ -1,0 +1,101 @@
+/**
+ * The architecture, checked: imports point one way (STYLE.md "Layout that
+ * shows the architecture"), the pure modules touch no Node API, and there
+ * are no import cycles.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const SRC = path.join(ROOT, 'src');
+
+function sources(dir = SRC): string[] {
+  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) return sources(p);
+    return e.name.endsWith('.ts') && !e.name.endsWith('.d.ts') ? [p] : [];
+  });
+}
+
+/** Module specifiers a file imports (static imports, re-exports, dynamic imports of literals). */
+function importsOf(file: string): string[] {
+  const text = fs.readFileSync(file, 'utf8');
+  const out: string[] = [];
+  for (const m of text.matchAll(/^\s*(?:import|export)\b[^'"]*?\bfrom\s*['"]([^'"]+)['"]|^\s*import\s*['"]([^'"]+)['"]|\bimport\(\s*['"]([^'"]+)['"]\s*\)/gm)) {
+    out.push((m[1] ?? m[2] ?? m[3]) as string);
+  }
+  return out;
+}
+
+const area = (file: string): string => path.relative(SRC, file).split(path.sep)[0] as string;
+
+const graph = new Map<string, string[]>();
+for (const f of sources()) {
+  graph.set(
+    f,
+    importsOf(f).map((s) => (s.startsWith('.') ? path.resolve(path.dirname(f), s).replace(/\.js$/, '.ts') : s)),
+  );
+}
+
+test('src/policy is pure: it imports only itself', () => {
+  const bad: string[] = [];
+  for (const [f, deps] of graph) {
+    if (area(f) !== 'policy') continue;
+    for (const d of deps) if (!d.startsWith(path.join(SRC, 'policy') + path.sep)) bad.push(`${path.relative(ROOT, f)} imports ${d}`);
+  }
+  assert.deepEqual(bad, []);
+});
+
+test('src/protocol imports only itself and src/common, and no Node module but node:buffer', () => {
+  const bad: string[] = [];
+  for (const [f, deps] of graph) {
+    if (area(f) !== 'protocol') continue;
+    for (const d of deps) {
+      const ok = d === 'node:buffer' || ['protocol', 'common'].some((a) => d.startsWith(path.join(SRC, a) + path.sep));
+      if (!ok) bad.push(`${path.relative(ROOT, f)} imports ${d}`);
+    }
+  }
+  assert.deepEqual(bad, []);
+});
+
+test('nothing imports src/cli; only src/cli imports src/demo', () => {
+  const bad: string[] = [];
+  for (const [f, deps] of graph) {
+    for (const d of deps) {
+      if (!d.startsWith(SRC)) continue;
+      const to = area(d);
+      if (to === 'cli' && area(f) !== 'cli') bad.push(`${path.relative(ROOT, f)} imports ${path.relative(ROOT, d)}`);
+      if (to === 'demo' && !['cli', 'demo'].includes(area(f))) bad.push(`${path.relative(ROOT, f)} imports ${path.relative(ROOT, d)}`);
+    }
+  }
+  assert.deepEqual(bad, []);
+});
+
+test('no import cycles between src modules', () => {
+  const state = new Map<string, 'visiting' | 'done'>();
+  const cycles: string[] = [];
+  const visit = (f: string, stack: string[]): void => {
+    state.set(f, 'visiting');
+    for (const d of graph.get(f) ?? []) {
+      if (!graph.has(d)) continue;
+      if (state.get(d) === 'visiting') {
+        cycles.push([...stack.slice(stack.indexOf(d)), d].map((x) => path.relative(SRC, x)).join(' → '));
+      } else if (!state.has(d)) {
+        visit(d, [...stack, d]);
+      }
+    }
+    state.set(f, 'done');
+  };
+  for (const f of graph.keys()) if (!state.has(f)) visit(f, [f]);
+  assert.deepEqual(cycles, []);
+});
+
+test('src/policy compiles without Node types (tsconfig.pure.json)', { timeout: 120_000 }, () => {
+  const tsc = path.join(ROOT, 'node_modules/typescript/bin/tsc');
+  const r = spawnSync(process.execPath, [tsc, '-p', path.join(ROOT, 'tsconfig.pure.json')], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+});
