@@ -1,7 +1,7 @@
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'node_modules/**', 'native/**'] },
+  { ignores: ['dist/**', 'node_modules/**', 'native/**', 'types/**'] },
   ...tseslint.configs.recommended,
   {
     files: ['**/*.ts'],
