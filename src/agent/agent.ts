@@ -42,8 +42,18 @@ import {
   type Frame,
   type LengthRules,
 } from '../protocol/index.js';
-import { vchanConnect, vchanListen, type VchanEnv } from '../vchan/index.js';
-import { justExec, prepareCall, startService, waitForSession, type ExecContext, type PreparedCall } from './exec.js';
+import { vchanListen, type VchanEnv } from '../vchan/index.js';
+import { connectDataVchan } from './connect.js';
+import {
+  justExec,
+  prepareCall,
+  startService,
+  waitForSession,
+  type ExecContext,
+  type FailedService,
+  type PreparedCall,
+  type StartedService,
+} from './exec.js';
 import { loadNative, type NativeHelper } from './native.js';
 import { openLocal, type LocalStream } from './local.js';
 import { startPump, type Pump } from './pump.js';
@@ -268,18 +278,25 @@ export class Agent {
 
   private runCall(type: number, call: PreparedCall | null, cmdline: string, domain: number, port: number): void {
     const log = (m: string): void => this.log(m);
+    const startIt = (): Promise<StartedService | FailedService> | undefined =>
+      type === MsgType.JUST_EXEC
+        ? undefined
+        : call
+          ? startService(call, this.opts.exec).catch((e: Error) => ({ code: ExitCode.PROBLEM, reason: e.message }))
+          : Promise.resolve({ code: ExitCode.PROBLEM, reason: 'bad command' });
     void (async () => {
       let ch: net.Socket;
       try {
-        ch = await vchanConnect(this.opts.vchan, domain, port, { timeoutMs: DATA_CONNECT_TIMEOUT_MS });
+        ch = await connectDataVchan(this.opts.vchan, domain, port, DATA_CONNECT_TIMEOUT_MS);
       } catch (e) {
         log(`Data vchan connection failed: ${(e as Error).message}`);
         this.sendCtrl(encodeConnectionTerminated(domain, port));
         return;
       }
       ch.setNoDelay?.(true);
+      const started = startIt();
       let pump: Pump;
-      if (type === MsgType.JUST_EXEC) {
+      if (started === undefined) {
         const code = call ? justExec(call, this.opts.exec).catch(() => ExitCode.PROBLEM) : Promise.resolve(ExitCode.PROBLEM);
         pump = startPump({
           channel: ch,
@@ -291,12 +308,10 @@ export class Agent {
           exitOnly: code.then((c) => ({ code: c, eofs: false })),
         });
       } else {
-        const started = call
-          ? await startService(call, this.opts.exec).catch((e: Error) => ({ code: ExitCode.PROBLEM, reason: e.message }))
-          : { code: ExitCode.PROBLEM, reason: 'bad command' };
-        if ('code' in started) {
-          log(started.reason);
-          log(`failed to spawn process (exited ${started.code}): ${cmdline}`);
+        const s = await started;
+        if ('code' in s) {
+          log(s.reason);
+          log(`failed to spawn process (exited ${s.code}): ${cmdline}`);
           pump = startPump({
             channel: ch,
             role: 'service',
@@ -304,25 +319,25 @@ export class Agent {
             source: null,
             single: false,
             log,
-            exitOnly: Promise.resolve({ code: started.code, eofs: true }),
+            exitOnly: Promise.resolve({ code: s.code, eofs: true }),
           });
         } else {
-          log(`executed: ${started.what}`);
+          log(`executed: ${s.what}`);
           pump = startPump({
             channel: ch,
             role: 'service',
-            sink: started.sink,
-            source: started.source,
-            errSource: started.errSource,
-            single: started.single,
-            ...(started.sinkPrefix ? { sinkPrefix: started.sinkPrefix } : {}),
-            ...(started.localExit ? { localExit: started.localExit } : {}),
-            exitOnClientEof: started.exitOnClientEof,
-            exitOnServiceEof: started.exitOnServiceEof,
+            sink: s.sink,
+            source: s.source,
+            errSource: s.errSource,
+            single: s.single,
+            ...(s.sinkPrefix ? { sinkPrefix: s.sinkPrefix } : {}),
+            ...(s.localExit ? { localExit: s.localExit } : {}),
+            exitOnClientEof: s.exitOnClientEof,
+            exitOnServiceEof: s.exitOnServiceEof,
             log,
           });
           void pump.done.then((st) => {
-            if (started.localExit) log(`pid ${started.child?.pid ?? '?'} exited with ${st}`);
+            if (s.localExit) log(`pid ${s.child?.pid ?? '?'} exited with ${st}`);
             else log('Socket service closed');
           });
         }

@@ -280,6 +280,8 @@ export function startPump(o: PumpOptions): Pump {
       if (e.code !== 'ECONNRESET' && e.code !== 'EPIPE') log(`local read error: ${e.message}`);
       eof();
     });
+    // the stream may have ended before we got to it ('end' already emitted)
+    if (r.readableEnded || (r.destroyed && r.readableLength === 0)) queueMicrotask(eof);
   };
 
   const start = (): void => {
