@@ -50,7 +50,8 @@ export function describeLoadError(e: unknown): string {
 export class PolicyStore {
   private state: PolicyState;
   private generation = 0;
-  private readonly watchers = new Map<string, fs.FSWatcher>();
+  /** Watched directories: the watch, the names of interest (null: all), the inode watched. */
+  private readonly watchers = new Map<string, { watcher: fs.FSWatcher; names: Set<string> | null; ino: number }>();
   private timer: NodeJS.Timeout | null = null;
   private firstEventAt = 0;
   private pollTimer: NodeJS.Timeout | null = null;
@@ -141,31 +142,48 @@ export class PolicyStore {
     return r.map((p) => path.resolve(p));
   }
 
-  /** Set watches on every root, its subdirectories and its parent; drop stale ones. */
+  /**
+   * Set watches on every root, its subdirectories and its parent; drop stale
+   * ones. A parent is watched only for its root's own name (removed,
+   * re-created, renamed): other entries there — an audit database next to
+   * the policy directory, say — must not trigger reloads.
+   */
   private rewatch(): void {
     if (this.closed) return;
-    const want = new Set<string>();
+    // directory -> names of interest in it (null: every event).
+    const want = new Map<string, Set<string> | null>();
     for (const root of this.roots()) {
-      want.add(path.dirname(root));
-      for (const d of walkDirs(root)) want.add(d);
+      for (const d of walkDirs(root)) want.set(d, null);
+    }
+    for (const root of this.roots()) {
+      const parent = path.dirname(root);
+      const names = want.get(parent);
+      if (names === null) continue;
+      if (names === undefined) want.set(parent, new Set([path.basename(root)]));
+      else names.add(path.basename(root));
     }
     for (const [dir, w] of this.watchers) {
-      if (!want.has(dir)) {
-        w.close();
+      const names = want.get(dir);
+      // A directory replaced by another one (renamed over) keeps its path, not its inode.
+      if (names === undefined || !sameInterest(w.names, names) || inodeOf(dir) !== w.ino) {
+        w.watcher.close();
         this.watchers.delete(dir);
       }
     }
-    for (const dir of want) {
+    for (const [dir, names] of want) {
       if (this.watchers.has(dir)) continue;
       try {
-        const w = fs.watch(dir, { persistent: false }, () => this.schedule());
-        w.on('error', () => {
+        const ino = fs.statSync(dir).ino;
+        const watcher = fs.watch(dir, { persistent: false }, (_event, name) => {
+          if (names === null || name === null || names.has(name)) this.schedule();
+        });
+        watcher.on('error', () => {
           // The directory went away: forget the watch; the parent's watch or the poll notices.
-          w.close();
-          if (this.watchers.get(dir) === w) this.watchers.delete(dir);
+          watcher.close();
+          if (this.watchers.get(dir)?.watcher === watcher) this.watchers.delete(dir);
           this.schedule();
         });
-        this.watchers.set(dir, w);
+        this.watchers.set(dir, { watcher, names, ino });
       } catch {
         // Missing directory: the parent's watch (or the poll) will see it appear.
       }
@@ -219,9 +237,22 @@ export class PolicyStore {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
     if (this.pollTimer) clearInterval(this.pollTimer);
-    for (const w of this.watchers.values()) w.close();
+    for (const w of this.watchers.values()) w.watcher.close();
     this.watchers.clear();
   }
+}
+
+function inodeOf(p: string): number {
+  try {
+    return fs.statSync(p).ino;
+  } catch {
+    return -1;
+  }
+}
+
+function sameInterest(a: Set<string> | null, b: Set<string> | null): boolean {
+  if (a === null || b === null) return a === b;
+  return a.size === b.size && [...a].every((n) => b.has(n));
 }
 
 /** A directory and all directories below it (following symlinks, bounded depth). */
