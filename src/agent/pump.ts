@@ -138,6 +138,7 @@ export function startPump(o: PumpOptions): Pump {
   const done = new Promise<number>((r) => (resolveDone = r));
   const sources = new Set<LocalSource>();
 
+  const corkable = typeof (ch as unknown as Partial<Writable>).cork === 'function' ? (ch as unknown as Writable) : undefined;
   const sendData = (type: number, data: Buffer): void => {
     if (data.length === 0) {
       ch.write(encodeDataHeader(type, 0));
@@ -151,6 +152,12 @@ export function startPump(o: PumpOptions): Pump {
         b.writeUInt32LE(part.length, 4);
         part.copy(b, HEADER_SIZE);
         ch.write(b);
+      } else if (corkable) {
+        // header and data in one writev
+        corkable.cork();
+        ch.write(encodeDataHeader(type, part.length));
+        ch.write(part);
+        corkable.uncork();
       } else {
         ch.write(encodeDataHeader(type, part.length));
         ch.write(part);
