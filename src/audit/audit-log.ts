@@ -12,9 +12,11 @@
  *    acknowledged decision is on disk (in the page cache: it survives the
  *    daemon being killed; with `sync: 'full'` the journal is also fdatasync'ed,
  *    surviving power loss);
- * 3. a worker thread inserts the same records into SQLite in batches (its
- *    own connection, one transaction per batch), and reports how far it got;
- *    a journal segment is deleted once all its records are in SQLite.
+ * 3. a worker thread tails the journal and inserts the same records into
+ *    SQLite (its own connection, many records per transaction). The daemon
+ *    sends it nothing per batch: it only sets a flag in shared memory, which
+ *    the worker looks at every few milliseconds; a journal segment is
+ *    deleted by the worker once all its records are in SQLite.
  * At start, records left in journal segments by a killed daemon are
  * inserted (INSERT OR IGNORE on the record id, so a record is never
  * duplicated) before anything else happens. Readers (queryAudit) merge the
@@ -192,11 +194,19 @@ function toRow(id: number, r: AuditRecord): JournalRow {
 
 type Waiter = (err: Error | null) => void;
 
-interface Segment {
-  readonly file: string;
-  readonly fd: number;
-  lastId: number;
-  count: number;
+/**
+ * Control words shared with the ingestion worker (Int32Array over a
+ * SharedArrayBuffer): the daemon's thread only stores into them — no
+ * message, no wake-up per batch.
+ */
+export const CTL_SEGMENT = 0; // number of the segment being appended to
+export const CTL_DIRTY = 1; // set to 1 after every journal write; the worker clears it
+export const CTL_CLOSED = 2; // 1: no more writes; the current segment is final
+export const CTL_WORDS = 3;
+
+/** The journal segment file number `n` of a database. */
+export function segmentPath(dbPath: string, n: number): string {
+  return `${dbPath}-journal.${n}`;
 }
 
 /** An open audit log (one writer: the daemon). */
@@ -207,17 +217,15 @@ export class AuditLog {
   private queue: AuditRecord[] = [];
   private waiters: Waiter[] = [];
   private scheduled = false;
-  private seg: Segment;
-  private segNo: number;
-  /** Closed segments waiting for the worker to ingest them. */
-  private readonly retired: Segment[] = [];
+  private fd: number;
+  private segNo = 1;
+  private segCount = 0;
+  private readonly ctl: Int32Array;
   private readonly worker: Worker;
   private ingestedThrough = 0;
   private readonly segmentRecords: number;
   private closed = false;
   private readonly idleWaiters: (() => void)[] = [];
-  private toIngest: JournalRow[] = [];
-  private ingestTimer: NodeJS.Timeout | null = null;
 
   constructor(opts: AuditOptions) {
     this.dbPath = path.resolve(opts.path);
@@ -244,12 +252,14 @@ export class AuditLog {
     } finally {
       db.close();
     }
-    this.segNo = 1;
-    this.seg = this.openSegment();
+    this.fd = fs.openSync(segmentPath(this.dbPath, this.segNo), 'a', 0o640);
+    this.ctl = new Int32Array(new SharedArrayBuffer(CTL_WORDS * 4));
+    Atomics.store(this.ctl, CTL_SEGMENT, this.segNo);
     this.worker = new Worker(new URL('./ingest-worker.js', import.meta.url), {
       workerData: {
         path: this.dbPath,
         sync: this.sync,
+        ctl: this.ctl,
         maxRows: opts.maxRows ?? 1_000_000,
         maxAgeDays: opts.maxAgeDays ?? 90,
         pruneIntervalMs: opts.pruneIntervalMs ?? 60_000,
@@ -260,12 +270,6 @@ export class AuditLog {
       // The journal still holds everything; the next start ingests it.
     });
     this.worker.unref();
-  }
-
-  private openSegment(): Segment {
-    const file = `${this.dbPath}-journal.${this.segNo}`;
-    const fd = fs.openSync(file, 'a', 0o640);
-    return { file, fd, lastId: 0, count: 0 };
   }
 
   /**
@@ -295,56 +299,38 @@ export class AuditLog {
     this.queue = [];
     this.waiters = [];
     let err: Error | null = null;
-    const rows: JournalRow[] = [];
     try {
       let text = '';
-      for (const r of records) {
-        const row = toRow(this.nextId++, r);
-        rows.push(row);
-        text += JSON.stringify(row) + '\n';
-      }
-      fs.writeSync(this.seg.fd, text);
-      if (this.sync === 'full') fs.fdatasyncSync(this.seg.fd);
-      this.seg.lastId = (rows[rows.length - 1] as JournalRow)[0];
-      this.seg.count += rows.length;
+      let id = this.nextId;
+      for (const r of records) text += JSON.stringify(toRow(id++, r)) + '\n';
+      fs.writeSync(this.fd, text);
+      if (this.sync === 'full') fs.fdatasyncSync(this.fd);
+      this.nextId = id;
+      this.segCount += records.length;
     } catch (e) {
       err = e instanceof Error ? e : new Error(String(e));
     }
+    if (err === null) Atomics.store(this.ctl, CTL_DIRTY, 1);
     for (const w of waiters) w(err);
-    if (err === null) {
-      // Hand rows to the worker in batches: one message every few ms, not one per turn.
-      for (const r of rows) this.toIngest.push(r);
-      if (this.ingestTimer === null) this.ingestTimer = setTimeout(() => this.postIngest(), 5);
-      if (this.seg.count >= this.segmentRecords) this.rotate();
-    }
+    if (err === null && this.segCount >= this.segmentRecords) this.rotate();
   }
 
-  private postIngest(): void {
-    if (this.ingestTimer !== null) clearTimeout(this.ingestTimer);
-    this.ingestTimer = null;
-    if (this.toIngest.length === 0) return;
-    this.worker.postMessage(this.toIngest);
-    this.toIngest = [];
-  }
-
+  /** Start the next segment; the worker ingests and deletes the old one. */
   private rotate(): void {
-    this.postIngest();
-    fs.closeSync(this.seg.fd);
-    this.retired.push(this.seg);
-    this.segNo++;
-    this.seg = this.openSegment();
+    try {
+      const fd = fs.openSync(segmentPath(this.dbPath, this.segNo + 1), 'a', 0o640);
+      fs.closeSync(this.fd);
+      this.fd = fd;
+      this.segNo++;
+      this.segCount = 0;
+      Atomics.store(this.ctl, CTL_SEGMENT, this.segNo);
+    } catch {
+      // Keep appending to the current segment; try again after the next batch.
+    }
   }
 
   private ingested(through: number): void {
-    this.ingestedThrough = through;
-    while (this.retired.length > 0 && (this.retired[0] as Segment).lastId <= through) {
-      const s = this.retired.shift() as Segment;
-      try {
-        fs.unlinkSync(s.file);
-      } catch {
-        // already gone
-      }
-    }
+    if (through > this.ingestedThrough) this.ingestedThrough = through;
     if (this.idle) for (const f of this.idleWaiters.splice(0)) f();
   }
 
@@ -355,10 +341,10 @@ export class AuditLog {
   /** Resolves once every appended record is in SQLite (tests, shutdown). */
   settled(): Promise<void> {
     this.flush();
-    this.postIngest();
     if (this.idle) return Promise.resolve();
     // Keep the process alive while waiting for the worker's answer.
     this.worker.ref();
+    this.worker.postMessage('poke');
     return new Promise((resolve) =>
       this.idleWaiters.push(() => {
         if (!this.closed) this.worker.unref();
@@ -372,14 +358,15 @@ export class AuditLog {
     if (this.closed) return;
     this.flush();
     this.closed = true;
+    Atomics.store(this.ctl, CTL_CLOSED, 1);
     this.worker.ref();
     await Promise.race([this.settled(), new Promise((r) => setTimeout(r, 5000))]);
     await this.worker.terminate();
-    fs.closeSync(this.seg.fd);
+    fs.closeSync(this.fd);
     if (this.ingestedThrough >= this.nextId - 1) {
-      for (const s of [...this.retired, this.seg]) {
+      for (const f of journalSegments(this.dbPath)) {
         try {
-          fs.unlinkSync(s.file);
+          fs.unlinkSync(f);
         } catch {
           // gone
         }

@@ -9,9 +9,12 @@
  * logged — at once, and again at most every few seconds while requests are
  * being denied — until the files are fixed; the next change reloads.
  *
- * Watching: each policy directory, every directory below it (include/...),
- * and its parent (so that a removed and re-created directory is noticed)
- * get a plain inotify watch through fs.watch. Events are debounced (a
+ * Watching: each policy directory and every directory below it
+ * (include/...) get a plain inotify watch through fs.watch; a policy
+ * directory that is missing (removed, renamed away, not yet created) is
+ * awaited by a watch on its parent, set only while it is missing, for its
+ * name only (a busy parent — an audit log next to the policy — costs
+ * nothing while the directory exists). Events are debounced (a
  * burst of writes becomes one reload), and an event during a reload causes
  * one more reload after it. A slow stat poll backs the watchers up in case
  * an event is lost (inotify queue overflow, a watch that could not be set).
@@ -143,19 +146,20 @@ export class PolicyStore {
   }
 
   /**
-   * Set watches on every root, its subdirectories and its parent; drop stale
-   * ones. A parent is watched only for its root's own name (removed,
-   * re-created, renamed): other entries there — an audit database next to
-   * the policy directory, say — must not trigger reloads.
+   * Set watches on every root and its subdirectories, and on the parent of
+   * a missing root (for that root's name only); drop stale watches.
    */
   private rewatch(): void {
     if (this.closed) return;
     // directory -> names of interest in it (null: every event).
     const want = new Map<string, Set<string> | null>();
+    const missing: string[] = [];
     for (const root of this.roots()) {
-      for (const d of walkDirs(root)) want.set(d, null);
+      const dirs = walkDirs(root);
+      if (dirs.length === 0) missing.push(root);
+      for (const d of dirs) want.set(d, null);
     }
-    for (const root of this.roots()) {
+    for (const root of missing) {
       const parent = path.dirname(root);
       const names = want.get(parent);
       if (names === null) continue;
@@ -178,7 +182,7 @@ export class PolicyStore {
           if (names === null || name === null || names.has(name)) this.schedule();
         });
         watcher.on('error', () => {
-          // The directory went away: forget the watch; the parent's watch or the poll notices.
+          // The directory went away: forget the watch; the next rewatch (or the poll) notices.
           watcher.close();
           if (this.watchers.get(dir)?.watcher === watcher) this.watchers.delete(dir);
           this.schedule();
@@ -188,6 +192,8 @@ export class PolicyStore {
         // Missing directory: the parent's watch (or the poll) will see it appear.
       }
     }
+    // A root created while its parent's watch was being set up: look again.
+    if (missing.some((root) => inodeOf(root) !== -1)) this.schedule();
   }
 
   /** Debounced reload: quiet for debounceMs, but never later than maxDelayMs after the first event. */

@@ -41,6 +41,9 @@ export class FileSystemInfo implements SystemInfoSource {
   private error: Error | null = null;
   private watcher: fs.FSWatcher | null = null;
   private timer: NodeJS.Timeout | null = null;
+  private poll: NodeJS.Timeout | null = null;
+  private signature = '';
+  private closed = false;
 
   constructor(
     private readonly file: string,
@@ -70,23 +73,58 @@ export class FileSystemInfo implements SystemInfoSource {
     }
   }
 
-  /** Watch the file's directory (the file itself may be replaced by a rename). */
+  /**
+   * Watch the file itself, not its directory: a busy directory (an audit
+   * log next to the file) would otherwise wake us for every write there. A
+   * file replaced by a rename is noticed on the old inode (its link count
+   * changes) and the watch moves to the new one; while the file is missing,
+   * its directory is watched for its name. A slow stat poll backs this up.
+   */
   watch(): void {
-    const dir = path.dirname(path.resolve(this.file));
+    this.watchFile();
+    this.signature = statSignature(this.file);
+    this.poll = setInterval(() => {
+      if (statSignature(this.file) !== this.signature) this.changed();
+    }, 2000);
+    this.poll.unref();
+  }
+
+  private watchFile(): void {
+    if (this.closed) return;
+    this.watcher?.close();
+    this.watcher = null;
     const base = path.basename(this.file);
-    try {
-      this.watcher = fs.watch(dir, { persistent: false }, (_ev, name) => {
-        if (name !== null && name !== base) return;
-        if (this.timer) clearTimeout(this.timer);
-        this.timer = setTimeout(() => {
-          this.timer = null;
-          this.reload();
-        }, 10);
-      });
-      this.watcher.on('error', () => this.watcher?.close());
-    } catch (e) {
-      this.log.warning(`cannot watch ${dir}: ${(e as Error).message}`);
+    let target = this.file;
+    let filter: string | null = null;
+    if (!fs.existsSync(this.file)) {
+      target = path.dirname(path.resolve(this.file));
+      filter = base;
     }
+    try {
+      const w = fs.watch(target, { persistent: false }, (_ev, name) => {
+        if (filter === null || name === null || name === filter) this.changed();
+      });
+      w.on('error', () => {
+        w.close();
+        if (this.watcher === w) this.watcher = null;
+        this.changed();
+      });
+      this.watcher = w;
+    } catch (e) {
+      this.log.warning(`cannot watch ${target}: ${(e as Error).message}`);
+    }
+  }
+
+  /** Debounced: reload, and watch whatever is at the path now. */
+  private changed(): void {
+    if (this.closed) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.signature = statSignature(this.file);
+      this.reload();
+      this.watchFile();
+    }, 10);
   }
 
   get(): SystemInfo {
@@ -95,8 +133,20 @@ export class FileSystemInfo implements SystemInfoSource {
   }
 
   close(): void {
+    this.closed = true;
     this.watcher?.close();
     if (this.timer) clearTimeout(this.timer);
+    if (this.poll) clearInterval(this.poll);
+  }
+}
+
+/** Inode, size and mtime of a file ('' if missing): changes when it is rewritten or replaced. */
+function statSignature(file: string): string {
+  try {
+    const st = fs.statSync(file);
+    return `${st.ino}:${st.size}:${st.mtimeMs}`;
+  } catch {
+    return '';
   }
 }
 

@@ -1,12 +1,13 @@
-/** PolicyStore watching: what triggers a reload and what must not. */
+/** Watching policy directories and the system info file: what triggers a reload and what must not. */
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { PolicyStore } from '../../src/policyd/index.js';
+import { FileSystemInfo, PolicyStore } from '../../src/policyd/index.js';
 import { silentLogger } from '../../src/policyd/log.js';
 import { loadPolicyFromDisk } from '../../src/node/policy-loader.js';
 import { tmpDir } from './helpers.js';
+import { systemInfo } from './fixture.js';
 
 const dirs: string[] = [];
 after(() => {
@@ -75,5 +76,46 @@ test('a busy file next to the policy directory (an audit log, say) causes no rel
     assert.equal(loads, settled, 'the moved-away directory is still watched');
   } finally {
     store.close();
+  }
+});
+
+test('system info file: rewritten in place, replaced by a rename, removed and restored; a busy neighbour is ignored', async () => {
+  const dir = tmpDir();
+  dirs.push(dir);
+  const file = path.join(dir, 'system-info.json');
+  const withQube = (name: string): string => {
+    const info = systemInfo() as { domains: Record<string, unknown> };
+    info.domains[name] = { ...(info.domains['personal'] as object), uuid: '99999999-9999-9999-9999-999999999999' };
+    return JSON.stringify(info);
+  };
+  fs.writeFileSync(file, withQube('one'));
+  const src = new FileSystemInfo(file, silentLogger);
+  const has = (name: string): boolean => {
+    try {
+      return src.get().domains.has(name);
+    } catch {
+      return false;
+    }
+  };
+  try {
+    src.watch();
+    assert.ok(has('one'));
+    fs.writeFileSync(file, withQube('two'));
+    await until('in-place rewrite seen', () => has('two'));
+    fs.writeFileSync(file + '.tmp', withQube('three'));
+    fs.renameSync(file + '.tmp', file);
+    await until('replacement seen', () => has('three'));
+    fs.writeFileSync(file, withQube('four'));
+    await until('rewrite of the replacement seen', () => has('four'));
+    fs.unlinkSync(file);
+    await until('removal seen', () => src.lastError !== null);
+    assert.throws(() => src.get());
+    fs.writeFileSync(file, withQube('five'));
+    await until('re-creation seen', () => has('five'));
+    for (let i = 0; i < 20; i++) fs.appendFileSync(path.join(dir, 'audit.sqlite-journal.1'), 'x\n');
+    await sleep(50);
+    assert.ok(has('five'));
+  } finally {
+    src.close();
   }
 });
