@@ -1,6 +1,6 @@
 /** qrexec-audit: query the policy daemon's decision log (src/audit). */
 import { formatRow, parseSince, queryAudit } from '../audit/index.js';
-import { last, numberOption, parseArgs, UsageError, usageExit } from '../policyd/args.js';
+import { last, numberOption, parseArgs, UsageError, usageExit } from '../common/args.js';
 import { daemonConfig, parseDaemonArgs } from '../policyd/daemon.js';
 
 const prog = 'qrexec-audit';
@@ -24,7 +24,6 @@ options:
 
 try {
   const p = parseArgs(process.argv.slice(2), [
-    { name: 'help', short: 'h' },
     { name: 'db', value: true },
     { name: 'source', value: true },
     { name: 'target', value: true },
@@ -33,8 +32,8 @@ try {
     { name: 'since', value: true },
     { name: 'limit', value: true },
     { name: 'json' },
-  ]);
-  if (p.flags.has('help')) {
+  ], { argparse: true });
+  if (p.help) {
     process.stdout.write(HELP);
     process.exit(0);
   }

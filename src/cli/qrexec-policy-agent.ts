@@ -1,6 +1,6 @@
 /** qrexec-policy-agent: see src/policyd/agent.ts. */
 import { PolicyAgent, TtyFrontend } from '../policyd/agent.js';
-import { last, numberOption, parseArgs, UsageError, usageExit } from '../policyd/args.js';
+import { last, numberOption, parseArgs, UsageError, usageExit } from '../common/args.js';
 import { createLogger } from '../policyd/log.js';
 
 const prog = 'qrexec-policy-agent';
@@ -21,12 +21,11 @@ options:
 
 try {
   const p = parseArgs(process.argv.slice(2), [
-    { name: 'help', short: 'h' },
     { name: 'socket-path', short: 's', value: true },
     { name: 'tty' },
     { name: 'timeout', value: true },
-  ]);
-  if (p.flags.has('help')) {
+  ], { argparse: true });
+  if (p.help) {
     process.stdout.write(HELP);
     process.exit(0);
   }

@@ -1,11 +1,11 @@
 /** qrexec-policy-daemon: see src/policyd/daemon.ts. */
 import { DAEMON_HELP, DAEMON_USAGE, daemonConfig, parseDaemonArgs, startDaemon, StartupError } from '../policyd/daemon.js';
-import { UsageError, usageExit } from '../policyd/args.js';
+import { UsageError, usageExit } from '../common/args.js';
 
 const prog = 'qrexec-policy-daemon';
 try {
   const parsed = parseDaemonArgs(process.argv.slice(2));
-  if (parsed.flags.has('help')) {
+  if (parsed.help) {
     process.stdout.write(DAEMON_HELP);
     process.exit(0);
   }

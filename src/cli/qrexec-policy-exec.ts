@@ -1,5 +1,5 @@
 /** qrexec-policy-exec: see src/policyd/exec.ts. */
-import { UsageError, usageExit } from '../policyd/args.js';
+import { UsageError, usageExit } from '../common/args.js';
 import { EXEC_USAGE, runPolicyExec } from '../policyd/exec.js';
 
 try {

@@ -8,7 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { DEFAULT_LEGACY_DIR, DEFAULT_POLICY_DIRS } from '../node/policy-loader.js';
 import { AuditLog } from '../audit/index.js';
-import { last, numberOption, parseArgs, UsageError, type OptionSpec, type ParsedArgs } from './args.js';
+import { last, numberOption, parseArgs, UsageError, type OptionSpec, type ParsedArgs } from '../common/args.js';
 import { Notifier } from './decide.js';
 import { EvalService } from './eval-service.js';
 import { SocketServiceCaller, type GuiServiceCaller } from './gui-caller.js';
@@ -71,7 +71,6 @@ options:
 `;
 
 export const DAEMON_OPTIONS: readonly OptionSpec[] = [
-  { name: 'help', short: 'h' },
   { name: 'policy-path', value: true, repeat: true },
   { name: 'legacy-dir', value: true },
   { name: 'socket-path', value: true },
@@ -127,7 +126,7 @@ function defaultAuditPath(): string {
 /** Command line → configuration. @throws UsageError */
 export function daemonConfig(p: ParsedArgs): DaemonConfig {
   if (p.positional.length > 0) throw new UsageError(`unrecognized arguments: ${p.positional.join(' ')}`);
-  const explicitPaths = p.values.get('policy-path');
+  const explicitPaths = p.options.get('policy-path');
   const systemDaemon = explicitPaths === undefined;
   const socketOpt = (name: string, dflt: string): readonly [string, boolean] | null => {
     const v = last(p, name);
@@ -142,7 +141,7 @@ export function daemonConfig(p: ParsedArgs): DaemonConfig {
   const sync = last(p, 'audit-sync') ?? 'normal';
   if (sync !== 'normal' && sync !== 'full') throw new UsageError(`argument --audit-sync: invalid choice: '${sync}'`);
   const agentSockets = new Map<string, string>();
-  for (const v of p.values.get('agent-socket') ?? []) {
+  for (const v of p.options.get('agent-socket') ?? []) {
     const eq = v.indexOf('=');
     if (eq <= 0) throw new UsageError(`argument --agent-socket: expected GUIVM=PATH, not '${v}'`);
     agentSockets.set(v.slice(0, eq), v.slice(eq + 1));
@@ -174,7 +173,7 @@ export function daemonConfig(p: ParsedArgs): DaemonConfig {
 }
 
 export function parseDaemonArgs(argv: readonly string[]): ParsedArgs {
-  return parseArgs(argv, DAEMON_OPTIONS);
+  return parseArgs(argv, DAEMON_OPTIONS, { argparse: true });
 }
 
 /** A running daemon. */

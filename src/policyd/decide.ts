@@ -81,7 +81,7 @@ function splitService(serviceAndArg: string): { service: string; argument: strin
 
 /** Builds the audit record as the decision unfolds. */
 class Recorder {
-  private readonly t0 = process.hrtime.bigint();
+  private readonly t0 = performance.now();
   private readonly timeMs = Date.now();
   action: AuditRecord['action'] = 'error';
   target: string | null = null;
@@ -93,6 +93,12 @@ class Recorder {
     private readonly req: DaemonRequest,
     private readonly origin: Origin,
   ) {}
+
+  /** `qrexec: SERVICE: SOURCE -> TARGET:` for log lines, built only when one is logged. */
+  get logPrefix(): string {
+    const r = this.req;
+    return `qrexec: ${safe(r.serviceAndArg)}: ${safe(r.source)} -> ${safe(r.intendedTarget)}:`;
+  }
 
   done(reply: string): Outcome {
     const { service, argument } = splitService(this.req.serviceAndArg);
@@ -114,7 +120,7 @@ class Recorder {
         rule: this.rule,
         askAnswer: this.askAnswer,
         reason: allowed ? null : this.reason,
-        durationUs: Number(process.hrtime.bigint() - this.t0) / 1000,
+        durationUs: (performance.now() - this.t0) * 1000,
       },
     };
   }
@@ -131,9 +137,8 @@ export function decide(
   origin: Origin = { client: 'qrexec-daemon', mode: modeOf(req) },
 ): Outcome | Promise<Outcome> {
   const rec = new Recorder(req, origin);
-  const logPrefix = `qrexec: ${safe(req.serviceAndArg)}: ${safe(req.source)} -> ${safe(req.intendedTarget)}:`;
   if (info instanceof Error) {
-    ctx.log.error(`${logPrefix} error getting system info: ${info.message}`);
+    ctx.log.error(`${rec.logPrefix} error getting system info: ${info.message}`);
     rec.reason = `system info: ${info.message}`;
     return rec.done(DENY_REPLY);
   }
@@ -155,7 +160,7 @@ export function decide(
       info,
     );
   } catch (e) {
-    ctx.log.error(`${logPrefix} evaluation failed: ${(e as Error).message}`);
+    ctx.log.error(`${rec.logPrefix} evaluation failed: ${(e as Error).message}`);
     rec.reason = `evaluation failed: ${(e as Error).message}`;
     return rec.done(DENY_REPLY);
   }
@@ -164,15 +169,15 @@ export function decide(
   try {
     switch (decision.result) {
       case 'deny':
-        return denied(decision, req, info, ctx, rec, logPrefix, true);
+        return denied(decision, req, info, ctx, rec, true);
       case 'allow':
-        return allowed(decision, req, info, ctx, rec, logPrefix, true);
+        return allowed(decision, req, info, ctx, rec, true);
       case 'ask':
-        return asked(decision, req, info, ctx, rec, logPrefix);
+        return asked(decision, req, info, ctx, rec);
     }
   } catch (e) {
     // A bug of ours; never an allow.
-    ctx.log.error(`${logPrefix} internal error: ${(e as Error).stack ?? String(e)}`);
+    ctx.log.error(`${rec.logPrefix} internal error: ${(e as Error).stack ?? String(e)}`);
     rec.reason = `internal error: ${(e as Error).message}`;
     return rec.done(DENY_REPLY);
   }
@@ -184,10 +189,9 @@ function denied(
   info: SystemInfo,
   ctx: DecideContext,
   rec: Recorder,
-  logPrefix: string,
   mayNotify: boolean,
 ): Outcome {
-  ctx.log.info(`${logPrefix} denied: ${d.reason}`);
+  if (ctx.log.enabled?.('info') !== false) ctx.log.info(`${rec.logPrefix} denied: ${d.reason}`);
   rec.reason = d.reason;
   if (d.rule !== null) rec.rule = ruleRef(d.rule);
   if (mayNotify && d.notify && !req.justEvaluate) {
@@ -213,14 +217,13 @@ function allowed(
   info: SystemInfo,
   ctx: DecideContext,
   rec: Recorder,
-  logPrefix: string,
   mayNotify: boolean,
 ): Outcome {
   rec.target = a.target;
   if (req.justEvaluate) return rec.done('result=allow');
   const lines = allowReplyLines(a, info);
-  if (!Array.isArray(lines)) return denied(lines as DenyDecision, req, info, ctx, rec, logPrefix, mayNotify);
-  ctx.log.info(`${logPrefix} allowed to ${safe(a.target)}`);
+  if (!Array.isArray(lines)) return denied(lines as DenyDecision, req, info, ctx, rec, mayNotify);
+  if (ctx.log.enabled?.('info') !== false) ctx.log.info(`${rec.logPrefix} allowed to ${safe(a.target)}`);
   if (mayNotify && a.notify) {
     const guivm = info.domains.get(a.request.source)?.guivm ?? null;
     if (guivm) {
@@ -242,14 +245,13 @@ function asked(
   info: SystemInfo,
   ctx: DecideContext,
   rec: Recorder,
-  logPrefix: string,
 ): Outcome | Promise<Outcome> {
   if (req.assumeYesForAsk) {
     rec.askAnswer = 'assumed-yes';
     const r = answerAsk(ask, ask.request.intendedTarget);
     return r.result === 'allow'
-      ? allowed(r, req, info, ctx, rec, logPrefix, true)
-      : denied(r, req, info, ctx, rec, logPrefix, true);
+      ? allowed(r, req, info, ctx, rec, true)
+      : denied(r, req, info, ctx, rec, true);
   }
   if (req.justEvaluate) {
     rec.reason = 'ask (just_evaluate)';
@@ -277,14 +279,14 @@ function asked(
     (answer) => {
       if (answer === 'deny') {
         rec.askAnswer = 'deny';
-        return denied(refuseAsk(ask), req, info, ctx, rec, logPrefix, false);
+        return denied(refuseAsk(ask), req, info, ctx, rec, false);
       }
       if (answer.startsWith('allow:')) {
         rec.askAnswer = 'allow:' + safe(answer.slice(6), 100);
         const r = answerAsk(ask, answer.slice(6));
         return r.result === 'allow'
-          ? allowed(r, req, info, ctx, rec, logPrefix, false)
-          : denied(r, req, info, ctx, rec, logPrefix, false);
+          ? allowed(r, req, info, ctx, rec, false)
+          : denied(r, req, info, ctx, rec, false);
       }
       ctx.log.error(`invalid ask response for ${safe(ask.request.service)}: ${safe(answer)}`);
       rec.askAnswer = 'invalid';
@@ -292,7 +294,7 @@ function asked(
       return rec.done(DENY_REPLY);
     },
     (e: unknown) => {
-      ctx.log.error(`${logPrefix} ask in ${safe(guivm)} failed, denying: ${(e as Error).message}`);
+      ctx.log.error(`${rec.logPrefix} ask in ${safe(guivm)} failed, denying: ${(e as Error).message}`);
       rec.askAnswer = /no answer within/.test((e as Error).message) ? 'timeout' : 'error';
       rec.reason = `ask failed: ${(e as Error).message}`;
       return rec.done(DENY_REPLY);

@@ -19,7 +19,7 @@
 import { spawn } from 'node:child_process';
 import * as net from 'node:net';
 import { DEFAULT_LEGACY_DIR, DEFAULT_POLICY_DIRS } from '../node/policy-loader.js';
-import { last, parseArgs, UsageError, type ParsedArgs } from './args.js';
+import { last, parseArgs, UsageError, type ParsedArgs } from '../common/args.js';
 import { decide, Notifier, type Outcome } from './decide.js';
 import { SocketServiceCaller } from './gui-caller.js';
 import { createLogger, type Logger } from './log.js';
@@ -64,7 +64,6 @@ options:
 `;
 
 export const EXEC_OPTIONS = [
-  { name: 'help', short: 'h' },
   { name: 'assume-yes-for-ask' },
   { name: 'just-evaluate' },
   { name: 'path', value: true, repeat: true },
@@ -137,8 +136,8 @@ function parseReply(reply: string): Map<string, string> {
 
 /** Run the command; resolves with the exit status. */
 export async function runPolicyExec(argv: readonly string[], log: Logger = createLogger('qrexec-policy-exec')): Promise<number> {
-  const p: ParsedArgs = parseArgs(argv, EXEC_OPTIONS);
-  if (p.flags.has('help')) {
+  const p: ParsedArgs = parseArgs(argv, EXEC_OPTIONS, { argparse: true });
+  if (p.help) {
     process.stdout.write(EXEC_HELP);
     return 0;
   }
@@ -157,7 +156,7 @@ export async function runPolicyExec(argv: readonly string[], log: Logger = creat
     assumeYesForAsk: p.flags.has('assume-yes-for-ask'),
     justEvaluate,
   };
-  const explicitPaths = p.values.get('path');
+  const explicitPaths = p.options.get('path');
   const inProcess = async (why: string, fallback: boolean): Promise<string> => {
     if (fallback) log.warning(`${why}; evaluating the policy in-process`);
     const file = last(p, 'system-info');

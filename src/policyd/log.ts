@@ -12,6 +12,8 @@ export interface Logger {
   info(msg: string): void;
   warning(msg: string): void;
   error(msg: string): void;
+  /** Whether messages of this level are written (callers may skip building them); absent: yes. */
+  enabled?(level: LogLevel): boolean;
 }
 
 const ORDER: Record<LogLevel, number> = { debug: 0, info: 1, warning: 2, error: 3 };
@@ -28,11 +30,17 @@ export function createLogger(
     (msg: string): void => {
       if (ORDER[level] >= min) sink(`${prog}: ${level}: ${msg}`);
     };
-  return { debug: at('debug'), info: at('info'), warning: at('warning'), error: at('error') };
+  return {
+    debug: at('debug'),
+    info: at('info'),
+    warning: at('warning'),
+    error: at('error'),
+    enabled: (level) => ORDER[level] >= min,
+  };
 }
 
 /** A logger that drops everything (tests, benchmarks). */
-export const silentLogger: Logger = { debug() {}, info() {}, warning() {}, error() {} };
+export const silentLogger: Logger = { debug() {}, info() {}, warning() {}, error() {}, enabled: () => false };
 
 /**
  * Printable, bounded rendering of untrusted text: control and non-ASCII
