@@ -150,15 +150,8 @@ export function journalSegments(dbPath: string): string[] {
     .map((n) => path.join(dir, n));
 }
 
-/** Rows of a journal segment; a torn last line (killed mid-write) is skipped. */
-export function readJournal(file: string): JournalRow[] {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch {
-    return [];
-  }
-  const rows: JournalRow[] = [];
+/** Append the rows of journal text to `rows`; a torn line (killed mid-write) is skipped. */
+export function parseJournal(text: string, rows: JournalRow[]): JournalRow[] {
   for (const line of text.split('\n')) {
     if (line === '') continue;
     try {
@@ -169,6 +162,17 @@ export function readJournal(file: string): JournalRow[] {
     }
   }
   return rows;
+}
+
+/** Rows of a journal segment (none if it cannot be read). */
+export function readJournal(file: string): JournalRow[] {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    return [];
+  }
+  return parseJournal(text, []);
 }
 
 function toRow(id: number, r: AuditRecord): JournalRow {

@@ -14,7 +14,16 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
-import { CTL_CLOSED, CTL_DIRTY, CTL_SEGMENT, INSERT_SQL, openAuditDb, segmentPath, type JournalRow } from './audit-log.js';
+import {
+  CTL_CLOSED,
+  CTL_DIRTY,
+  CTL_SEGMENT,
+  INSERT_SQL,
+  openAuditDb,
+  parseJournal,
+  segmentPath,
+  type JournalRow,
+} from './audit-log.js';
 
 interface Config {
   path: string;
@@ -54,18 +63,6 @@ let offset = 0;
 let partial: Buffer | null = null;
 const buf = Buffer.allocUnsafe(CHUNK);
 
-function parseLines(text: string, rows: JournalRow[]): void {
-  for (const line of text.split('\n')) {
-    if (line === '') continue;
-    try {
-      const r = JSON.parse(line) as unknown;
-      if (Array.isArray(r) && r.length === 16 && typeof r[0] === 'number') rows.push(r as JournalRow);
-    } catch {
-      // torn line (a crash mid-write): skipped, as at recovery
-    }
-  }
-}
-
 /** Read what is new in the current segment; true if the chunk limit was hit. */
 function readSegment(rows: JournalRow[]): boolean {
   if (fd === null) {
@@ -89,7 +86,7 @@ function readSegment(rows: JournalRow[]): boolean {
   complete = buf.subarray(0, end + 1);
   if (partial !== null) complete = Buffer.concat([partial, complete]);
   partial = end + 1 < n ? Buffer.from(buf.subarray(end + 1, n)) : null;
-  parseLines(complete.toString('utf8'), rows);
+  parseJournal(complete.toString('utf8'), rows);
   return n === CHUNK;
 }
 

@@ -15,9 +15,9 @@
  * `deny`, an unanswered prompt (timeout) and end of input as deny, and
  * discards anything typed before the question was shown.
  */
-import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { safe, type Logger } from './log.js';
+import { listenUnix } from './listen.js';
 
 export interface AskRequest {
   readonly source: string;
@@ -105,18 +105,7 @@ export class PolicyAgent {
   }
 
   listen(socketPath: string): Promise<void> {
-    try {
-      fs.unlinkSync(socketPath);
-    } catch {
-      // absent
-    }
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(socketPath, () => {
-        this.server.off('error', reject);
-        resolve();
-      });
-    });
+    return listenUnix(this.server, socketPath);
   }
 
   private accept(sock: net.Socket): void {

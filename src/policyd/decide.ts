@@ -183,6 +183,16 @@ export function decide(
   }
 }
 
+/** policy.Notify to the GUI domain of the call's source, if it has one (fire and forget). */
+function notifyGuivm(
+  ctx: DecideContext,
+  info: SystemInfo,
+  params: { resolution: 'allow' | 'deny'; service: string; argument: string; source: string; target: string },
+): void {
+  const guivm = info.domains.get(params.source)?.guivm ?? null;
+  if (guivm) ctx.notify.send(guivm, params);
+}
+
 function denied(
   d: DenyDecision,
   req: DaemonRequest,
@@ -196,17 +206,8 @@ function denied(
   if (d.rule !== null) rec.rule = ruleRef(d.rule);
   if (mayNotify && d.notify && !req.justEvaluate) {
     // The reference notifies with the request as the daemon sent it.
-    const guivm = info.domains.get(req.source)?.guivm ?? null;
     const { service, argument } = splitService(req.serviceAndArg);
-    if (guivm) {
-      ctx.notify.send(guivm, {
-        resolution: 'deny',
-        service,
-        argument,
-        source: req.source,
-        target: req.intendedTarget,
-      });
-    }
+    notifyGuivm(ctx, info, { resolution: 'deny', service, argument, source: req.source, target: req.intendedTarget });
   }
   return rec.done(DENY_REPLY);
 }
@@ -225,16 +226,8 @@ function allowed(
   if (!Array.isArray(lines)) return denied(lines as DenyDecision, req, info, ctx, rec, mayNotify);
   if (ctx.log.enabled?.('info') !== false) ctx.log.info(`${rec.logPrefix} allowed to ${safe(a.target)}`);
   if (mayNotify && a.notify) {
-    const guivm = info.domains.get(a.request.source)?.guivm ?? null;
-    if (guivm) {
-      ctx.notify.send(guivm, {
-        resolution: 'allow',
-        service: a.request.service,
-        argument: a.request.argument,
-        source: a.request.source,
-        target: a.target,
-      });
-    }
+    const { service, argument, source } = a.request;
+    notifyGuivm(ctx, info, { resolution: 'allow', service, argument, source, target: a.target });
   }
   return rec.done(lines.join('\n'));
 }

@@ -13,10 +13,10 @@
  * GUI of both qubes (both carry the tag `guivm-REMOTE`). Anything invalid
  * closes the connection without a reply, with a log line.
  */
-import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { safe } from './log.js';
 import { decideAndRecord, systemInfoOrError, type ServerContext } from './server.js';
+import { listenUnix } from './listen.js';
 
 export type EvalServiceName = 'policy.EvalSimple' | 'policy.EvalGUI';
 
@@ -38,24 +38,7 @@ export class EvalService {
   }
 
   listen(socketPath: string): Promise<void> {
-    try {
-      fs.unlinkSync(socketPath);
-    } catch {
-      // absent
-    }
-    return new Promise((resolve, reject) => {
-      const onError = (e: Error): void => reject(e);
-      this.server.once('error', onError);
-      this.server.listen({ path: socketPath, backlog: 1024 }, () => {
-        this.server.off('error', onError);
-        try {
-          fs.chmodSync(socketPath, 0o660);
-        } catch {
-          // not fatal
-        }
-        resolve();
-      });
-    });
+    return listenUnix(this.server, socketPath, { backlog: 1024, mode: 0o660 });
   }
 
   private accept(sock: net.Socket): void {

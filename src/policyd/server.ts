@@ -10,7 +10,6 @@
  * sends something malformed is closed at once, without a reply, as the
  * reference does. Before a reply is written its audit record is committed.
  */
-import * as fs from 'node:fs';
 import * as net from 'node:net';
 import type { SystemInfo } from '../policy/index.js';
 import type { AuditLog } from '../audit/index.js';
@@ -18,6 +17,7 @@ import { decide, DENY_REPLY, type DecideContext, type Origin, type Outcome } fro
 
 import { RequestParser, type DaemonRequest } from './request.js';
 import type { SystemInfoSource } from './system-info-source.js';
+import { listenUnix } from './listen.js';
 
 export interface ServerContext extends DecideContext {
   readonly systemInfo: SystemInfoSource;
@@ -105,24 +105,7 @@ export class PolicyServer {
 
   /** Listen on a unix socket (an old socket file is removed first), mode 0660. */
   listen(socketPath: string): Promise<void> {
-    try {
-      fs.unlinkSync(socketPath);
-    } catch {
-      // absent
-    }
-    return new Promise((resolve, reject) => {
-      const onError = (e: Error): void => reject(e);
-      this.server.once('error', onError);
-      this.server.listen({ path: socketPath, backlog: 4096 }, () => {
-        this.server.off('error', onError);
-        try {
-          fs.chmodSync(socketPath, 0o660);
-        } catch {
-          // not fatal
-        }
-        resolve();
-      });
-    });
+    return listenUnix(this.server, socketPath, { backlog: 4096, mode: 0o660 });
   }
 
   private accept(sock: net.Socket): void {
