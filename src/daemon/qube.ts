@@ -123,13 +123,15 @@ export class QubeDaemon {
     const t = this.opts.startupTimeoutMs ?? 60_000;
     const ch = await this.connectAgent(t > 0 ? t : undefined);
     await this.handshake(ch);
-    await this.openSockets();
     if (this.stopped) {
       ch.destroy();
-      await this.closeSockets();
       return;
     }
+    // Watch the vchan before the (asynchronous) socket set-up, so an agent
+    // that disconnects meanwhile is noticed; socket set-up and tear-down are
+    // serialised, so a late open never outlives the agent.
     this.attachControl(ch);
+    await this.openSockets(ch);
   }
 
   /** Closes everything; pending calls are dropped. */
@@ -383,13 +385,8 @@ export class QubeDaemon {
         ch.destroy();
         return;
       }
-      await this.openSockets();
-      if (this.stopped) {
-        ch.destroy();
-        await this.closeSockets();
-        return;
-      }
       this.attachControl(ch);
+      await this.openSockets(ch);
       this.log('info', `${this.opts.name}: qrexec-agent has reconnected`);
     } catch (e) {
       this.log('error', `${this.opts.name}: Failed to reconnect to qrexec-agent, terminating: ${(e as Error).message}`);
@@ -400,7 +397,27 @@ export class QubeDaemon {
 
   // ------------------------------------------------------------ local clients
 
-  private async openSockets(): Promise<void> {
+  /** Runs socket set-up and tear-down one after the other. */
+  private socketOps(fn: () => Promise<void>): Promise<void> {
+    const p = this.socketQueue.then(fn);
+    this.socketQueue = p.catch(() => undefined);
+    return p;
+  }
+  private socketQueue: Promise<void> = Promise.resolve();
+
+  /** Opens the client sockets, unless the agent of `ch` is already gone (or we stopped) by then. */
+  private openSockets(ch: Channel): Promise<void> {
+    return this.socketOps(async () => {
+      if (this.stopped || this.control !== ch) return;
+      await this.openSocketsNow();
+    });
+  }
+
+  private closeSockets(): Promise<void> {
+    return this.socketOps(() => this.closeSocketsNow());
+  }
+
+  private async openSocketsNow(): Promise<void> {
     const dir = this.opts.socketDir;
     await mkdir(dir, { recursive: true });
     const main = join(dir, this.socketNames[0] as string);
@@ -419,7 +436,7 @@ export class QubeDaemon {
     this.server = server;
   }
 
-  private async closeSockets(): Promise<void> {
+  private async closeSocketsNow(): Promise<void> {
     const s = this.server;
     this.server = undefined;
     for (const name of this.socketNames) await unlink(join(this.opts.socketDir, name)).catch(() => undefined);

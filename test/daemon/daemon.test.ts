@@ -1,7 +1,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as net from 'node:net';
-import { mkdtemp, rm, readlink, writeFile, chmod, mkdir } from 'node:fs/promises';
+import { mkdtemp, rm, readlink, writeFile, chmod, mkdir, access } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { QubeDaemon, type QubeDaemonOptions } from '../../src/daemon/index.js';
@@ -292,4 +292,39 @@ void test('trigger flood: bounded pending calls, excess refused; memory bounded 
   assert.ok(writes < 200, 'socket backpressure reached the flooding agent');
   assert.ok(rss < 1000, `rss ${rss} MB`);
   agent.sock.destroy();
+});
+
+void test('agent that disconnects right after HELLO (reference test_restart_agent): sockets removed, new agent accepted, clients served', async () => {
+  const sub = join(dir, 'restart');
+  await mkdir(sub);
+  const fa = await fakeAgentListen(sub, 90);
+  const d = new QubeDaemon({ domid: 90, name: 'restartq', uuid: 'u90', defaultUser: 'user', socketDir: sub, vchan: { dir: sub, ownDomain: 0 }, policySocket: '/nonexistent', policyProgram: '/nonexistent', servicePath: [], log: (l, m) => logs.push(`${l}: ${m}`) });
+  daemons.push(d);
+  const started = d.start();
+  const a = await fa.accepted;
+  fa.close();
+  // HELLO and EOF in one go: the close arrives while the daemon is still creating its sockets
+  a.sock.end(u32(T.HELLO, 4, 4));
+  assert.ok((await a.bytes(12)).equals(u32(T.HELLO, 4, 4)));
+  await started;
+  const sockPath = join(sub, 'qrexec.90');
+  const exists = (): Promise<boolean> => access(sockPath).then(() => true, () => false);
+  const waitFor = async (want: boolean): Promise<boolean> => {
+    for (let i = 0; i < 200; i++) {
+      if ((await exists()) === want) return true;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    return false;
+  };
+  assert.ok(await waitFor(false), 'qrexec.90 removed once the agent left');
+  const fa2 = await fakeAgentListen(sub, 90);
+  const b = await fa2.accepted;
+  fa2.close();
+  b.sock.write(u32(T.HELLO, 4, 4));
+  assert.ok((await b.bytes(12)).equals(u32(T.HELLO, 4, 4)), 'reconnected');
+  assert.ok(await waitFor(true), 'qrexec.90 back');
+  const c = await daemonClient(sockPath);
+  c.sock.destroy();
+  b.sock.destroy();
+  await d.stop();
 });
