@@ -264,6 +264,7 @@ export class AuditLog {
         path: this.dbPath,
         sync: this.sync,
         ctl: this.ctl,
+        firstSegment: this.segNo,
         maxRows: opts.maxRows ?? 1_000_000,
         maxAgeDays: opts.maxAgeDays ?? 90,
         pruneIntervalMs: opts.pruneIntervalMs ?? 60_000,

@@ -29,6 +29,8 @@ interface Config {
   path: string;
   sync: 'normal' | 'full';
   ctl: Int32Array;
+  /** The first segment of this run (the daemon may have moved past it before this thread started). */
+  firstSegment: number;
   maxRows: number;
   maxAgeDays: number;
   pruneIntervalMs: number;
@@ -57,7 +59,7 @@ const insertAll = db.transaction((rows: JournalRow[]) => {
 });
 
 /** The segment being read, where, and the bytes of an incomplete last line. */
-let seg = Atomics.load(ctl, CTL_SEGMENT);
+let seg = cfg.firstSegment;
 let fd: number | null = null;
 let offset = 0;
 let partial: Buffer | null = null;
