@@ -1,7 +1,6 @@
 /** The audit log's write path: journal segments tailed into SQLite by the worker; a failed write denies. */
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import Database from 'better-sqlite3';
 import { AuditLog, type AuditRecord } from '../../src/audit/index.js';
@@ -11,17 +10,9 @@ import { loadPolicyFromDisk } from '../../src/node/policy-loader.js';
 import { decideAndRecord, Notifier, staticSystemInfo, type ServerContext } from '../../src/policyd/index.js';
 import { silentLogger } from '../../src/policyd/log.js';
 import { systemInfo, writeFixture } from './fixture.js';
-import { tmpDir } from './helpers.js';
+import { tmpDirs } from './helpers.js';
 
-const dirs: string[] = [];
-after(() => {
-  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
-});
-function newDir(): string {
-  const d = tmpDir();
-  dirs.push(d);
-  return d;
-}
+const newDir = tmpDirs();
 
 const record = (i: number): AuditRecord => ({
   timeMs: Date.now(),

@@ -2,24 +2,16 @@
  * The daemon against a fake qubesd (system info cached, refreshed on
  * events), policy.EvalSimple/EvalGUI, and the audit log surviving kill -9.
  */
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { req, systemInfo, writeFixture } from './fixture.js';
-import { exchange, pool, spawnDaemon, tmpDir } from './helpers.js';
+import { exchange, pool, spawnDaemon, tmpDirs } from './helpers.js';
 import { queryAudit } from '../../src/audit/index.js';
 
-const dirs: string[] = [];
-after(() => {
-  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
-});
-function newDir(): string {
-  const d = tmpDir();
-  dirs.push(d);
-  return d;
-}
+const newDir = tmpDirs();
 
 /** A fake qubesd: internal.GetSystemInfo on one socket, admin.Events on another. */
 class FakeQubesd {

@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { after } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 /** Repository root (this file runs from dist/test/policyd/). */
@@ -16,6 +17,19 @@ export const CONFORMANCE = path.resolve(ROOT, '..', 'shared', 'conformance', 'po
 
 export function tmpDir(prefix = 'policyd-test-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+/** A maker of temp dirs that are all removed after the calling file's tests (call at top level). */
+export function tmpDirs(prefix?: string): () => string {
+  const dirs: string[] = [];
+  after(() => {
+    for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+  });
+  return () => {
+    const d = tmpDir(prefix);
+    dirs.push(d);
+    return d;
+  };
 }
 
 /**

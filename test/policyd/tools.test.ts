@@ -1,8 +1,7 @@
 /** qrexec-policy-agent (terminal front end), qrexec-policy-exec, qrexec-audit. */
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { PolicyAgent, TtyFrontend, type AskRequest } from '../../src/policyd/agent.js';
@@ -10,17 +9,9 @@ import { callSocketService } from '../../src/policyd/gui-caller.js';
 import { silentLogger } from '../../src/policyd/log.js';
 import { AuditLog, queryAudit } from '../../src/audit/index.js';
 import { writeFixture } from './fixture.js';
-import { BIN, spawnDaemon, tmpDir, waitForSocket } from './helpers.js';
+import { BIN, spawnDaemon, tmpDirs, waitForSocket } from './helpers.js';
 
-const dirs: string[] = [];
-after(() => {
-  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
-});
-function newDir(): string {
-  const d = tmpDir();
-  dirs.push(d);
-  return d;
-}
+const newDir = tmpDirs();
 
 const ASK: AskRequest = { source: 'work', service: 'qubes.Filecopy', argument: '+', targets: ['vault', '@dispvm:default-dvm'], defaultTarget: 'vault' };
 

@@ -1,18 +1,15 @@
 /** Watching policy directories and the system info file: what triggers a reload and what must not. */
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FileSystemInfo, PolicyStore } from '../../src/policyd/index.js';
 import { silentLogger } from '../../src/policyd/log.js';
 import { loadPolicyFromDisk } from '../../src/node/policy-loader.js';
-import { tmpDir } from './helpers.js';
+import { tmpDirs } from './helpers.js';
 import { systemInfo } from './fixture.js';
 
-const dirs: string[] = [];
-after(() => {
-  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
-});
+const newDir = tmpDirs();
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -25,8 +22,7 @@ async function until(what: string, cond: () => boolean): Promise<void> {
 }
 
 test('a busy file next to the policy directory (an audit log, say) causes no reload; the directory itself does', async () => {
-  const dir = tmpDir();
-  dirs.push(dir);
+  const dir = newDir();
   const policyDir = path.join(dir, 'policy.d');
   fs.mkdirSync(policyDir);
   fs.writeFileSync(path.join(policyDir, '50-a.policy'), 'test.A * @anyvm @anyvm allow\n');
@@ -80,8 +76,7 @@ test('a busy file next to the policy directory (an audit log, say) causes no rel
 });
 
 test('system info file: rewritten in place, replaced by a rename, removed and restored; a busy neighbour is ignored', async () => {
-  const dir = tmpDir();
-  dirs.push(dir);
+  const dir = newDir();
   const file = path.join(dir, 'system-info.json');
   const withQube = (name: string): string => {
     const info = systemInfo() as { domains: Record<string, unknown> };
