@@ -11,13 +11,19 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as net from 'node:net';
 import { Readable, Writable } from 'node:stream';
-import { runDataStream, vchanListen } from '../src/vchan/index.js';
+import { callService } from '../src/agent/index.js';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 const BIN = (n: string): string => join(ROOT, 'bin', n);
 const procs: ChildProcess[] = [];
 
+/** BENCH_NODE_ARGS (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`) runs our long-running commands under `node ARGS`. */
 function start(cmd: string, args: string[], env: NodeJS.ProcessEnv): ChildProcess {
+  const nodeArgs = process.env['BENCH_NODE_ARGS'];
+  if (nodeArgs) {
+    args = [...nodeArgs.split(' ').filter((x) => x), cmd, ...args];
+    cmd = process.execPath;
+  }
   const p = spawn(cmd, args, { env, stdio: ['ignore', 'ignore', process.env['BENCH_DEBUG'] ? 'inherit' : 'ignore'] });
   procs.push(p);
   return p;
@@ -30,38 +36,12 @@ async function waitFile(p: string, ms = 20000): Promise<void> {
   }
   throw new Error(`timeout waiting for ${p}`);
 }
-const pad = (s: string, n: number): Buffer => {
-  const b = Buffer.alloc(n);
-  b.write(s, 'latin1');
-  return b;
-};
 
-/** The reference qrexec-client-vm protocol, as a library call: trigger, exec_params, then the data vchan. */
+/** A call through the TypeScript client library (src/agent/client.ts), as a program in the qube makes it. */
 async function call(agentSocket: string, vdir: string, own: number, target: string, service: string, input: Readable, output: Writable): Promise<number> {
-  const s = net.createConnection(agentSocket);
-  await new Promise<void>((r, j) => {
-    s.once('connect', () => r());
-    s.once('error', j);
-  });
-  const body = Buffer.concat([pad('', 64), pad(target, 64), pad('', 32), Buffer.from(`${service}\0`)]);
-  const h = Buffer.alloc(8);
-  h.writeUInt32LE(0x213, 0);
-  h.writeUInt32LE(body.length, 4);
-  s.write(Buffer.concat([h, body]));
-  const params = await new Promise<Buffer | null>((r) => {
-    let got = Buffer.alloc(0);
-    s.on('data', (d: Buffer) => {
-      got = Buffer.concat([got, d]);
-      if (got.length >= 8) r(got.subarray(0, 8));
-    });
-    s.on('close', () => r(null));
-  });
-  if (!params) throw new Error('call refused');
-  const l = await vchanListen({ dir: vdir, ownDomain: own }, params.readUInt32LE(0), params.readUInt32LE(4));
-  const ch = await l.accepted;
-  const res = await runDataStream({ channel: ch, role: 'caller', input, output });
-  s.end();
-  return res.status;
+  const r = await callService(target, service, { agentSocket, vchan: { dir: vdir, ownDomain: own }, stdin: input, stdout: output });
+  if (r.refused) throw new Error('call refused');
+  return r.exitCode;
 }
 
 const sink = (count: { n: number }): Writable =>
@@ -117,6 +97,21 @@ async function rawUnix(dir: string, total: number): Promise<number> {
   return got / 1e6 / secs;
 }
 
+/** The agent end of a control vchan that only sends MSG_HELLO (v3), for memory figures. */
+async function fakeAgent(vdir: string, domid: number): Promise<net.Server> {
+  const server = net.createServer((c) => {
+    c.on('error', () => undefined);
+    c.resume(); // the daemon's HELLO answer and nothing else
+    const h = Buffer.alloc(12);
+    h.writeUInt32LE(0x300, 0);
+    h.writeUInt32LE(4, 4);
+    h.writeUInt32LE(3, 8);
+    c.write(h);
+  });
+  await new Promise<void>((r) => server.listen(join(vdir, `vchan.${domid}.0.512.sock`), () => r()));
+  return server;
+}
+
 async function rssMb(pid: number): Promise<number> {
   const st = await readFile(`/proc/${pid}/status`, 'utf8');
   const m = /VmRSS:\s+(\d+) kB/.exec(st);
@@ -159,17 +154,22 @@ async function main(): Promise<void> {
     await chmod(join(rpcVault, 'bench.Exec'), 0o755);
     await chmod(join(rpcVault, 'bench.Cat'), 0o755);
     await mkdir(join(dir, 'rpc-work'));
-    const daemons: ChildProcess[] = [];
+    // BENCH_PER_QUBE_DAEMONS=1: one qrexec-daemon process per qube (the reference's way);
+    // default: one host process serving both qubes (--qube), as ARCHITECTURE.md describes
+    const perQube = !!process.env['BENCH_PER_QUBE_DAEMONS'];
+    const daemonArgs = (id: number, name: string): string[] => ['--direct', '-q', `--uuid=00000000-0000-0000-0000-00000000000${id}`, `--socket-dir=${sock}`, `--policy-socket=${policySock}`, `--policy-program=${join(dir, 'none')}`, String(id), name, 'root'];
     for (const [id, name] of [[1, 'work'], [2, 'vault']] as const) {
       start(BIN('qrexec-agent'), [`--agent-socket=${join(dir, `agent-${name}.sock`)}`], { ...env, VCHAN_DOMAIN: String(id), QREXEC_SERVICE_PATH: join(dir, `rpc-${name}`), QUBES_RPC_CONFIG_PATH: join(dir, 'cfg') });
-      daemons.push(start(BIN('qrexec-daemon'), ['--direct', '-q', `--uuid=00000000-0000-0000-0000-00000000000${id}`, `--socket-dir=${sock}`, `--policy-socket=${policySock}`, `--policy-program=${join(dir, 'none')}`, String(id), name, 'root'], { ...env, VCHAN_DOMAIN: '0' }));
-      await waitFile(join(sock, `qrexec.${name}`));
+      if (perQube) start(BIN('qrexec-daemon'), daemonArgs(id, name), { ...env, VCHAN_DOMAIN: '0' });
+      else if (id === 2) start(BIN('qrexec-daemon'), [...daemonArgs(1, 'work'), '--qube=2:vault:00000000-0000-0000-0000-000000000002:root'], { ...env, VCHAN_DOMAIN: '0' });
     }
+    for (const name of ['work', 'vault']) await waitFile(join(sock, `qrexec.${name}`));
     const agentWork = join(dir, 'agent-work.sock');
 
     // _lib: 200 calls (after 20 warm-up calls) to the socket service
     const lib: number[] = [];
-    for (let i = 0; i < 220; i++) {
+    const calls = Number(process.env['BENCH_CALLS'] ?? 200);
+    for (let i = 0; i < calls + 20; i++) {
       const t0 = process.hrtime.bigint();
       const out = { n: 0 };
       await call(agentWork, dir, 1, 'vault', 'bench.Sock', Readable.from([]), sink(out));
@@ -180,9 +180,9 @@ async function main(): Promise<void> {
     // _cli: qrexec-client-vm as a process, if built
     let cli: number[] | null = null;
     const clientVm = BIN('qrexec-client-vm');
-    if (await access(clientVm).then(() => true, () => false)) {
+    if (!process.env['BENCH_NO_CLI'] && (await access(clientVm).then(() => true, () => false))) {
       cli = [];
-      for (let i = 0; i < 220; i++) {
+      for (let i = 0; i < calls + 20; i++) {
         const t0 = process.hrtime.bigint();
         const code = await new Promise<number>((r) => {
           const p = spawn(clientVm, [`--agent-socket=${agentWork}`, 'vault', 'bench.Exec'], { env: { ...env, VCHAN_DOMAIN: '1' }, stdio: ['ignore', 'ignore', 'ignore'] });
@@ -209,8 +209,22 @@ async function main(): Promise<void> {
       if (out.n !== total) throw new Error(`echo returned ${out.n} of ${total} bytes`);
       echo.push(total / 1e6 / secs);
     }
-    const rss = await Promise.all(daemons.map((d) => rssMb(d.pid as number)));
-    svcServer.close();
+    // host memory per connected qube: a daemon process serving one qube, and one serving
+    // N qubes, each with a minimal agent (HELLO only) played by this process
+    const memDir = join(dir, 'mem');
+    await mkdir(memDir);
+    const memEnv = { ...env, VCHAN_SOCKET_DIR: memDir, VCHAN_DOMAIN: '0' };
+    const N = Number(process.env['BENCH_RSS_QUBES'] ?? 16);
+    const fakeAgents: net.Server[] = [];
+    for (let i = 0; i < N + 1; i++) fakeAgents.push(await fakeAgent(memDir, 100 + i));
+    const memArgs = (id: number): string[] => ['--direct', '-q', `--uuid=mem-${id}`, `--socket-dir=${join(memDir, 'sock')}`, `--policy-socket=${policySock}`, String(id), `mem${id}`];
+    const one = start(BIN('qrexec-daemon'), memArgs(100), memEnv);
+    const many = start(BIN('qrexec-daemon'), [...memArgs(101), ...Array.from({ length: N - 1 }, (_, i) => `--qube=${102 + i}:mem${102 + i}:mem-${102 + i}`)], memEnv);
+    for (let i = 0; i < N + 1; i++) await waitFile(join(memDir, 'sock', `qrexec.mem${100 + i}`));
+    await new Promise((r) => setTimeout(r, 500));
+    const rssOne = await rssMb(one.pid as number);
+    const rssMany = await rssMb(many.pid as number);
+    for (const f of fakeAgents) f.close();
     const result = {
       call_ms_p50_lib: r2(median(lib)),
       call_ms_p99_lib: r2(pct(lib, 99)),
@@ -218,9 +232,11 @@ async function main(): Promise<void> {
       call_ms_p99_cli: cli ? r2(pct(cli, 99)) : null,
       mbps_echo: Math.round(median(echo)),
       mbps_unix_raw: Math.round(median(raw)),
-      host_rss_mb_per_qube: r2(rss.reduce((a, b) => a + b, 0) / rss.length),
+      host_rss_mb_per_qube: r2(rssMany / N),
+      host_rss_mb_per_qube_process: r2(rssOne),
+      daemon_mode: perQube ? 'process per qube' : 'one host process',
     };
-    process.stderr.write(`echo runs ${echo.map(Math.round).join(', ')} MB/s; raw runs ${raw.map(Math.round).join(', ')} MB/s; daemon rss ${rss.map(r2).join(', ')} MB (one daemon process per qube)\n`);
+    process.stderr.write(`echo runs ${echo.map(Math.round).join(', ')} MB/s; raw runs ${raw.map(Math.round).join(', ')} MB/s; host daemon rss ${r2(rssOne)} MB serving 1 qube, ${r2(rssMany)} MB serving ${N} qubes\n`);
     console.log(JSON.stringify(result));
   } finally {
     for (const p of procs) if (p.exitCode === null) p.kill('SIGTERM');

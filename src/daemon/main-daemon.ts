@@ -5,6 +5,7 @@ import { vchanEnvFrom } from '../vchan/index.js';
 import { DEFAULT_SOCKET_DIR } from './client.js';
 import { DEFAULT_SERVICE_PATH } from './dom0.js';
 import { DEFAULT_POLICY_PROGRAM, DEFAULT_POLICY_SOCKET } from './policy.js';
+import { QubeHost } from './host.js';
 import { QubeDaemon, type Logger } from './qube.js';
 
 const USAGE = (argv0: string): string => `usage: ${argv0} [options] domainid domain-name [default user]
@@ -16,6 +17,8 @@ Options:
   --policy-socket=PATH - policy daemon socket (also QREXEC_POLICY_SOCKET), default: ${DEFAULT_POLICY_SOCKET}
   -D, --direct - run directly, don't daemonize, log to stderr
   -u, --uuid=UUID - domain UUID, mandatory
+  --qube=DOMID:NAME:UUID[:USER] - also serve this qube in the same process
+      (repeatable; calls between qubes of one process skip their sockets)
 `;
 
 function usage(argv0: string): never {
@@ -39,6 +42,7 @@ export async function qrexecDaemonMain(argv: string[], scriptPath: string): Prom
         'policy-socket': { type: 'string' },
         direct: { type: 'boolean', short: 'D' },
         uuid: { type: 'string', short: 'u' },
+        qube: { type: 'string', multiple: true },
       },
     });
   } catch (e) {
@@ -84,27 +88,47 @@ export async function qrexecDaemonMain(argv: string[], scriptPath: string): Prom
     }
   };
 
-  const d = new QubeDaemon({
-    domid,
-    name,
-    ...(o.uuid ? { uuid: o.uuid } : {}),
-    defaultUser: pos[2] ?? 'user',
-    socketDir: o['socket-dir'] ?? DEFAULT_SOCKET_DIR,
-    vchan: vchanEnvFrom(env),
-    policySocket: o['policy-socket'] ?? env['QREXEC_POLICY_SOCKET'] ?? DEFAULT_POLICY_SOCKET,
-    policyProgram: o['policy-program'] ?? DEFAULT_POLICY_PROGRAM,
-    servicePath: (env['QREXEC_SERVICE_PATH'] ?? DEFAULT_SERVICE_PATH).split(':').filter((x) => x),
-    startupTimeoutMs: haveTimeout ? startup * 1000 : 0,
-    log,
+  const qubes: { domid: number; name: string; uuid: string; user: string }[] = [{ domid, name, uuid: o.uuid, user: pos[2] ?? 'user' }];
+  for (const spec of o.qube ?? []) {
+    const q = parseQubeSpec(spec);
+    if (!q) {
+      log('error', `bad --qube=${spec} (want DOMID:NAME:UUID[:USER], DOMID > 0)`);
+      process.exit(1);
+    }
+    qubes.push(q);
+  }
+  const host = new QubeHost();
+  const daemons = qubes.map((q) => {
+    const d = new QubeDaemon({
+      domid: q.domid,
+      name: q.name,
+      uuid: q.uuid,
+      defaultUser: q.user,
+      socketDir: o['socket-dir'] ?? DEFAULT_SOCKET_DIR,
+      vchan: vchanEnvFrom(env),
+      policySocket: o['policy-socket'] ?? env['QREXEC_POLICY_SOCKET'] ?? DEFAULT_POLICY_SOCKET,
+      policyProgram: o['policy-program'] ?? DEFAULT_POLICY_PROGRAM,
+      servicePath: (env['QREXEC_SERVICE_PATH'] ?? DEFAULT_SERVICE_PATH).split(':').filter((x) => x),
+      startupTimeoutMs: haveTimeout ? startup * 1000 : 0,
+      log,
+      ...(qubes.length > 1 ? { host } : {}),
+    });
+    try {
+      host.add(d);
+    } catch (e) {
+      log('error', (e as Error).message);
+      process.exit(1);
+    }
+    return d;
   });
   const onSignal = (): void => {
-    void d.stop().then(() => process.exit(0));
+    void Promise.all(daemons.map((d) => d.stop())).then(() => process.exit(0));
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
   process.on('SIGPIPE', () => undefined);
   try {
-    await d.start();
+    await Promise.all(daemons.map((d) => d.start()));
   } catch (e) {
     const msg = (e as Error).message;
     if (/no server after/.test(msg)) {
@@ -116,8 +140,17 @@ export async function qrexecDaemonMain(argv: string[], scriptPath: string): Prom
     process.exit(1);
   }
   notify(0);
-  const code = await d.done;
-  process.exit(code);
+  // each qube's daemon ends on its own (agent gone for good); the process ends with the last
+  const codes = await Promise.all(daemons.map((d) => d.done));
+  process.exit(Math.max(...codes));
+}
+
+/** `DOMID:NAME:UUID[:USER]` of --qube. */
+function parseQubeSpec(spec: string): { domid: number; name: string; uuid: string; user: string } | undefined {
+  const [id, name, uuid, user, ...rest] = spec.split(':');
+  const domid = Number.parseInt(id ?? '', 10);
+  if (rest.length > 0 || !(domid > 0) || String(domid) !== id || !name || !uuid) return undefined;
+  return { domid, name, uuid, user: user || 'user' };
 }
 
 function createWriteFd(fd: number): (b: number) => void {

@@ -31,7 +31,8 @@ import {
   type Trigger,
 } from '../protocol/index.js';
 import { vchanConnect, type Channel, type VchanEnv } from '../vchan/index.js';
-import { DaemonClient, DaemonClientError } from './client.js';
+import { DaemonClient, DaemonClientError, type DataEndpoint } from './client.js';
+import type { QubeHost } from './host.js';
 import { runDom0Service } from './dom0.js';
 import { askPolicy, type PolicyAllow, type PolicyOutcome, type PolicyQuery } from './policy.js';
 import { PortAllocator } from './ports.js';
@@ -60,6 +61,8 @@ export interface QubeDaemonOptions {
   readonly connectAgent?: () => Promise<Channel>;
   /** Replaces the policy query (tests). */
   readonly policy?: (q: PolicyQuery) => Promise<PolicyOutcome>;
+  /** The other qubes this process serves: calls to them are set up in-process. */
+  readonly host?: QubeHost;
 }
 
 /** Most policy requests in flight per qube (reference: MAX_CLIENTS slots); more are refused. */
@@ -345,6 +348,14 @@ export class QubeDaemon {
     }
     if (p.state !== 'pending' || p.generation !== this.generation) return;
     const cmd = buildServiceCommand(d.user, service, source);
+    const local = this.opts.host?.find(target);
+    const ep = local?.execForCall(cmd, this.opts.domid);
+    if (ep) {
+      // the target is served by this process: no socket round trip
+      p.state = 'allowed';
+      this.sendControl(encodeServiceConnect(ep.domain, ep.port, p.identRaw));
+      return;
+    }
     let c: DaemonClient;
     try {
       c = await DaemonClient.connect(this.opts.socketDir, target);
@@ -363,6 +374,29 @@ export class QubeDaemon {
     } finally {
       c.close();
     }
+  }
+
+  /**
+   * Starts `cmdline` (`USER:COMMAND`, `DEFAULT:` → the default user) in this
+   * qube for a call whose data vchan the qube `connectDomain` serves: what a
+   * local client's MSG_EXEC_CMDLINE does, without the socket. Returns the data
+   * endpoint, or undefined when this qube's agent is not connected (the
+   * caller then fails as it would on a missing socket).
+   * @throws when no data port is free.
+   */
+  execForCall(cmdline: string, connectDomain: number): DataEndpoint | undefined {
+    if (this.stopped || !this.control || this.control.destroyed) return undefined;
+    const port = this.ports.allocate(connectDomain);
+    if (port === 0) throw new Error('Failed to allocate new vchan port, too many clients?');
+    const cmd = cmdline.startsWith('DEFAULT:') ? `${this.opts.defaultUser}${cmdline.slice(7)}` : cmdline;
+    const body = Buffer.from(cmd, 'utf8');
+    const payload = Buffer.allocUnsafe(8 + body.length + 1);
+    payload.writeUInt32LE(connectDomain >>> 0, 0);
+    payload.writeUInt32LE(port, 4);
+    body.copy(payload, 8);
+    payload[8 + body.length] = 0;
+    this.sendControl(encodeMessage(MsgType.EXEC_CMDLINE, payload));
+    return { domain: this.opts.domid, port };
   }
 
   /** The agent disconnected: drop clients and pending calls, wait for it to come back (no timeout). */

@@ -4,7 +4,7 @@ import * as net from 'node:net';
 import { mkdtemp, rm, readlink, writeFile, chmod, mkdir, access } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { QubeDaemon, type QubeDaemonOptions } from '../../src/daemon/index.js';
+import { QubeDaemon, QubeHost, type PolicyOutcome, type QubeDaemonOptions } from '../../src/daemon/index.js';
 import { T, u32, msg, pad, trigger4, Reader, fakeAgentListen, fakePolicyDaemon, daemonClient } from './peer.js';
 
 let dir: string;
@@ -327,4 +327,36 @@ void test('agent that disconnects right after HELLO (reference test_restart_agen
   c.sock.destroy();
   b.sock.destroy();
   await d.stop();
+});
+
+void test('one host process, several qubes (QubeHost): a call between them is set up in-process, with the same bytes to both agents', async () => {
+  const host = new QubeHost();
+  const policy = (q: { intendedTarget: string }): Promise<PolicyOutcome> =>
+    Promise.resolve({ result: 'allow', user: 'DEFAULT', target: 'hvault', targetUuid: 'uuid:00000000-1111-2222-3333-444444444493', requestedTarget: q.intendedTarget, autostart: false });
+  // separate socket directories: a call through the target's socket would fail
+  const work = await startDaemon(92, 'hwork', { host, policy });
+  const vault = await startDaemon(93, 'hvault', { host, policy, defaultUser: 'vaultuser' });
+  host.add(work.d);
+  host.add(vault.d);
+  assert.equal(host.size, 2);
+  assert.throws(() => host.add(vault.d), /served twice/);
+  work.agent.sock.write(trigger4('hvault', 'SOCKET9', 'my.Service+arg'));
+  const e = await vault.agent.message();
+  assert.equal(e.type, T.EXEC_CMDLINE);
+  assert.ok(e.data.equals(Buffer.concat([u32(92, 513), Buffer.from('vaultuser:QUBESRPC my.Service+arg hwork\0')])), e.data.toString());
+  const sc = await work.agent.message();
+  assert.equal(sc.type, T.SERVICE_CONNECT);
+  assert.ok(sc.data.equals(Buffer.concat([u32(93, 513), pad('SOCKET9', 32)])));
+  // the port is released by the target agent's MSG_CONNECTION_TERMINATED, as for socket clients
+  vault.agent.sock.write(msg(T.CONNECTION_TERMINATED, u32(92, 513)));
+  await new Promise((r) => setTimeout(r, 50));
+  work.agent.sock.write(trigger4('hvault', 'SOCKET10', 'my.Service'));
+  const e2 = await vault.agent.message();
+  assert.ok(e2.data.subarray(0, 8).equals(u32(92, 513)), 'port 513 free again');
+  await work.agent.message();
+  // a target whose agent is gone: the call is refused, not sent anywhere
+  vault.agent.sock.destroy();
+  await new Promise((r) => setTimeout(r, 100));
+  work.agent.sock.write(trigger4('hvault', 'SOCKET11', 'my.Service'));
+  assert.equal((await work.agent.message()).type, T.SERVICE_REFUSED);
 });
