@@ -1,5 +1,6 @@
 import * as net from 'node:net';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcessByStdio } from 'node:child_process';
+import type { Readable, Writable } from 'node:stream';
 import { lstat, stat, access, constants as fsc } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ExitCode, parseCommand, ProtocolError, type RpcCommand } from '../protocol/index.js';
@@ -38,18 +39,32 @@ export async function runDom0Service(
   cmd: string,
   servicePath: readonly string[],
   log: (m: string) => void,
-): Promise<DataStreamResult> {
-  let rpc: RpcCommand | undefined;
+): Promise<Dom0ServiceResult> {
+  // a call that could not start: stderr and stdout EOF, then the status (reference handle_failed_exec)
+  const failed = async (status: number): Promise<Dom0ServiceResult> => ({ ...(await runDataStream({ channel, role: 'service', exitStatus: Promise.resolve(status), log })), started: false });
+  let parsed: ReturnType<typeof parseCommand> | undefined;
   try {
-    rpc = parseCommand(cmd, false).rpc;
+    parsed = parseCommand(cmd, false);
   } catch (e) {
     log(`${e instanceof ProtocolError ? e.message : String(e)}`);
   }
-  if (!rpc) return runDataStream({ channel, role: 'service', exitStatus: Promise.resolve(ExitCode.PROBLEM), log });
+  if (!parsed) return failed(ExitCode.PROBLEM);
+  const rpc: RpcCommand | undefined = parsed.rpc;
+  if (!rpc) {
+    // a plain command, through the shell as the reference does; its stderr stays ours
+    const child = spawn('/bin/sh', ['-c', parsed.command], { stdio: ['pipe', 'pipe', 'inherit'] });
+    log(`executed: ${parsed.command} (pid ${child.pid ?? '?'})`);
+    return run(channel, child, log);
+  }
+  if (rpc.rest.length !== 0 && rpc.rest.length !== 2) {
+    // the reference's exec step wants SERVICE+ARG SOURCE [name|keyword TARGET]
+    log(`invalid number of arguments: ${rpc.rest.length + 3}`);
+    return failed(ExitCode.PROBLEM);
+  }
   const found = await findService(servicePath, rpc);
   if (found.kind === 'none') {
     log(`Service not found: ${rpc.descriptor}`);
-    return runDataStream({ channel, role: 'service', exitStatus: Promise.resolve(ExitCode.NOT_FOUND), log });
+    return failed(ExitCode.NOT_FOUND);
   }
   const remote = rpc.sourceDomain;
   if (found.kind === 'socket') {
@@ -61,14 +76,14 @@ export async function runDom0Service(
         r(false);
       });
     });
-    if (!ok) return runDataStream({ channel, role: 'service', exitStatus: Promise.resolve(ExitCode.PROBLEM), log });
-    sock.write(Buffer.from(`${parseCommand(cmd, false).command}\0`, 'utf8'));
+    if (!ok) return failed(ExitCode.PROBLEM);
+    sock.write(Buffer.from(`${parsed.command}\0`, 'utf8'));
     const closed = new Promise<number>((r) => sock.once('close', () => r(0)));
-    return runDataStream({ channel, role: 'service', input: sock, output: sock, exitStatus: closed, log });
+    return { ...(await runDataStream({ channel, role: 'service', input: sock, output: sock, exitStatus: closed, log })), started: true };
   }
   if ((await access(found.path, fsc.X_OK).then(() => true, () => false)) === false) {
     log(`Service not executable: ${found.path}`);
-    return runDataStream({ channel, role: 'service', exitStatus: Promise.resolve(ExitCode.PROBLEM), log });
+    return failed(ExitCode.PROBLEM);
   }
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) {
@@ -82,17 +97,28 @@ export async function runDom0Service(
   env['QREXEC_REMOTE_DOMAIN'] = remote;
   if (rpc.arg !== undefined) env['QREXEC_SERVICE_ARGUMENT'] = rpc.arg;
   const args = rpc.arg ? [rpc.arg] : [];
-  const child = spawn(found.path, args, { env, stdio: ['pipe', 'pipe', 'pipe'] });
+  // the service's stderr is not sent to the caller: it goes to our stderr (the reference's log)
+  const child = spawn(found.path, args, { env, stdio: ['pipe', 'pipe', 'inherit'] });
+  log(`executed: ${cmd} (pid ${child.pid ?? '?'})`);
+  return run(channel, child, log);
+}
+
+/** What happened to a dom0 service call: the data stream's outcome, and whether the service started at all. */
+export interface Dom0ServiceResult extends DataStreamResult {
+  /** False when the call failed before anything ran (not found, bad command: status 127/125). */
+  readonly started: boolean;
+}
+
+async function run(channel: Channel, child: ChildProcessByStdio<Writable, Readable, null>, log: (m: string) => void): Promise<Dom0ServiceResult> {
   const exitStatus = new Promise<number>((resolve) => {
     child.on('error', (e: NodeJS.ErrnoException) => {
-      log(`exec ${found.path}: ${e.message}`);
+      log(`exec: ${e.message}`);
       resolve(e.code === 'ENOENT' ? ExitCode.NOT_FOUND : ExitCode.PROBLEM);
     });
     child.on('exit', (code, sig) => resolve(code ?? 128 + (sig ? (osSignal(sig) ?? 0) : 0)));
   });
   child.stdin.on('error', () => undefined);
-  log(`executed: ${cmd} (pid ${child.pid ?? '?'})`);
-  return runDataStream({ channel, role: 'service', input: child.stdout, errInput: child.stderr, output: child.stdin, exitStatus, log });
+  return { ...(await runDataStream({ channel, role: 'service', input: child.stdout, output: child.stdin, exitStatus, log })), started: true };
 }
 
 function osSignal(sig: NodeJS.Signals): number | undefined {

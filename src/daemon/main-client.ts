@@ -189,7 +189,8 @@ export async function qrexecClientMain(argv: string[]): Promise<number> {
       const ch = await vchanConnect(venv, ep.domain, ep.port, timeoutMs === undefined ? {} : { timeoutMs }).catch(() => die(ExitCode.PROBLEM, 'qrexec connection timeout'));
       const r = await runDom0Service(ch, cmd, servicePath, (m) => process.stderr.write(`qrexec-client: ${m}\n`));
       c.close();
-      return o.exitWithCode ? r.status : 0;
+      // a service that never started reports its status (125/127) even without -e, as the reference
+      return o.exitWithCode || !r.started ? r.status : 0;
     }
     if (o.local !== undefined) die(ExitCode.PROBLEM, 'dom0 -> dom0 qrexec calls with LOCAL_COMMAND not yet implemented');
     if (!cmd.startsWith('DEFAULT:')) die(ExitCode.PROBLEM, 'dom0 -> dom0 commands must be prefixed with DEFAULT:');

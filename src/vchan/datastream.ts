@@ -141,6 +141,8 @@ export function runDataStream(o: DataStreamOptions): Promise<DataStreamResult> {
       started = true;
       const mainType = isService ? MsgType.DATA_STDOUT : MsgType.DATA_STDIN;
       if (isService && !o.errInput) ch.write(encodeMessage(MsgType.DATA_STDERR));
+      // nothing to send (a call that failed to start): stdout EOF before the exit code, as the reference
+      if (isService && !o.input) ch.write(encodeMessage(MsgType.DATA_STDOUT));
       if (o.prefix && o.prefix.length > 0) send(mainType, o.prefix);
       if (o.input) pump(o.input, mainType, () => (inputOpen = false));
       if (isService && o.errInput) pump(o.errInput, MsgType.DATA_STDERR, () => (errInputOpen = false));
