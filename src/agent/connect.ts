@@ -6,23 +6,8 @@
  * with a slow timer as a safety net.
  */
 import * as fs from 'node:fs';
-import * as net from 'node:net';
-import { vchanPath, type VchanEnv } from '../vchan/index.js';
-
-function connectOnce(path: string): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const s = net.createConnection({ path, allowHalfOpen: true });
-    const onErr = (e: Error): void => {
-      s.destroy();
-      reject(e);
-    };
-    s.once('error', onErr);
-    s.once('connect', () => {
-      s.off('error', onErr);
-      resolve(s);
-    });
-  });
-}
+import type * as net from 'node:net';
+import { connectOnce, vchanPath, type VchanEnv } from '../vchan/index.js';
 
 /** Like vchanConnect (client of vchan.<remote>.<own>.<port>.sock), retrying on ENOENT/ECONNREFUSED until `timeoutMs`. */
 export async function connectDataVchan(env: VchanEnv, remoteDomain: number, port: number, timeoutMs: number): Promise<net.Socket> {
@@ -39,7 +24,7 @@ export async function connectDataVchan(env: VchanEnv, remoteDomain: number, port
   try {
     for (let attempt = 0; ; attempt++) {
       try {
-        return await connectOnce(path);
+        return await connectOnce(path, true);
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
         if (code !== 'ENOENT' && code !== 'ECONNREFUSED') throw e;

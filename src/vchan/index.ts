@@ -14,5 +14,6 @@ export {
   vchanPath,
   vchanListen,
   vchanConnect,
+  connectOnce,
 } from './socket.js';
 export { runDataStream, type DataStreamOptions, type DataStreamResult } from './datastream.js';

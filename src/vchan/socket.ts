@@ -124,9 +124,10 @@ export async function vchanConnect(env: VchanEnv, remoteDomain: number, port: nu
   }
 }
 
-function connectOnce(path: string): Promise<net.Socket> {
+/** One connection attempt to a unix socket; rejects with the connect error. */
+export function connectOnce(path: string, allowHalfOpen = false): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const s = net.createConnection({ path });
+    const s = net.createConnection({ path, allowHalfOpen });
     const onErr = (e: Error): void => {
       s.destroy();
       reject(e);
