@@ -2,7 +2,17 @@ import * as net from 'node:net';
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
 import { lstat, stat, access, constants as fsc } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import {
+  DEFAULT_CONFIG_PATH,
+  defaultServiceConfig,
+  findServiceFile,
+  parseServiceConfig,
+  ServiceConfigError,
+  type ServiceConfig,
+} from '../agent/index.js';
 import { ExitCode, parseCommand, ProtocolError, type RpcCommand } from '../protocol/index.js';
 import { runDataStream, type Channel, type DataStreamResult } from '../vchan/index.js';
 
@@ -39,6 +49,7 @@ export async function runDom0Service(
   cmd: string,
   servicePath: readonly string[],
   log: (m: string) => void,
+  configPath: string = process.env['QUBES_RPC_CONFIG_PATH'] ?? DEFAULT_CONFIG_PATH,
 ): Promise<Dom0ServiceResult> {
   // a call that could not start: stderr and stdout EOF, then the status (reference handle_failed_exec)
   const failed = async (status: number): Promise<Dom0ServiceResult> => ({ ...(await runDataStream({ channel, role: 'service', exitStatus: Promise.resolve(status), log })), started: false });
@@ -61,6 +72,13 @@ export async function runDom0Service(
     log(`invalid number of arguments: ${rpc.rest.length + 3}`);
     return failed(ExitCode.PROBLEM);
   }
+  // the per-service configuration, before anything runs (reference wait_for_session_maybe)
+  const config = loadDom0ServiceConfig(configPath, rpc, log);
+  if (typeof config === 'string') {
+    log(config);
+    return failed(ExitCode.PROBLEM);
+  }
+  if (config.waitForSession) await waitForSession(servicePath, rpc.sourceDomain, log);
   const found = await findService(servicePath, rpc);
   if (found.kind === 'none') {
     log(`Service not found: ${rpc.descriptor}`);
@@ -77,9 +95,36 @@ export async function runDom0Service(
       });
     });
     if (!ok) return failed(ExitCode.PROBLEM);
-    sock.write(Buffer.from(`${parsed.command}\0`, 'utf8'));
+    if (config.sendServiceDescriptor) sock.write(Buffer.from(`${parsed.command}\0`, 'utf8'));
+    sock.on('error', (e) => log(`socket ${found.path}: ${e.message}`));
     const closed = new Promise<number>((r) => sock.once('close', () => r(0)));
-    return { ...(await runDataStream({ channel, role: 'service', input: sock, output: sock, exitStatus: closed, log })), started: true };
+    // the service's output goes through `input`, which we can end ourselves when the call is over early
+    const input = new PassThrough();
+    sock.pipe(input);
+    // a connection reset ends the output too (pipe() does not on errors)
+    sock.once('close', () => {
+      if (!input.writableEnded) input.end();
+    });
+    if (config.exitOnServiceEof) {
+      // the call ends when the service closes its output (reference exit-on-service-eof)
+      input.once('end', () => sock.destroy());
+    }
+    if (config.exitOnClientEof) {
+      // the call ends when the caller closes its stdin (reference exit-on-client-eof)
+      sock.once('finish', () => {
+        sock.unpipe(input);
+        input.end();
+        sock.destroy();
+      });
+    }
+    return { ...(await runDataStream({ channel, role: 'service', input, output: sock, exitStatus: closed, log })), started: true };
+  }
+  for (const [on, key] of [
+    [!config.sendServiceDescriptor, 'skip-service-descriptor'],
+    [config.exitOnServiceEof, 'exit-on-service-eof'],
+    [config.exitOnClientEof, 'exit-on-client-eof'],
+  ] as const) {
+    if (on) log(`Warning: ignoring ${key}=true for executable service ${found.path}`);
   }
   if ((await access(found.path, fsc.X_OK).then(() => true, () => false)) === false) {
     log(`Service not executable: ${found.path}`);
@@ -101,6 +146,69 @@ export async function runDom0Service(
   const child = spawn(found.path, args, { env, stdio: ['pipe', 'pipe', 'inherit'] });
   log(`executed: ${cmd} (pid ${child.pid ?? '?'})`);
   return run(channel, child, log);
+}
+
+/**
+ * Loads the configuration of a service called in dom0 (QUBES_RPC_CONFIG_PATH,
+ * `SERVICE+ARG` then `SERVICE`) with the agent's parser. A string is the
+ * reason the call must fail with 125: an unreadable or invalid file, or
+ * `force-user` together with an option it cannot go with. As in the
+ * reference, `force-user` is otherwise accepted and has no effect in dom0
+ * (services run as the daemon's user).
+ */
+export function loadDom0ServiceConfig(configPath: string, rpc: RpcCommand, log: (m: string) => void): ServiceConfig | string {
+  const found = findServiceFile(configPath, rpc.descriptor, rpc.serviceName, false);
+  if (found.kind === 'absent') return defaultServiceConfig();
+  const fail = (why: string): string => `Cannot load service configuration: ${rpc.descriptor}: ${why}`;
+  if (found.kind !== 'found') return fail(found.kind === 'error' ? found.reason : `unexpected link ${found.path}`);
+  let config: ServiceConfig;
+  try {
+    config = parseServiceConfig(found.path, readFileSync(found.path), log);
+  } catch (e) {
+    return fail(e instanceof ServiceConfigError ? e.message : `Failed to load ${found.path}: ${(e as Error).message}`);
+  }
+  if (config.user !== undefined) {
+    const clash = !config.sendServiceDescriptor
+      ? 'skip-service-descriptor'
+      : config.exitOnClientEof
+        ? 'exit-on-client-eof'
+        : config.exitOnServiceEof
+          ? 'exit-on-service-eof'
+          : undefined;
+    if (clash) return fail(`Cannot set explicit username if ${clash}=true`);
+  }
+  return config;
+}
+
+/**
+ * Runs qubes.WaitForSession from the service path with QREXEC_REMOTE_DOMAIN
+ * set and no stdin, and waits for it, as the reference does in dom0
+ * (exec_wait_for_session). Missing: logged, and the call goes on.
+ */
+async function waitForSession(servicePath: readonly string[], source: string, log: (m: string) => void): Promise<void> {
+  let prog: string | undefined;
+  for (const dir of servicePath) {
+    const p = join(dir, 'qubes.WaitForSession');
+    if (await lstat(p).then(() => true, () => false)) {
+      prog = p;
+      break;
+    }
+  }
+  if (prog === undefined) {
+    log('Service not found: qubes.WaitForSession');
+    return;
+  }
+  const child = spawn(prog, [], { argv0: 'qubes.WaitForSession', env: { ...process.env, QREXEC_REMOTE_DOMAIN: source }, stdio: ['ignore', 'inherit', 'inherit'] });
+  await new Promise<void>((resolve) => {
+    child.once('error', (e) => {
+      log(`qubes.WaitForSession: ${e.message}`);
+      resolve();
+    });
+    child.once('exit', (code, sig) => {
+      if (code !== 0) log(`wait-for-session exited with status ${code ?? sig ?? '?'}`);
+      resolve();
+    });
+  });
 }
 
 /** What happened to a dom0 service call: the data stream's outcome, and whether the service started at all. */
