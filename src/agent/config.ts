@@ -195,3 +195,15 @@ function parseValue(file: string, lineno: number, v: Buffer): TomlValue {
   }
   return result;
 }
+
+/**
+ * The option that forbids `force-user` in the same file, if any: the
+ * reference refuses an explicit user together with any of these.
+ */
+export function forceUserClash(config: ServiceConfig): string | undefined {
+  if (config.user === undefined) return undefined;
+  if (!config.sendServiceDescriptor) return 'skip-service-descriptor';
+  if (config.exitOnClientEof) return 'exit-on-client-eof';
+  if (config.exitOnServiceEof) return 'exit-on-service-eof';
+  return undefined;
+}

@@ -11,7 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { ExitCode, parseCommand, ProtocolError, type ParsedCommand } from '../protocol/index.js';
-import { defaultServiceConfig, parseServiceConfig, ServiceConfigError, type ServiceConfig } from './config.js';
+import { defaultServiceConfig, forceUserClash, parseServiceConfig, ServiceConfigError, type ServiceConfig } from './config.js';
 import { DEFAULT_CONFIG_PATH, DEFAULT_SERVICE_PATH, findFile, findServiceFile, isExecutable } from './lookup.js';
 import { nativePipe } from './native.js';
 import { decodeVmExecArg, VMEXEC_SERVICES, VmExecDecodeError } from './vmexec.js';
@@ -87,13 +87,7 @@ export function prepareCall(cmdline: string, ctx: ExecContext): PreparedCall | s
     return `Cannot load service configuration: ${rpc.descriptor}: ${why}`;
   }
   if (config.user !== undefined) {
-    const clash = !config.sendServiceDescriptor
-      ? 'skip-service-descriptor'
-      : config.exitOnClientEof
-        ? 'exit-on-client-eof'
-        : config.exitOnServiceEof
-          ? 'exit-on-service-eof'
-          : undefined;
+    const clash = forceUserClash(config);
     if (clash) return `service ${rpc.descriptor}: Cannot set explicit username if ${clash}=true`;
     return { cmd, user: config.user, config };
   }

@@ -5,7 +5,7 @@
  */
 export { Agent, DEFAULT_AGENT_SOCKET, type AgentOptions } from './agent.js';
 export { runAgentCli } from './cli.js';
-export { parseServiceConfig, defaultServiceConfig, ServiceConfigError, type ServiceConfig } from './config.js';
+export { parseServiceConfig, forceUserClash, defaultServiceConfig, ServiceConfigError, type ServiceConfig } from './config.js';
 export { execContextFromEnv, prepareCall, startService, type ExecContext } from './exec.js';
 export { findFile, findServiceFile, DEFAULT_SERVICE_PATH, DEFAULT_CONFIG_PATH } from './lookup.js';
 export { startPump, replaceChars, type Pump, type PumpOptions } from './pump.js';

@@ -10,6 +10,7 @@ import {
   defaultServiceConfig,
   findServiceFile,
   parseServiceConfig,
+  forceUserClash,
   ServiceConfigError,
   type ServiceConfig,
 } from '../agent/index.js';
@@ -167,16 +168,8 @@ export function loadDom0ServiceConfig(configPath: string, rpc: RpcCommand, log: 
   } catch (e) {
     return fail(e instanceof ServiceConfigError ? e.message : `Failed to load ${found.path}: ${(e as Error).message}`);
   }
-  if (config.user !== undefined) {
-    const clash = !config.sendServiceDescriptor
-      ? 'skip-service-descriptor'
-      : config.exitOnClientEof
-        ? 'exit-on-client-eof'
-        : config.exitOnServiceEof
-          ? 'exit-on-service-eof'
-          : undefined;
-    if (clash) return fail(`Cannot set explicit username if ${clash}=true`);
-  }
+  const clash = forceUserClash(config);
+  if (clash) return fail(`Cannot set explicit username if ${clash}=true`);
   return config;
 }
 
