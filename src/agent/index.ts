@@ -8,6 +8,6 @@ export { runAgentCli } from './cli.js';
 export { parseServiceConfig, forceUserClash, defaultServiceConfig, ServiceConfigError, type ServiceConfig } from './config.js';
 export { execContextFromEnv, prepareCall, startService, type ExecContext } from './exec.js';
 export { findFile, findServiceFile, DEFAULT_SERVICE_PATH, DEFAULT_CONFIG_PATH } from './lookup.js';
-export { startPump, replaceChars, type Pump, type PumpOptions } from './pump.js';
+export { startPump, type Pump, type PumpOptions } from './pump.js';
 export { callService, encodeClientRequest, type CallOptions, type CallResult } from './client.js';
 export { runClientVmCli, parseClientVmArgs } from './client-vm.js';

@@ -31,17 +31,9 @@ import {
   parseHello,
   type Frame,
   type LengthRules,
+  replaceUnsafeBytes,
 } from '../protocol/index.js';
 import type { Channel } from '../vchan/index.js';
-
-/** Replaces bytes that are not printable ASCII (nor tab, newline, CR, backspace, bell) by `_`, in place. */
-export function replaceChars(buf: Buffer): Buffer {
-  for (let i = 0; i < buf.length; i++) {
-    const c = buf[i] as number;
-    if ((c < 0x20 || c > 0x7e) && c !== 0x09 && c !== 0x0a && c !== 0x0d && c !== 0x08 && c !== 0x07) buf[i] = 0x5f;
-  }
-  return buf;
-}
 
 /** A local stream we write to; `end()` signals EOF (shutdown for sockets). */
 export type LocalSink = Writable;
@@ -169,6 +161,8 @@ export function startPump(o: PumpOptions): Pump {
     if (sink === null) return;
     const s = sink;
     sink = null;
+    // a stream that is ending never emits 'drain': stop waiting for it
+    ch.resume();
     if (single && source !== null) {
       s.end(); // shutdown(SHUT_WR) on the shared socket; reading goes on
     } else {
@@ -192,6 +186,7 @@ export function startPump(o: PumpOptions): Pump {
       source = null;
       stopSource(s);
       sink = null;
+      ch.resume();
       return;
     }
     closeSink();
@@ -387,7 +382,7 @@ export function startPump(o: PumpOptions): Pump {
           checkDone();
           return;
         }
-        writeSink(!isService && o.replaceStdout ? replaceChars(Buffer.from(f.payload)) : f.payload);
+        writeSink(!isService && o.replaceStdout ? Buffer.from(replaceUnsafeBytes(Buffer.from(f.payload))) : f.payload);
         return;
       case MsgType.DATA_STDERR:
         if (isService) {
@@ -395,7 +390,7 @@ export function startPump(o: PumpOptions): Pump {
           return;
         }
         if (f.payload.length > 0 && o.errSink && !o.errSink.destroyed) {
-          o.errSink.write(o.replaceStderr ? replaceChars(Buffer.from(f.payload)) : f.payload);
+          o.errSink.write(o.replaceStderr ? Buffer.from(replaceUnsafeBytes(Buffer.from(f.payload))) : f.payload);
         }
         return;
       case MsgType.DATA_EXIT_CODE:

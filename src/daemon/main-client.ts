@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
-import { Transform, type Readable, type Writable } from 'node:stream';
+import { Writable, type Readable } from 'node:stream';
 import * as net from 'node:net';
-import { parseCommand, targetRefersToDom0, ExitCode, MsgType } from '../protocol/index.js';
+import { parseCommand, replaceUnsafeBytes, targetRefersToDom0, ExitCode, MsgType } from '../protocol/index.js';
 import { runDataStream, vchanConnect, vchanEnvFrom, vchanListen } from '../vchan/index.js';
 import { DaemonClient, DEFAULT_SOCKET_DIR } from './client.js';
 import { DEFAULT_SERVICE_PATH, findService, runDom0Service } from './dom0.js';
@@ -26,16 +26,14 @@ function die(code: number, msg: string): never {
   process.exit(code);
 }
 
-/** Replaces bytes that are not printable ASCII, tab, newline, CR, backspace or bell with `_` (reference do_replace_chars). */
-export function replaceChars(): Transform {
-  return new Transform({
-    transform(chunk: Buffer, _e, cb) {
-      const b = Buffer.from(chunk);
-      for (let i = 0; i < b.length; i++) {
-        const c = b[i] as number;
-        if ((c < 0x20 || c > 0x7e) && c !== 9 && c !== 10 && c !== 13 && c !== 8 && c !== 7) b[i] = 0x5f;
-      }
-      cb(null, b);
+/**
+ * A writable that passes filtered bytes (-t/-T) on to `dest` and finishes only
+ * once `dest` has taken all of them; `dest` itself is never ended.
+ */
+function filtered(dest: Writable): Writable {
+  return new Writable({
+    write(chunk: Buffer, _e, cb) {
+      dest.write(replaceUnsafeBytes(Buffer.from(chunk)), cb);
     },
   });
 }
@@ -62,6 +60,18 @@ function parseIntArg(s: string, what: string): number {
   const v = Number(s);
   if (!Number.isInteger(v) || v < 0 || v > 0x7fffffff) die(1, `invalid ${what} '${s}'`);
   return v;
+}
+
+/**
+ * Resolves once `w` has flushed everything after end(), or failed. Events, not
+ * stream.finished(): process.stdout never reports writableFinished.
+ */
+function settled(w: Writable): Promise<void> {
+  return new Promise((resolve) => {
+    w.once('finish', resolve);
+    w.once('close', resolve);
+    w.once('error', () => resolve());
+  });
 }
 
 /** getopt_long-like parsing of the reference's options "hd:l:eEc:p:tTw:Wk". */
@@ -271,17 +281,13 @@ export async function qrexecClientMain(argv: string[]): Promise<number> {
     child.stdin.on('error', () => undefined);
     localExit = new Promise((r) => child.on('exit', (c) => r(c ?? 255)));
   }
-  let errOut: Writable = process.stderr;
-  if (o.t) {
-    const tr = replaceChars();
-    tr.pipe(output);
-    output = tr;
-  }
-  if (o.T) {
-    const tr = replaceChars();
-    tr.pipe(process.stderr);
-    errOut = tr;
-  }
+  if (o.t) output = filtered(output);
+  const errOut: Writable = o.T ? filtered(process.stderr) : process.stderr;
+  // Node unrefs process.stdout: while the vchan waits for stdout to drain, nothing
+  // else may keep the event loop alive, and the process would exit mid-stream.
+  const keepAlive = setInterval(() => undefined, 1 << 30);
+  // the stream ends its output; exiting before that is flushed would drop the tail
+  const outputFlushed = settled(output);
   const r = await runDataStream({
     channel: ch,
     role: 'caller',
@@ -292,6 +298,8 @@ export async function qrexecClientMain(argv: string[]): Promise<number> {
     log: (m) => process.stderr.write(`qrexec-client: ${m}\n`),
   });
   if (localExit) await localExit;
+  await outputFlushed;
+  clearInterval(keepAlive);
   client.close();
   if (o.kill) {
     // TODO(#3): admin.vm.Kill through qubesd

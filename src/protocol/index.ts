@@ -9,3 +9,4 @@ export { ProtocolError, type ProtocolErrorCode } from './errors.js';
 export { FrameDecoder, type Frame, type LengthBounds, type LengthRules } from './decoder.js';
 export * from './messages.js';
 export * from './command.js';
+export { replaceUnsafeBytes } from './replace.js';

@@ -165,12 +165,15 @@ export function runDataStream(o: DataStreamOptions): Promise<DataStreamResult> {
       if (!outputOpen) return;
       outputOpen = false;
       o.output?.end();
+      // a stream that is ending never emits 'drain': stop waiting for it
+      ch.resume();
       checkDone();
     };
     if (o.output) {
       o.output.on('error', (e: Error) => {
         log(`local write error: ${e.message}`);
         outputOpen = false;
+        ch.resume();
         checkDone();
       });
     }

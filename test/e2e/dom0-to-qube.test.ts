@@ -1,5 +1,6 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { World, BIN, run } from './harness.js';
 
 let w: World;
@@ -39,6 +40,22 @@ void test('dom0 → qube: 64 KiB boundaries and 4 MiB through cat, byte exact', 
     assert.equal(r.code, 0, `n=${n} ${r.stderr}`);
     assert.ok(r.stdout.equals(data), `n=${n}: got ${r.stdout.length} bytes`);
   }
+});
+
+void test('dom0 → qube: a slow stdout reader gets every byte and the exit code', async () => {
+  // qrexec-client must not exit while process.stdout still holds data, nor lose
+  // its event loop while the vchan waits for stdout to drain
+  const data = Buffer.alloc(3 * 1024 * 1024 + 5, 0x61);
+  const p = spawn(BIN('qrexec-client'), [`--socket-dir=${w.sockDir}`, '-d', 'work', 'root:QUBESRPC test.Cat+ dom0'], { env: w.env(), stdio: ['pipe', 'pipe', 'inherit'] });
+  p.stdin.end(data);
+  p.stdout.pause();
+  await new Promise((r) => setTimeout(r, 800));
+  const out: Buffer[] = [];
+  p.stdout.on('data', (d: Buffer) => out.push(d));
+  p.stdout.resume();
+  const code = await new Promise<number | null>((r) => p.on('close', r));
+  assert.equal(code, 0);
+  assert.equal(Buffer.concat(out).length, data.length);
 });
 
 void test('dom0 → qube: --prefix-data and -t replacing control characters', async () => {

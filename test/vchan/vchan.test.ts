@@ -3,8 +3,9 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
+import { PassThrough, Writable } from 'node:stream';
 import * as net from 'node:net';
+import { startPump } from '../../src/agent/index.js';
 import { memoryPair, runDataStream, vchanConnect, vchanEnvFrom, vchanListen, vchanPath } from '../../src/vchan/index.js';
 
 const u32 = (...v: number[]): Buffer => {
@@ -113,6 +114,46 @@ void test('data stream, service role, exact bytes to a hand-written peer (64 KiB
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+void test('data stream: a slow output that is ended while the vchan waits for it to drain still gets the exit code', async () => {
+  const [a, b] = memoryPair();
+  const got: Buffer[] = [];
+  const slow = new Writable({
+    highWaterMark: 1,
+    write(chunk: Buffer, _e, cb) {
+      got.push(chunk);
+      setTimeout(cb, 30);
+    },
+  });
+  const run = runDataStream({ channel: a, role: 'caller', output: slow });
+  b.write(u32(0x300, 4, 4));
+  // stdout data (the write to `slow` pauses the vchan), then EOF in the same chunk
+  b.write(Buffer.concat([u32(0x191, 3), Buffer.from('abc'), u32(0x191, 0)]));
+  await new Promise((r) => setTimeout(r, 10));
+  b.write(u32(0x193, 4, 9)); // exit code, arriving while the vchan is paused
+  const r = await run;
+  assert.equal(r.status, 9);
+  assert.equal(Buffer.concat(got).toString(), 'abc');
+});
+
+void test('agent pump: a slow sink that is closed while the vchan waits for it to drain still gets the exit code', async () => {
+  const [a, b] = memoryPair();
+  const got: Buffer[] = [];
+  const slow = new Writable({
+    highWaterMark: 1,
+    write(chunk: Buffer, _e, cb) {
+      got.push(chunk);
+      setTimeout(cb, 30);
+    },
+  });
+  const pump = startPump({ channel: a, role: 'client', sink: slow, source: null, single: false });
+  b.write(u32(0x300, 4, 4));
+  b.write(Buffer.concat([u32(0x191, 3), Buffer.from('abc'), u32(0x191, 0)]));
+  await new Promise((r) => setTimeout(r, 10));
+  b.write(u32(0x193, 4, 9));
+  assert.equal(await pump.done, 9);
+  assert.equal(Buffer.concat(got).toString(), 'abc');
 });
 
 void test('data stream: a peer violating framing ends only that stream', async () => {
