@@ -14,6 +14,7 @@ import {
   ServiceConfigError,
   type ServiceConfig,
 } from '../agent/index.js';
+import { onPeerHangup } from '../agent/local.js';
 import { ExitCode, parseCommand, ProtocolError, type RpcCommand } from '../protocol/index.js';
 import { runDataStream, type Channel, type DataStreamResult } from '../vchan/index.js';
 
@@ -63,8 +64,9 @@ export async function runDom0Service(
   if (!parsed) return failed(ExitCode.PROBLEM);
   const rpc: RpcCommand | undefined = parsed.rpc;
   if (!rpc) {
-    // a plain command, through the shell as the reference does; its stderr stays ours
-    const child = spawn('/bin/sh', ['-c', parsed.command], { stdio: ['pipe', 'pipe', 'inherit'] });
+    // a plain command, through bash as the reference's qrexec-client does (not
+    // /bin/sh: commands may use bash's syntax); its stderr stays ours
+    const child = spawn('/bin/bash', ['-c', parsed.command], { stdio: ['pipe', 'pipe', 'inherit'] });
     log(`executed: ${parsed.command} (pid ${child.pid ?? '?'})`);
     return run(channel, child, log);
   }
@@ -97,7 +99,13 @@ export async function runDom0Service(
     });
     if (!ok) return failed(ExitCode.PROBLEM);
     if (config.sendServiceDescriptor) sock.write(Buffer.from(`${parsed.command}\0`, 'utf8'));
-    sock.on('error', (e) => log(`socket ${found.path}: ${e.message}`));
+    sock.on('error', (e: NodeJS.ErrnoException) => {
+      // the service went away: an end of its streams, not a problem (reference remote.c)
+      if (e.code !== 'EPIPE' && e.code !== 'ECONNRESET') log(`socket ${found.path}: ${e.message}`);
+    });
+    // a service that closes (or stops reading) after its output ended ends the
+    // call, without waiting for the caller's EOF (the reference's POLLHUP)
+    onPeerHangup(sock, () => sock.destroy());
     const closed = new Promise<number>((r) => sock.once('close', () => r(0)));
     // the service's output goes through `input`, which we can end ourselves when the call is over early
     const input = new PassThrough();

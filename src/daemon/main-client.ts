@@ -1,6 +1,8 @@
 import { spawn } from 'node:child_process';
 import { Writable, type Readable } from 'node:stream';
 import * as net from 'node:net';
+import { fstatSync, type Stats } from 'node:fs';
+import { openLocal } from '../agent/local.js';
 import { parseCommand, replaceUnsafeBytes, targetRefersToDom0, ExitCode, MsgType } from '../protocol/index.js';
 import { runDataStream, vchanConnect, vchanEnvFrom, vchanListen } from '../vchan/index.js';
 import { DaemonClient, DEFAULT_SOCKET_DIR } from './client.js';
@@ -72,6 +74,18 @@ function settled(w: Writable): Promise<void> {
     w.once('close', resolve);
     w.once('error', () => resolve());
   });
+}
+
+/** Our stdout as a stream that closes fd 1 when ended, when it is a pipe or a socket; else process.stdout. */
+function callerStdout(): Writable {
+  let st: Stats;
+  try {
+    st = fstatSync(1);
+  } catch {
+    return process.stdout;
+  }
+  if (!st.isFIFO() && !st.isSocket()) return process.stdout;
+  return openLocal(1, 'write').stream as Writable;
 }
 
 /** getopt_long-like parsing of the reference's options "hd:l:eEc:p:tTw:Wk". */
@@ -272,7 +286,10 @@ export async function qrexecClientMain(argv: string[]): Promise<number> {
     if (timer) clearTimeout(timer);
   }
   let input: Readable = stdin;
-  let output: Writable = stdout;
+  // the remote's stdout EOF closes ours, as the reference does, so that whoever
+  // reads our stdout sees EOF before the exit status arrives (process.stdout
+  // never closes fd 1 itself)
+  let output: Writable = o.stdinSocket || o.local !== undefined ? stdout : callerStdout();
   let localExit: Promise<number> | undefined;
   if (o.local !== undefined) {
     const child = spawn('/bin/bash', ['-c', o.local], { stdio: ['pipe', 'pipe', 'inherit'] });

@@ -170,8 +170,9 @@ export function runDataStream(o: DataStreamOptions): Promise<DataStreamResult> {
       checkDone();
     };
     if (o.output) {
-      o.output.on('error', (e: Error) => {
-        log(`local write error: ${e.message}`);
+      o.output.on('error', (e: NodeJS.ErrnoException) => {
+        // the reader went away: the end of that stream, as the reference treats it
+        if (e.code !== 'EPIPE' && e.code !== 'ECONNRESET') log(`local write error: ${e.message}`);
         outputOpen = false;
         ch.resume();
         checkDone();
