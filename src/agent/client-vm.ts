@@ -6,15 +6,17 @@
  * be run directly: `node dist/src/cli/qrexec-client-vm.js`.
  */
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { isatty } from 'node:tty';
 import type { Readable, Writable } from 'node:stream';
 import { ExitCode } from '../protocol/index.js';
-import { vchanEnvFrom } from '../vchan/index.js';
+import { vchanEnvFrom, vchanListen, type VchanEnv } from '../vchan/index.js';
 import { DEFAULT_AGENT_SOCKET } from './agent.js';
-import { encodeClientRequest, requestCall, serveCall } from './client.js';
+import { encodeClientRequest, requestCall } from './client.js';
 import { openLocal } from './local.js';
+import { startPump, type Pump, type PumpOptions } from './pump.js';
 
 function usage(argv0: string): string {
   return (
@@ -183,13 +185,33 @@ export async function runClientVmCli(args: string[]): Promise<number> {
   let source: Readable;
   let localExit: Promise<number> | undefined;
   const release: (() => void)[] = [];
+  // the local program's stdin, which it may ask (SIGUSR1) to use for its output too
+  let stdinSock: net.Socket | undefined;
+  let switchAsked = false;
+  let pump: Pump | undefined;
   if (local) {
     const [file, ...rest] = program as [string, ...string[]];
     const extra: number[] = [0, 1];
     if (process.env['PASS_LOCAL_STDERR']) extra.push(2);
     const env: NodeJS.ProcessEnv = { ...process.env, QREXEC_AGENT_PID: String(process.pid) };
     extra.forEach((fd, k) => (env[`SAVED_FD_${fd}`] = String(3 + k)));
-    const child = spawn(file, rest, { argv0: path.basename(file), env, stdio: ['pipe', 'pipe', 'inherit', ...extra] });
+    // As the reference: the program's stdin is a socket we can also read from,
+    // and SIGUSR1 to QREXEC_AGENT_PID (us) switches our reading to it. The
+    // first signal counts; later ones are ignored (never Node's default, the inspector).
+    let theirs: net.Socket;
+    try {
+      [stdinSock, theirs] = await connectedPair();
+    } catch (e) {
+      process.stderr.write(`qrexec-client-vm: socketpair: ${(e as Error).message}\n`);
+      return 1;
+    }
+    process.on('SIGUSR1', () => {
+      if (switchAsked) return;
+      switchAsked = true;
+      if (pump && stdinSock) pump.useStdinSocket(stdinSock);
+    });
+    const child = spawn(file, rest, { argv0: path.basename(file), env, stdio: [theirs, 'pipe', 'inherit', ...extra] });
+    theirs.destroy();
     localExit = new Promise((resolve) => {
       child.once('error', (e) => {
         process.stderr.write(`execv: ${e.message}\n`);
@@ -197,8 +219,11 @@ export async function runClientVmCli(args: string[]): Promise<number> {
       });
       child.once('exit', (code, sig) => resolve(sig ? 128 : (code ?? 255)));
     });
-    sink = child.stdin as Writable;
+    sink = stdinSock;
     source = child.stdout as Readable;
+    const ours = stdinSock;
+    ours.on('error', () => undefined);
+    release.push(() => ours.destroy());
   } else {
     const out = openLocal(parsed.stdinSocket ? 0 : 1, parsed.stdinSocket ? 'duplex' : 'write');
     const inp = parsed.stdinSocket ? out : openLocal(0, 'read');
@@ -206,16 +231,19 @@ export async function runClientVmCli(args: string[]): Promise<number> {
     source = inp.stream as Readable;
     release.push(() => out.release(), () => inp.release());
   }
-  const status = await serveCall(vchanEnvFrom(process.env), params, {
+  const status = await serve(vchanEnvFrom(process.env), params, {
     sink,
     source,
     errSink: process.stderr,
     single: parsed.stdinSocket,
     ...(parsed.prefix !== undefined ? { prefix: Buffer.from(parsed.prefix) } : {}),
     ...(localExit ? { localExit } : {}),
-    filterStdout: parsed.replaceOut > 0,
-    filterStderr: parsed.replaceErr > 0,
+    replaceStdout: parsed.replaceOut > 0,
+    replaceStderr: parsed.replaceErr > 0,
     log: (m) => process.stderr.write(`qrexec-client-vm: ${m}\n`),
+  }, (p) => {
+    pump = p;
+    if (switchAsked && stdinSock) p.useStdinSocket(stdinSock);
   }).catch((e: Error) => {
     process.stderr.write(`qrexec-client-vm: ${e.message}\n`);
     return 1;
@@ -223,4 +251,60 @@ export async function runClientVmCli(args: string[]): Promise<number> {
   for (const r of release) r();
   sock.destroy();
   return status & 0xff;
+}
+
+/** How long the data vchan may take to be connected (the reference's connection timeout). */
+const DATA_CONNECT_TIMEOUT_MS = 120_000;
+
+/**
+ * Serves the call's data vchan as its caller (vchan server at
+ * vchan.<own>.<domain>.<port>.sock) and hands the pump to `onPump` as soon as
+ * it runs, for the SIGUSR1 switch. Resolves with the call's exit status.
+ */
+async function serve(
+  env: VchanEnv,
+  params: { domain: number; port: number },
+  io: Omit<PumpOptions, 'channel' | 'role'>,
+  onPump: (p: Pump) => void,
+): Promise<number> {
+  const listener = await vchanListen(env, params.domain, params.port);
+  const timer = setTimeout(() => listener.close(), DATA_CONNECT_TIMEOUT_MS);
+  let ch: net.Socket;
+  try {
+    ch = await listener.accepted;
+  } finally {
+    clearTimeout(timer);
+  }
+  ch.setNoDelay?.(true);
+  const pump = startPump({ channel: ch, role: 'client', ...io });
+  onPump(pump);
+  return pump.done;
+}
+
+/**
+ * Two connected unix stream sockets (a socketpair: Node has none), through a
+ * one-off listener in the abstract namespace. The second end is paused, so
+ * nothing it receives is read before it is handed to a child.
+ */
+async function connectedPair(): Promise<[net.Socket, net.Socket]> {
+  const name = `\0qrexec-client-vm.${process.pid}.${randomBytes(8).toString('hex')}`;
+  const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(name, () => resolve());
+    });
+    const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+    const ours = await new Promise<net.Socket>((resolve, reject) => {
+      const c = net.connect({ path: name, allowHalfOpen: true });
+      c.once('error', reject);
+      c.once('connect', () => {
+        c.off('error', reject);
+        resolve(c);
+      });
+    });
+    return [ours, await accepted];
+  } finally {
+    server.close();
+  }
 }

@@ -13,6 +13,7 @@
  * Memory stays bounded: local reads pause while the vchan cannot take more,
  * and the vchan is paused while a local writer is slow.
  */
+import type * as net from 'node:net';
 import type { Readable, Writable } from 'node:stream';
 import {
   FrameDecoder,
@@ -34,6 +35,7 @@ import {
   replaceUnsafeBytes,
 } from '../protocol/index.js';
 import type { Channel } from '../vchan/index.js';
+import { isSocketStream, onPeerHangup } from './local.js';
 
 /** A local stream we write to; `end()` signals EOF (shutdown for sockets). */
 export type LocalSink = Writable;
@@ -129,6 +131,11 @@ export function startPump(o: PumpOptions): Pump {
   let resolveDone: (n: number) => void = () => undefined;
   const done = new Promise<number>((r) => (resolveDone = r));
   const sources = new Set<LocalSource>();
+  // A socket sink is only shut down when its direction ends, as the reference's
+  // close_stdio: it can still be read after a SIGUSR1 switch. Known now, while
+  // the descriptor is open.
+  const sinkIsSocket = o.sink !== null && isSocketStream(o.sink);
+  let stopHangupWatch: () => void = () => undefined;
 
   const corkable = typeof (ch as unknown as Partial<Writable>).cork === 'function' ? (ch as unknown as Writable) : undefined;
   const sendData = (type: number, data: Buffer): void => {
@@ -163,8 +170,9 @@ export function startPump(o: PumpOptions): Pump {
     sink = null;
     // a stream that is ending never emits 'drain': stop waiting for it
     ch.resume();
-    if (single && source !== null) {
-      s.end(); // shutdown(SHUT_WR) on the shared socket; reading goes on
+    if ((single && source !== null) || sinkIsSocket) {
+      // shutdown(SHUT_WR): reading goes on (a shared socket), or may start (SIGUSR1)
+      s.end();
     } else {
       // close the descriptor once flushed: a pipe's reader sees EOF only then
       s.end(() => s.destroy());
@@ -202,6 +210,7 @@ export function startPump(o: PumpOptions): Pump {
   const finish = (status: number, sendExit: boolean): void => {
     if (finished) return;
     finished = true;
+    stopHangupWatch();
     if (sendExit) ch.write(encodeExitCode(status));
     for (const r of sources) {
       r.removeAllListeners('data');
@@ -304,6 +313,15 @@ export function startPump(o: PumpOptions): Pump {
     if (o.sinkPrefix && o.sinkPrefix.length > 0 && sink) writeSink(o.sinkPrefix);
     if (o.prefix && o.prefix.length > 0) sendData(outType, o.prefix);
     if (source) pump(source, outType, closeOutput);
+    if (isService && single && sink !== null && sink === (source as unknown) && sinkIsSocket) {
+      // a socket service that closes, or stops reading, once its output is over
+      // ends the call without the caller's EOF (the reference's POLLHUP)
+      stopHangupWatch = onPeerHangup(sink as unknown as net.Socket, () => {
+        if (finished || sink === null) return;
+        closeInput();
+        checkDone();
+      });
+    }
     if (errSource) {
       const e = errSource;
       pump(e, MsgType.DATA_STDERR, () => {
@@ -449,7 +467,8 @@ export function startPump(o: PumpOptions): Pump {
       single = true;
       if (sink !== null || sock.readable) {
         source = sock;
-        pump(sock, outType, closeOutput);
+        // before the handshake, start() pumps it
+        if (started) pump(sock, outType, closeOutput);
       }
       checkDone();
     },
