@@ -131,8 +131,17 @@ async function main(): Promise<void> {
     const info = { domains: Object.fromEntries(['dom0', 'work', 'vault'].map((n, i) => [n, { tags: [], type: n === 'dom0' ? 'AdminVM' : 'AppVM', template_for_dispvms: false, default_dispvm: null, icon: 'x', label: 'red', guivm: null, relayvm: null, transport_rpc: null, internal: null, power_state: 'Running', uuid: `00000000-0000-0000-0000-00000000000${i}` }])) };
     await writeFile(join(dir, 'system-info.json'), JSON.stringify(info));
     const policySock = join(dir, 'policy.sock');
-    start(BIN('qrexec-policy-daemon'), ['--policy-path', pol, '--socket-path', policySock, '--system-info', join(dir, 'system-info.json'), '--eval-socket-path', 'none', '--gui-socket-path', 'none', '--qubesd-events-socket', 'none', '--audit-db', join(dir, 'audit.sqlite')], env);
-    await waitFile(policySock);
+    // BENCH_LAYOUT: host (default) = bin/qrexec-host, the policy daemon and the daemons of
+    // both qubes in one process; separate = a qrexec-policy-daemon process and one
+    // qrexec-daemon process for both qubes; per-qube = the reference's way, a policy daemon
+    // process and a qrexec-daemon process per qube
+    const layout = process.env['BENCH_LAYOUT'] ?? (process.env['BENCH_PER_QUBE_DAEMONS'] ? 'per-qube' : 'host');
+    if (!['host', 'separate', 'per-qube'].includes(layout)) throw new Error(`BENCH_LAYOUT=${layout}: want host, separate or per-qube`);
+    const policyArgs = ['--policy-path', pol, '--socket-path', policySock, '--system-info', join(dir, 'system-info.json'), '--eval-socket-path', 'none', '--gui-socket-path', 'none', '--qubesd-events-socket', 'none', '--audit-db', join(dir, 'audit.sqlite')];
+    if (layout !== 'host') {
+      start(BIN('qrexec-policy-daemon'), policyArgs, env);
+      await waitFile(policySock);
+    }
     // vault's services: a socket service answered by this process, an executable, cat
     const rpcVault = join(dir, 'rpc-vault');
     await mkdir(rpcVault);
@@ -154,15 +163,14 @@ async function main(): Promise<void> {
     await chmod(join(rpcVault, 'bench.Exec'), 0o755);
     await chmod(join(rpcVault, 'bench.Cat'), 0o755);
     await mkdir(join(dir, 'rpc-work'));
-    // BENCH_PER_QUBE_DAEMONS=1: one qrexec-daemon process per qube (the reference's way);
-    // default: one host process serving both qubes (--qube), as ARCHITECTURE.md describes
-    const perQube = !!process.env['BENCH_PER_QUBE_DAEMONS'];
     const daemonArgs = (id: number, name: string): string[] => ['--direct', '-q', `--uuid=00000000-0000-0000-0000-00000000000${id}`, `--socket-dir=${sock}`, `--policy-socket=${policySock}`, `--policy-program=${join(dir, 'none')}`, String(id), name, 'root'];
+    const qubeSpec = (id: number, name: string): string => `--qube=${id}:${name}:00000000-0000-0000-0000-00000000000${id}:root`;
     for (const [id, name] of [[1, 'work'], [2, 'vault']] as const) {
       start(BIN('qrexec-agent'), [`--agent-socket=${join(dir, `agent-${name}.sock`)}`], { ...env, VCHAN_DOMAIN: String(id), QREXEC_SERVICE_PATH: join(dir, `rpc-${name}`), QUBES_RPC_CONFIG_PATH: join(dir, 'cfg') });
-      if (perQube) start(BIN('qrexec-daemon'), daemonArgs(id, name), { ...env, VCHAN_DOMAIN: '0' });
-      else if (id === 2) start(BIN('qrexec-daemon'), [...daemonArgs(1, 'work'), '--qube=2:vault:00000000-0000-0000-0000-000000000002:root'], { ...env, VCHAN_DOMAIN: '0' });
+      if (layout === 'per-qube') start(BIN('qrexec-daemon'), daemonArgs(id, name), { ...env, VCHAN_DOMAIN: '0' });
     }
+    if (layout === 'separate') start(BIN('qrexec-daemon'), [...daemonArgs(1, 'work'), qubeSpec(2, 'vault')], { ...env, VCHAN_DOMAIN: '0' });
+    if (layout === 'host') start(BIN('qrexec-host'), [...policyArgs, `--qrexec-socket-dir=${sock}`, qubeSpec(1, 'work'), qubeSpec(2, 'vault')], { ...env, VCHAN_DOMAIN: '0' });
     for (const name of ['work', 'vault']) await waitFile(join(sock, `qrexec.${name}`));
     const agentWork = join(dir, 'agent-work.sock');
 
@@ -234,7 +242,7 @@ async function main(): Promise<void> {
       mbps_unix_raw: Math.round(median(raw)),
       host_rss_mb_per_qube: r2(rssMany / N),
       host_rss_mb_per_qube_process: r2(rssOne),
-      daemon_mode: perQube ? 'process per qube' : 'one host process',
+      layout,
     };
     process.stderr.write(`echo runs ${echo.map(Math.round).join(', ')} MB/s; raw runs ${raw.map(Math.round).join(', ')} MB/s; host daemon rss ${r2(rssOne)} MB serving 1 qube, ${r2(rssMany)} MB serving ${N} qubes\n`);
     console.log(JSON.stringify(result));

@@ -16,13 +16,17 @@ export async function connectDataVchan(env: VchanEnv, remoteDomain: number, port
   const deadline = Date.now() + timeoutMs;
   let watcher: fs.FSWatcher | undefined;
   let wake: (() => void) | undefined;
+  // an event that arrives while a connect attempt is in flight must not be lost
+  let poked = false;
   const poke = (): void => {
+    poked = true;
     const w = wake;
     wake = undefined;
     w?.();
   };
   try {
     for (let attempt = 0; ; attempt++) {
+      poked = false;
       try {
         return await connectOnce(path, true);
       } catch (e) {
@@ -46,6 +50,7 @@ export async function connectDataVchan(env: VchanEnv, remoteDomain: number, port
           /* no inotify: timers only */
         }
       }
+      if (poked) continue;
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, watcher ? 50 : 5);
         wake = () => {

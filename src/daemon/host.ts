@@ -1,4 +1,4 @@
-import type { QubeDaemon } from './qube.js';
+import { QubeDaemon, type QubeDaemonOptions } from './qube.js';
 
 /**
  * The qubes one host process serves (ARCHITECTURE: one event loop, all
@@ -27,4 +27,44 @@ export class QubeHost {
   get size(): number {
     return new Set(this.byKey.values()).size;
   }
+}
+
+/** One qube of a host process: `--qube=DOMID:NAME:UUID[:USER]`. */
+export interface QubeSpec {
+  readonly domid: number;
+  readonly name: string;
+  readonly uuid: string;
+  /** Default user (reference default "user"). */
+  readonly user: string;
+}
+
+/** Parses `DOMID:NAME:UUID[:USER]` (DOMID > 0); undefined when malformed. */
+export function parseQubeSpec(spec: string): QubeSpec | undefined {
+  const [id, name, uuid, user, ...rest] = spec.split(':');
+  const domid = Number.parseInt(id ?? '', 10);
+  if (rest.length > 0 || !(domid > 0) || String(domid) !== id || !name || !uuid) return undefined;
+  return { domid, name, uuid, user: user || 'user' };
+}
+
+/** Settings shared by every qube of a host process. */
+export type SharedQubeOptions = Omit<QubeDaemonOptions, 'domid' | 'name' | 'uuid' | 'defaultUser' | 'host'>;
+
+/**
+ * The daemons of `qubes`, registered in one QubeHost so that calls between
+ * them are set up in-process. @throws when a qube is listed twice.
+ */
+export function createQubeDaemons(qubes: readonly QubeSpec[], shared: SharedQubeOptions): QubeDaemon[] {
+  const host = new QubeHost();
+  return qubes.map((q) => {
+    const d = new QubeDaemon({
+      ...shared,
+      domid: q.domid,
+      name: q.name,
+      uuid: q.uuid,
+      defaultUser: q.user,
+      ...(qubes.length > 1 ? { host } : {}),
+    });
+    host.add(d);
+    return d;
+  });
 }

@@ -20,4 +20,4 @@ export {
 export { PortAllocator } from './ports.js';
 export { DaemonClient, DaemonClientError, DEFAULT_SOCKET_DIR, type DataEndpoint } from './client.js';
 export { runDom0Service, findService, DEFAULT_SERVICE_PATH } from './dom0.js';
-export { QubeHost } from './host.js';
+export { QubeHost, createQubeDaemons, parseQubeSpec, type QubeSpec, type SharedQubeOptions } from './host.js';

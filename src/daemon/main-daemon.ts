@@ -5,8 +5,8 @@ import { vchanEnvFrom } from '../vchan/index.js';
 import { DEFAULT_SOCKET_DIR } from './client.js';
 import { DEFAULT_SERVICE_PATH } from './dom0.js';
 import { DEFAULT_POLICY_PROGRAM, DEFAULT_POLICY_SOCKET } from './policy.js';
-import { QubeHost } from './host.js';
-import { QubeDaemon, type Logger } from './qube.js';
+import { createQubeDaemons, parseQubeSpec, type QubeSpec } from './host.js';
+import type { QubeDaemon, Logger } from './qube.js';
 
 const USAGE = (argv0: string): string => `usage: ${argv0} [options] domainid domain-name [default user]
 Options:
@@ -88,7 +88,7 @@ export async function qrexecDaemonMain(argv: string[], scriptPath: string): Prom
     }
   };
 
-  const qubes: { domid: number; name: string; uuid: string; user: string }[] = [{ domid, name, uuid: o.uuid, user: pos[2] ?? 'user' }];
+  const qubes: QubeSpec[] = [{ domid, name, uuid: o.uuid, user: pos[2] ?? 'user' }];
   for (const spec of o.qube ?? []) {
     const q = parseQubeSpec(spec);
     if (!q) {
@@ -97,13 +97,9 @@ export async function qrexecDaemonMain(argv: string[], scriptPath: string): Prom
     }
     qubes.push(q);
   }
-  const host = new QubeHost();
-  const daemons = qubes.map((q) => {
-    const d = new QubeDaemon({
-      domid: q.domid,
-      name: q.name,
-      uuid: q.uuid,
-      defaultUser: q.user,
+  let daemons: QubeDaemon[];
+  try {
+    daemons = createQubeDaemons(qubes, {
       socketDir: o['socket-dir'] ?? DEFAULT_SOCKET_DIR,
       vchan: vchanEnvFrom(env),
       policySocket: o['policy-socket'] ?? env['QREXEC_POLICY_SOCKET'] ?? DEFAULT_POLICY_SOCKET,
@@ -111,16 +107,11 @@ export async function qrexecDaemonMain(argv: string[], scriptPath: string): Prom
       servicePath: (env['QREXEC_SERVICE_PATH'] ?? DEFAULT_SERVICE_PATH).split(':').filter((x) => x),
       startupTimeoutMs: haveTimeout ? startup * 1000 : 0,
       log,
-      ...(qubes.length > 1 ? { host } : {}),
     });
-    try {
-      host.add(d);
-    } catch (e) {
-      log('error', (e as Error).message);
-      process.exit(1);
-    }
-    return d;
-  });
+  } catch (e) {
+    log('error', (e as Error).message);
+    process.exit(1);
+  }
   const onSignal = (): void => {
     void Promise.all(daemons.map((d) => d.stop())).then(() => process.exit(0));
   };
@@ -143,14 +134,6 @@ export async function qrexecDaemonMain(argv: string[], scriptPath: string): Prom
   // each qube's daemon ends on its own (agent gone for good); the process ends with the last
   const codes = await Promise.all(daemons.map((d) => d.done));
   process.exit(Math.max(...codes));
-}
-
-/** `DOMID:NAME:UUID[:USER]` of --qube. */
-function parseQubeSpec(spec: string): { domid: number; name: string; uuid: string; user: string } | undefined {
-  const [id, name, uuid, user, ...rest] = spec.split(':');
-  const domid = Number.parseInt(id ?? '', 10);
-  if (rest.length > 0 || !(domid > 0) || String(domid) !== id || !name || !uuid) return undefined;
-  return { domid, name, uuid, user: user || 'user' };
 }
 
 function createWriteFd(fd: number): (b: number) => void {

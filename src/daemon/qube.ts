@@ -59,7 +59,7 @@ export interface QubeDaemonOptions {
   readonly log?: Logger;
   /** Replaces the vchan-socket connection to the agent (tests). */
   readonly connectAgent?: () => Promise<Channel>;
-  /** Replaces the policy query (tests). */
+  /** Replaces the policy query over the socket: a policy daemon in this process (qrexec-host), or tests. */
   readonly policy?: (q: PolicyQuery) => Promise<PolicyOutcome>;
   /** The other qubes this process serves: calls to them are set up in-process. */
   readonly host?: QubeHost;

@@ -177,6 +177,24 @@ export class PolicyServer {
     }
   }
 
+  /**
+   * Answers one request given as protocol text, exactly as a connection to
+   * the socket would be answered (same parser and checks, decision, audit,
+   * ask and notify), for a qrexec daemon in this process. Resolves with the
+   * reply text, or null where the socket would close without a reply.
+   */
+  answer(request: string | Uint8Array): Promise<string | null> {
+    const parser = new RequestParser();
+    let step = parser.push(typeof request === 'string' ? Buffer.from(request, 'utf8') : request);
+    if (step.kind === 'more') step = parser.end();
+    if (step.kind !== 'done') {
+      this.ctx.log.error(`error parsing policy request: ${step.kind === 'error' ? step.reason : 'end of input'}`);
+      return Promise.resolve(null);
+    }
+    const req = step.request;
+    return new Promise((resolve) => decideAndRecord(req, this.ctx, resolve));
+  }
+
   /** Connections still sending their request. */
   get readingCount(): number {
     let n = 0;

@@ -38,10 +38,14 @@ export class World {
   }
   /** An agent for domain `domid` with its own service directory, and its daemon. */
   async qube(domid: number, name: string, extraDaemonArgs: string[] = []): Promise<void> {
-    await mkdir(join(this.dir, `rpc-${name}`), { recursive: true });
-    this.start(BIN('qrexec-agent'), [`--agent-socket=${join(this.dir, `agent-${name}.sock`)}`], this.env({ VCHAN_DOMAIN: String(domid), QREXEC_SERVICE_PATH: join(this.dir, `rpc-${name}`), QUBES_RPC_CONFIG_PATH: join(this.dir, `cfg-${name}`) }));
+    await this.agent(domid, name);
     this.start(BIN('qrexec-daemon'), ['--direct', `--uuid=00000000-0000-0000-0000-0000000000${String(domid).padStart(2, '0')}`, `--socket-dir=${this.sockDir}`, ...extraDaemonArgs, String(domid), name, 'root'], this.env({ VCHAN_DOMAIN: '0' }));
     await waitFor(() => access(join(this.sockDir, `qrexec.${name}`)).then(() => true, () => false), 15000, `daemon for ${name}`);
+  }
+  /** Only the agent of domain `domid` (its host side is started separately, e.g. by qrexec-host). */
+  async agent(domid: number, name: string): Promise<void> {
+    await mkdir(join(this.dir, `rpc-${name}`), { recursive: true });
+    this.start(BIN('qrexec-agent'), [`--agent-socket=${join(this.dir, `agent-${name}.sock`)}`], this.env({ VCHAN_DOMAIN: String(domid), QREXEC_SERVICE_PATH: join(this.dir, `rpc-${name}`), QUBES_RPC_CONFIG_PATH: join(this.dir, `cfg-${name}`) }));
   }
   async close(): Promise<void> {
     for (const p of this.procs) if (p.exitCode === null) p.kill('SIGTERM');

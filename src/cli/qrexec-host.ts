@@ -1,0 +1,72 @@
+/** qrexec-host: the policy daemon and the qrexec daemons of all qubes in one process (src/host). */
+import { parseArgs, UsageError, usageExit, last } from '../common/args.js';
+import { DEFAULT_SERVICE_PATH, DEFAULT_SOCKET_DIR, parseQubeSpec, type QubeSpec } from '../daemon/index.js';
+import { DAEMON_OPTIONS, daemonConfig, StartupError } from '../policyd/daemon.js';
+import { startHost } from '../host/index.js';
+import { vchanEnvFrom } from '../vchan/index.js';
+
+const prog = 'qrexec-host';
+const USAGE = `usage: qrexec-host --qube DOMID:NAME:UUID[:USER] [--qube ...] [--qrexec-socket-dir DIR]
+                   [qrexec-policy-daemon options]`;
+const HELP = `${USAGE}
+
+The dom0 side of qrexec in one process: the policy daemon (its socket is
+served as by qrexec-policy-daemon) and the qrexec daemon of every qube given
+with --qube. Calls of these qubes are decided by the policy daemon in this
+process, with the same checks, audit record and ask/notify routing as over
+its socket. Calls between the qubes are set up without a socket round trip.
+
+options:
+  -h, --help                 show this help message and exit
+  --qube DOMID:NAME:UUID[:USER]
+                             a qube to serve (repeatable, at least one); USER
+                             replaces DEFAULT: in commands (default "user")
+  --qrexec-socket-dir DIR    directory of the qrexec.<domid|name|uuid:UUID>
+                             client sockets (default ${DEFAULT_SOCKET_DIR})
+  every option of qrexec-policy-daemon (see qrexec-policy-daemon --help)
+
+environment: VCHAN_SOCKET_DIR and VCHAN_DOMAIN (the vchan transport),
+QREXEC_SERVICE_PATH (dom0 services, default ${DEFAULT_SERVICE_PATH})
+`;
+
+try {
+  const parsed = parseArgs(process.argv.slice(2), [...DAEMON_OPTIONS, { name: 'qube', value: true, repeat: true }, { name: 'qrexec-socket-dir', value: true }], { argparse: true });
+  if (parsed.help) {
+    process.stdout.write(HELP);
+    process.exit(0);
+  }
+  const qubes: QubeSpec[] = [];
+  for (const spec of parsed.options.get('qube') ?? []) {
+    const q = parseQubeSpec(spec);
+    if (!q) throw new UsageError(`argument --qube: want DOMID:NAME:UUID[:USER] with DOMID > 0, not '${spec}'`);
+    qubes.push(q);
+  }
+  if (qubes.length === 0) throw new UsageError('the following arguments are required: --qube');
+  const cfg = daemonConfig(parsed);
+  process.umask(0o007);
+  const host = await startHost({
+    policy: cfg,
+    qubes,
+    socketDir: last(parsed, 'qrexec-socket-dir') ?? DEFAULT_SOCKET_DIR,
+    vchan: vchanEnvFrom(process.env),
+    servicePath: (process.env['QREXEC_SERVICE_PATH'] ?? DEFAULT_SERVICE_PATH).split(':').filter((x) => x),
+  });
+  let stopping = false;
+  const stop = (): void => {
+    if (stopping) return;
+    stopping = true;
+    host.policyDaemon.audit?.flush();
+    void host.close().finally(() => process.exit(0));
+    setTimeout(() => process.exit(0), 2000).unref();
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  process.on('SIGPIPE', () => undefined);
+} catch (e) {
+  if (e instanceof UsageError) usageExit(prog, USAGE, e);
+  if (e instanceof StartupError || (e instanceof Error && /qube .* is served twice/.test(e.message))) {
+    process.stderr.write(`${prog}: error: ${e.message}\n`);
+    process.exit(1);
+  }
+  throw e;
+}
