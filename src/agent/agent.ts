@@ -56,7 +56,7 @@ import {
 } from './exec.js';
 import { loadNative, type NativeHelper } from './native.js';
 import { openLocal, type LocalStream } from './local.js';
-import { startPump, type Pump } from './pump.js';
+import { startPump, type Pump } from '../vchan/index.js';
 
 /** The reference's default agent socket. */
 export const DEFAULT_AGENT_SOCKET = '/var/run/qubes/qrexec-agent';

@@ -12,11 +12,10 @@ import * as path from 'node:path';
 import { isatty } from 'node:tty';
 import type { Readable, Writable } from 'node:stream';
 import { ExitCode } from '../protocol/index.js';
-import { vchanEnvFrom, vchanListen, type VchanEnv } from '../vchan/index.js';
+import { vchanEnvFrom, type Pump } from '../vchan/index.js';
 import { DEFAULT_AGENT_SOCKET } from './agent.js';
-import { encodeClientRequest, requestCall } from './client.js';
+import { encodeClientRequest, requestCall, serveCall } from './client.js';
 import { openLocal } from './local.js';
-import { startPump, type Pump, type PumpOptions } from './pump.js';
 
 function usage(argv0: string): string {
   return (
@@ -231,7 +230,7 @@ export async function runClientVmCli(args: string[]): Promise<number> {
     source = inp.stream as Readable;
     release.push(() => out.release(), () => inp.release());
   }
-  const status = await serve(vchanEnvFrom(process.env), params, {
+  const status = await serveCall(vchanEnvFrom(process.env), params, {
     sink,
     source,
     errSink: process.stderr,
@@ -241,9 +240,10 @@ export async function runClientVmCli(args: string[]): Promise<number> {
     replaceStdout: parsed.replaceOut > 0,
     replaceStderr: parsed.replaceErr > 0,
     log: (m) => process.stderr.write(`qrexec-client-vm: ${m}\n`),
-  }, (p) => {
-    pump = p;
-    if (switchAsked && stdinSock) p.useStdinSocket(stdinSock);
+    onPump: (p) => {
+      pump = p;
+      if (switchAsked && stdinSock) p.useStdinSocket(stdinSock);
+    },
   }).catch((e: Error) => {
     process.stderr.write(`qrexec-client-vm: ${e.message}\n`);
     return 1;
@@ -251,34 +251,6 @@ export async function runClientVmCli(args: string[]): Promise<number> {
   for (const r of release) r();
   sock.destroy();
   return status & 0xff;
-}
-
-/** How long the data vchan may take to be connected (the reference's connection timeout). */
-const DATA_CONNECT_TIMEOUT_MS = 120_000;
-
-/**
- * Serves the call's data vchan as its caller (vchan server at
- * vchan.<own>.<domain>.<port>.sock) and hands the pump to `onPump` as soon as
- * it runs, for the SIGUSR1 switch. Resolves with the call's exit status.
- */
-async function serve(
-  env: VchanEnv,
-  params: { domain: number; port: number },
-  io: Omit<PumpOptions, 'channel' | 'role'>,
-  onPump: (p: Pump) => void,
-): Promise<number> {
-  const listener = await vchanListen(env, params.domain, params.port);
-  const timer = setTimeout(() => listener.close(), DATA_CONNECT_TIMEOUT_MS);
-  let ch: net.Socket;
-  try {
-    ch = await listener.accepted;
-  } finally {
-    clearTimeout(timer);
-  }
-  ch.setNoDelay?.(true);
-  const pump = startPump({ channel: ch, role: 'client', ...io });
-  onPump(pump);
-  return pump.done;
 }
 
 /**

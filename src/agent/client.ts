@@ -7,9 +7,11 @@
 import * as net from 'node:net';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { ExitCode, MsgType, TRIGGER_SERVICE_PARAMS4_SIZE } from '../protocol/index.js';
-import { vchanEnvFrom, vchanListen, type VchanEnv } from '../vchan/index.js';
+import { startPump, vchanEnvFrom, vchanListen, type Pump, type PumpOptions, type VchanEnv } from '../vchan/index.js';
 import { DEFAULT_AGENT_SOCKET } from './agent.js';
-import { startPump } from './pump.js';
+
+/** How long the data vchan may take to be connected (the reference's connection timeout). */
+const DATA_CONNECT_TIMEOUT_MS = 120_000;
 
 /** Options of a call. */
 export interface CallOptions {
@@ -92,27 +94,22 @@ export function requestCall(sock: net.Socket, request: Buffer): Promise<{ domain
   });
 }
 
+/** The local side of a served call: the pump's options but the channel and role. */
+export type ServeCallIo = Omit<PumpOptions, 'channel' | 'role' | 'single'> & {
+  /** `sink` and `source` are one socket (--use-stdin-socket); default false. */
+  readonly single?: boolean;
+  /** Handed the pump as soon as it runs (qrexec-client-vm's SIGUSR1 stdin-socket switch). */
+  readonly onPump?: (p: Pump) => void;
+};
+
 /**
  * Serves the data vchan of an allowed call as its caller: vchan server at
  * vchan.<own>.<domain>.<port>.sock, handshake, stdin/stdout/stderr, exit code.
+ * Resolves with the call's exit status.
  */
-export async function serveCall(
-  env: VchanEnv,
-  params: { domain: number; port: number },
-  io: {
-    sink: Writable | null;
-    source: Readable | null;
-    errSink: Writable | null;
-    single?: boolean;
-    prefix?: Buffer;
-    localExit?: Promise<number>;
-    filterStdout?: boolean;
-    filterStderr?: boolean;
-    log?: (m: string) => void;
-  },
-): Promise<number> {
+export async function serveCall(env: VchanEnv, params: { domain: number; port: number }, io: ServeCallIo): Promise<number> {
   const listener = await vchanListen(env, params.domain, params.port);
-  const timer = setTimeout(() => listener.close(), 120_000);
+  const timer = setTimeout(() => listener.close(), DATA_CONNECT_TIMEOUT_MS);
   let ch: net.Socket;
   try {
     ch = await listener.accepted;
@@ -120,19 +117,9 @@ export async function serveCall(
     clearTimeout(timer);
   }
   ch.setNoDelay?.(true);
-  const pump = startPump({
-    channel: ch,
-    role: 'client',
-    sink: io.sink,
-    source: io.source,
-    single: io.single ?? false,
-    errSink: io.errSink,
-    ...(io.prefix ? { prefix: io.prefix } : {}),
-    ...(io.localExit ? { localExit: io.localExit } : {}),
-    replaceStdout: io.filterStdout ?? false,
-    replaceStderr: io.filterStderr ?? false,
-    ...(io.log ? { log: io.log } : {}),
-  });
+  const { onPump, single, ...rest } = io;
+  const pump = startPump({ channel: ch, role: 'client', single: single ?? false, ...rest });
+  onPump?.(pump);
   return pump.done;
 }
 
@@ -182,8 +169,8 @@ export async function callService(target: string, service: string, opts: CallOpt
       sink: opts.stdout ?? collect(outChunks),
       source,
       errSink: opts.stderr ?? collect(errChunks),
-      ...(opts.filterStdout !== undefined ? { filterStdout: opts.filterStdout } : {}),
-      ...(opts.filterStderr !== undefined ? { filterStderr: opts.filterStderr } : {}),
+      replaceStdout: opts.filterStdout ?? false,
+      replaceStderr: opts.filterStderr ?? false,
       ...(opts.log ? { log: opts.log } : {}),
     });
     return { exitCode: code & 0xff, refused: false, stdout: Buffer.concat(outChunks), stderr: Buffer.concat(errChunks) };

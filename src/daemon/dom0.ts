@@ -4,7 +4,6 @@ import type { Readable, Writable } from 'node:stream';
 import { lstat, stat, access, constants as fsc } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import {
   DEFAULT_CONFIG_PATH,
   defaultServiceConfig,
@@ -14,9 +13,8 @@ import {
   ServiceConfigError,
   type ServiceConfig,
 } from '../agent/index.js';
-import { onPeerHangup } from '../agent/local.js';
 import { ExitCode, parseCommand, ProtocolError, type RpcCommand } from '../protocol/index.js';
-import { runDataStream, type Channel, type DataStreamResult } from '../vchan/index.js';
+import { startPump, type Channel, type PumpOptions } from '../vchan/index.js';
 
 /** Reference default service path. */
 export const DEFAULT_SERVICE_PATH = '/run/qubes-rpc:/usr/local/etc/qubes-rpc:/etc/qubes-rpc';
@@ -54,7 +52,10 @@ export async function runDom0Service(
   configPath: string = process.env['QUBES_RPC_CONFIG_PATH'] ?? DEFAULT_CONFIG_PATH,
 ): Promise<Dom0ServiceResult> {
   // a call that could not start: stderr and stdout EOF, then the status (reference handle_failed_exec)
-  const failed = async (status: number): Promise<Dom0ServiceResult> => ({ ...(await runDataStream({ channel, role: 'service', exitStatus: Promise.resolve(status), log })), started: false });
+  const failed = async (status: number): Promise<Dom0ServiceResult> => {
+    const sent = await serve(channel, { sink: null, source: null, exitOnly: Promise.resolve({ code: status, eofs: true, stderrFirst: true }) }, log);
+    return { status: sent < 0 ? status : sent, started: false };
+  };
   let parsed: ReturnType<typeof parseCommand> | undefined;
   try {
     parsed = parseCommand(cmd, false);
@@ -91,42 +92,35 @@ export async function runDom0Service(
   if (found.kind === 'socket') {
     const sock = net.createConnection({ path: found.path, allowHalfOpen: true });
     const ok = await new Promise<boolean>((r) => {
-      sock.once('connect', () => r(true));
-      sock.once('error', (e) => {
+      const failed = (e: Error): void => {
         log(`connect ${found.path}: ${e.message}`);
         r(false);
+      };
+      sock.once('error', failed);
+      sock.once('connect', () => {
+        sock.off('error', failed);
+        r(true);
       });
     });
     if (!ok) return failed(ExitCode.PROBLEM);
-    if (config.sendServiceDescriptor) sock.write(Buffer.from(`${parsed.command}\0`, 'utf8'));
-    sock.on('error', (e: NodeJS.ErrnoException) => {
-      // the service went away: an end of its streams, not a problem (reference remote.c)
-      if (e.code !== 'EPIPE' && e.code !== 'ECONNRESET') log(`socket ${found.path}: ${e.message}`);
-    });
-    // a service that closes (or stops reading) after its output ended ends the
-    // call, without waiting for the caller's EOF (the reference's POLLHUP)
-    onPeerHangup(sock, () => sock.destroy());
-    const closed = new Promise<number>((r) => sock.once('close', () => r(0)));
-    // the service's output goes through `input`, which we can end ourselves when the call is over early
-    const input = new PassThrough();
-    sock.pipe(input);
-    // a connection reset ends the output too (pipe() does not on errors)
-    sock.once('close', () => {
-      if (!input.writableEnded) input.end();
-    });
-    if (config.exitOnServiceEof) {
-      // the call ends when the service closes its output (reference exit-on-service-eof)
-      input.once('end', () => sock.destroy());
-    }
-    if (config.exitOnClientEof) {
-      // the call ends when the caller closes its stdin (reference exit-on-client-eof)
-      sock.once('finish', () => {
-        sock.unpipe(input);
-        input.end();
-        sock.destroy();
-      });
-    }
-    return { ...(await runDataStream({ channel, role: 'service', input, output: sock, exitStatus: closed, log })), started: true };
+    // One socket both ways, as the agent's socket services: the pump writes the
+    // descriptor first, ends the call at the service's or the caller's EOF when
+    // configured, and notices a service that closes (or stops reading) after its
+    // output ended (the reference's POLLHUP). EPIPE/ECONNRESET are an end, not logged.
+    const sent = await serve(
+      channel,
+      {
+        sink: sock,
+        source: sock,
+        single: true,
+        ...(config.sendServiceDescriptor ? { sinkPrefix: Buffer.from(`${parsed.command}\0`, 'utf8') } : {}),
+        exitOnClientEof: config.exitOnClientEof,
+        exitOnServiceEof: config.exitOnServiceEof,
+      },
+      log,
+    );
+    // nothing runs but the socket: the reference reports 0 unless the vchan failed
+    return { status: sent < 0 ? ExitCode.PROBLEM : sent, started: true };
   }
   for (const [on, key] of [
     [!config.sendServiceDescriptor, 'skip-service-descriptor'],
@@ -212,10 +206,17 @@ async function waitForSession(servicePath: readonly string[], source: string, lo
   });
 }
 
-/** What happened to a dom0 service call: the data stream's outcome, and whether the service started at all. */
-export interface Dom0ServiceResult extends DataStreamResult {
+/** What happened to a dom0 service call. */
+export interface Dom0ServiceResult {
+  /** The exit status sent to the caller; when none could be sent, the service's own status. */
+  readonly status: number;
   /** False when the call failed before anything ran (not found, bad command: status 127/125). */
   readonly started: boolean;
+}
+
+/** Runs the service end of the data vchan; resolves with the exit code sent, or -1 when none was. */
+function serve(channel: Channel, io: Omit<PumpOptions, 'channel' | 'role' | 'single' | 'log'> & { single?: boolean }, log: (m: string) => void): Promise<number> {
+  return startPump({ channel, role: 'service', single: false, ...io, log }).done;
 }
 
 async function run(channel: Channel, child: ChildProcessByStdio<Writable, Readable, null>, log: (m: string) => void): Promise<Dom0ServiceResult> {
@@ -227,7 +228,9 @@ async function run(channel: Channel, child: ChildProcessByStdio<Writable, Readab
     child.on('exit', (code, sig) => resolve(code ?? 128 + (sig ? (osSignal(sig) ?? 0) : 0)));
   });
   child.stdin.on('error', () => undefined);
-  return { ...(await runDataStream({ channel, role: 'service', input: child.stdout, output: child.stdin, exitStatus, log })), started: true };
+  const sent = await serve(channel, { sink: child.stdin, source: child.stdout, localExit: exitStatus }, log);
+  // the pump waits for the process: its status is known even when the vchan broke
+  return { status: sent < 0 ? await exitStatus : sent, started: true };
 }
 
 function osSignal(sig: NodeJS.Signals): number | undefined {

@@ -1,10 +1,10 @@
 import { spawn } from 'node:child_process';
-import { Writable, type Readable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import * as net from 'node:net';
 import { fstatSync, type Stats } from 'node:fs';
 import { openLocal } from '../agent/local.js';
-import { parseCommand, replaceUnsafeBytes, targetRefersToDom0, ExitCode, MsgType } from '../protocol/index.js';
-import { runDataStream, vchanConnect, vchanEnvFrom, vchanListen } from '../vchan/index.js';
+import { parseCommand, targetRefersToDom0, ExitCode, MsgType } from '../protocol/index.js';
+import { startPump, vchanConnect, vchanEnvFrom, vchanListen } from '../vchan/index.js';
 import { DaemonClient, DEFAULT_SOCKET_DIR } from './client.js';
 import { DEFAULT_SERVICE_PATH, findService, runDom0Service } from './dom0.js';
 
@@ -26,18 +26,6 @@ Options:
 function die(code: number, msg: string): never {
   process.stderr.write(`qrexec-client: ${msg}\n`);
   process.exit(code);
-}
-
-/**
- * A writable that passes filtered bytes (-t/-T) on to `dest` and finishes only
- * once `dest` has taken all of them; `dest` itself is never ended.
- */
-function filtered(dest: Writable): Writable {
-  return new Writable({
-    write(chunk: Buffer, _e, cb) {
-      dest.write(replaceUnsafeBytes(Buffer.from(chunk)), cb);
-    },
-  });
 }
 
 interface Opts {
@@ -298,28 +286,30 @@ export async function qrexecClientMain(argv: string[]): Promise<number> {
     child.stdin.on('error', () => undefined);
     localExit = new Promise((r) => child.on('exit', (c) => r(c ?? 255)));
   }
-  if (o.t) output = filtered(output);
-  const errOut: Writable = o.T ? filtered(process.stderr) : process.stderr;
   // Node unrefs process.stdout: while the vchan waits for stdout to drain, nothing
   // else may keep the event loop alive, and the process would exit mid-stream.
   const keepAlive = setInterval(() => undefined, 1 << 30);
-  // the stream ends its output; exiting before that is flushed would drop the tail
+  // the pump ends its output; exiting before that is flushed would drop the tail
   const outputFlushed = settled(output);
-  const r = await runDataStream({
+  // the remote's status, or the local program's when the remote's is 0 (reference process_io)
+  const status = await startPump({
     channel: ch,
-    role: 'caller',
-    input,
-    output,
-    errOutput: errOut,
+    role: 'client',
+    sink: output,
+    source: input,
+    single: o.stdinSocket,
+    errSink: process.stderr,
     ...(o.prefix !== undefined ? { prefix: Buffer.from(o.prefix) } : {}),
+    ...(localExit ? { localExit } : {}),
+    replaceStdout: o.t,
+    replaceStderr: o.T,
     log: (m) => process.stderr.write(`qrexec-client: ${m}\n`),
-  });
-  if (localExit) await localExit;
+  }).done;
   await outputFlushed;
   clearInterval(keepAlive);
   client.close();
   if (o.kill) {
     // TODO(#3): admin.vm.Kill through qubesd
   }
-  return o.exitWithCode ? r.status : 0;
+  return o.exitWithCode ? status & 0xff : 0;
 }

@@ -1,7 +1,8 @@
 /**
  * Channel transports: the qubes-core-vchan-socket transport (unix sockets named
  * vchan.<server>.<client>.<port>.sock), an in-memory pair for tests, and the
- * data-vchan stream (stdin/stdout/stderr/exit code) shared by both ends of a call.
+ * data-vchan pump (stdin/stdout/stderr/exit code) that every end of a call
+ * runs: the agent's services and callers, dom0 services and qrexec-client.
  */
 export { type Channel, memoryPair } from './channel.js';
 export {
@@ -16,4 +17,5 @@ export {
   vchanConnect,
   connectOnce,
 } from './socket.js';
-export { runDataStream, type DataStreamOptions, type DataStreamResult } from './datastream.js';
+export { startPump, type Pump, type PumpOptions, type LocalSink, type LocalSource } from './pump.js';
+export { isSocketStream, onPeerHangup } from './local-socket.js';

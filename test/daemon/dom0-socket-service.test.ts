@@ -207,6 +207,9 @@ void test('a socket service that ended its output but still reads keeps the call
       send(msg(T.DATA_STDIN));
     },
   );
+  // the call ends once the data and EOF are written to the socket (as the
+  // agent's socket services, and the reference's), not once the service read them
+  await until(() => sawEnd, 'the service did not see EOF');
   assert.equal(got, `${DESCRIPTOR}late data`);
   assert.ok(sawEnd);
   assert.deepEqual(r.msgs.at(-1), [T.DATA_EXIT_CODE, '0']);

@@ -3,7 +3,7 @@
 // then serve the data vchan as its server and run the caller end.
 import * as net from 'node:net';
 import { PassThrough } from 'node:stream';
-import { runDataStream, vchanListen } from '../../src/vchan/index.js';
+import { startPump, vchanListen } from '../../src/vchan/index.js';
 
 const pad = (s: string, n: number): Buffer => {
   const b = Buffer.alloc(n);
@@ -51,7 +51,7 @@ export async function qubeCall(agentSocket: string, vchanDir: string, ownDomain:
   out.on('data', (d: Buffer) => outChunks.push(d));
   err.on('data', (d: Buffer) => (errText += d.toString()));
   inp.end(input);
-  const r = await runDataStream({ channel: ch, role: 'caller', input: inp, output: out, errOutput: err });
+  const code = await startPump({ channel: ch, role: 'client', source: inp, sink: out, errSink: err, single: false }).done;
   s.end(); // the agent then sends MSG_CONNECTION_TERMINATED
-  return { code: r.status, stdout: Buffer.concat(outChunks), stderr: errText, refused: false };
+  return { code, stdout: Buffer.concat(outChunks), stderr: errText, refused: false };
 }

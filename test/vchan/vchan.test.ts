@@ -5,8 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
 import * as net from 'node:net';
-import { startPump } from '../../src/agent/index.js';
-import { memoryPair, runDataStream, vchanConnect, vchanEnvFrom, vchanListen, vchanPath } from '../../src/vchan/index.js';
+import { memoryPair, startPump, vchanConnect, vchanEnvFrom, vchanListen, vchanPath } from '../../src/vchan/index.js';
 
 const u32 = (...v: number[]): Buffer => {
   const b = Buffer.alloc(4 * v.length);
@@ -56,8 +55,9 @@ void test('data stream: caller and service over an in-memory pair, big data, exi
     svcStderr.end('bye');
     exit(3);
   });
-  const svc = runDataStream({ channel: b, role: 'service', input: svcStdin, errInput: svcStderr, output: svcStdin, exitStatus });
-  const caller = runDataStream({ channel: a, role: 'caller', input: callerIn, output: callerOut, errOutput: callerErr });
+  // the "process" reads and writes one stream: single
+  const svc = startPump({ channel: b, role: 'service', source: svcStdin, errSource: svcStderr, sink: svcStdin, single: true, localExit: exitStatus });
+  const caller = startPump({ channel: a, role: 'client', source: callerIn, sink: callerOut, errSink: callerErr, single: false });
   const big = Buffer.alloc(3 * 65536 + 17);
   for (let i = 0; i < big.length; i++) big[i] = i % 251;
   const outChunks: Buffer[] = [];
@@ -65,10 +65,10 @@ void test('data stream: caller and service over an in-memory pair, big data, exi
   const errChunks: Buffer[] = [];
   callerErr.on('data', (d: Buffer) => errChunks.push(d));
   callerIn.end(big);
-  const [rc, rs] = await Promise.all([caller, svc]);
-  assert.equal(rc.status, 3);
-  assert.equal(rs.status, 3);
-  assert.equal(rc.version, 4);
+  const [rc, rs] = await Promise.all([caller.done, svc.done]);
+  assert.equal(rc, 3);
+  assert.equal(rs, 3);
+  assert.equal(caller.version, 4);
   assert.ok(Buffer.concat(outChunks).equals(big));
   assert.equal(Buffer.concat(errChunks).toString(), 'bye');
 });
@@ -82,7 +82,8 @@ void test('data stream, service role, exact bytes to a hand-written peer (64 KiB
     const [peer, sock] = await Promise.all([l.accepted, svcSock]);
     const stdout = new PassThrough();
     const stdin = new PassThrough();
-    const run = runDataStream({ channel: sock, role: 'service', input: stdout, output: stdin, exitStatus: Promise.resolve(0) });
+    // no local process: the status is 0 once both directions are over
+    const run = startPump({ channel: sock, role: 'service', source: stdout, sink: stdin, single: false });
     const got: Buffer[] = [];
     peer.on('data', (d: Buffer) => got.push(d));
     const peerEnd = new Promise((r) => peer.on('close', r));
@@ -95,9 +96,9 @@ void test('data stream, service role, exact bytes to a hand-written peer (64 KiB
     });
     assert.equal(stdinText, 'hi');
     stdout.end(Buffer.alloc(65537, 0x41));
-    const res = await run;
+    assert.equal(await run.done, 0);
     await peerEnd;
-    assert.equal(res.version, 3);
+    assert.equal(run.version, 3);
     const all = Buffer.concat(got);
     const want = Buffer.concat([
       u32(0x300, 4, 4), // our HELLO
@@ -126,15 +127,21 @@ void test('data stream: a slow output that is ended while the vchan waits for it
       setTimeout(cb, 30);
     },
   });
-  const run = runDataStream({ channel: a, role: 'caller', output: slow });
+  // a caller whose stdin stays open (a terminal): the exit code ends it
+  const stdin = new PassThrough();
+  const sent: Buffer[] = [];
+  b.on('data', (d: Buffer) => sent.push(d));
+  const run = startPump({ channel: a, role: 'client', sink: slow, source: stdin, single: false });
   b.write(u32(0x300, 4, 4));
   // stdout data (the write to `slow` pauses the vchan), then EOF in the same chunk
   b.write(Buffer.concat([u32(0x191, 3), Buffer.from('abc'), u32(0x191, 0)]));
   await new Promise((r) => setTimeout(r, 10));
   b.write(u32(0x193, 4, 9)); // exit code, arriving while the vchan is paused
-  const r = await run;
-  assert.equal(r.status, 9);
+  assert.equal(await run.done, 9);
   assert.equal(Buffer.concat(got).toString(), 'abc');
+  // our HELLO, then stdin's EOF once the remote exited
+  assert.ok(Buffer.concat(sent).equals(Buffer.concat([u32(0x300, 4, 4), u32(0x190, 0)])));
+  assert.ok(stdin.destroyed);
 });
 
 void test('agent pump: a slow sink that is closed while the vchan waits for it to drain still gets the exit code', async () => {
@@ -159,11 +166,10 @@ void test('agent pump: a slow sink that is closed while the vchan waits for it t
 void test('data stream: a peer violating framing ends only that stream', async () => {
   const [a, b] = memoryPair();
   const logs: string[] = [];
-  const run = runDataStream({ channel: a, role: 'caller', output: new PassThrough(), log: (m) => logs.push(m) });
+  const run = startPump({ channel: a, role: 'client', sink: new PassThrough(), source: null, single: false, log: (m) => logs.push(m) });
   b.write(u32(0x300, 4, 4));
   b.write(u32(0x191, 0x40000000)); // 1 GB chunk
-  const r = await run;
-  assert.equal(r.status, 255);
+  assert.equal(await run.done, 255);
   assert.match(logs.join('\n'), /MSG_DATA_STDOUT with length 1073741824 outside \[0, 65536\]/);
   void net;
 });

@@ -1,14 +1,18 @@
 /**
- * One data vchan of a call, from the qube's side: the handshake and the
- * MSG_DATA_* stream between the vchan and local streams, with the reference's
- * rules (libqrexec/process_io.c) for both roles:
+ * One data vchan of a call, either end, in a qube or in dom0: the MSG_HELLO
+ * exchange (both sides send first), then the MSG_DATA_* stream between the
+ * vchan and local streams, with chunks of at most the negotiated size, EOF as
+ * an empty message, and the exit code, by the reference's rules
+ * (libqrexec/process_io.c) for both roles:
  *
- * - `service`: we run the service. Remote MSG_DATA_STDIN goes to the
- *   service's stdin; its stdout/stderr go out as MSG_DATA_STDOUT/STDERR; the
- *   exit code is sent once stdout and stderr ended and the process exited.
- * - `client`: we are the caller (qrexec-client-vm). Local input goes out as
- *   MSG_DATA_STDIN; remote stdout/stderr are written locally; the result is
- *   the remote exit code (or the local program's status when that failed).
+ * - `service`: we run the service (the agent, dom0 services). Remote
+ *   MSG_DATA_STDIN goes to the service's stdin; its stdout/stderr go out as
+ *   MSG_DATA_STDOUT/STDERR; the exit code is sent once stdout and stderr
+ *   ended and the process exited.
+ * - `client`: we are the caller (qrexec-client-vm, qrexec-client). Local
+ *   input goes out as MSG_DATA_STDIN; remote stdout/stderr are written
+ *   locally; the result is the remote exit code (or the local program's
+ *   status when that failed).
  *
  * Memory stays bounded: local reads pause while the vchan cannot take more,
  * and the vchan is paused while a local writer is slow.
@@ -18,24 +22,23 @@ import type { Readable, Writable } from 'node:stream';
 import {
   FrameDecoder,
   HEADER_SIZE,
-  MAX_DATA_CHUNK_V3,
   MsgType,
-  PEER_INFO_SIZE,
   ProtocolError,
   QREXEC_DATA_MIN_VERSION,
   QREXEC_PROTOCOL_VERSION,
+  dataRules,
   encodeDataHeader,
   encodeExitCode,
   encodeHello,
+  helloRules,
   maxDataChunk,
   negotiateVersion,
   parseHello,
   type Frame,
-  type LengthRules,
   replaceUnsafeBytes,
 } from '../protocol/index.js';
-import type { Channel } from '../vchan/index.js';
-import { isSocketStream, onPeerHangup } from './local.js';
+import type { Channel } from './channel.js';
+import { isSocketStream, onPeerHangup } from './local-socket.js';
 
 /** A local stream we write to; `end()` signals EOF (shutdown for sockets). */
 export type LocalSink = Writable;
@@ -75,23 +78,23 @@ export interface PumpOptions {
   /**
    * Service: nothing runs; after the handshake send only this exit code (with
    * stdout/stderr EOF first when `eofs`), as for a call that failed to start
-   * or an MSG_JUST_EXEC call.
+   * or an MSG_JUST_EXEC call. The agent sends stdout's EOF first; dom0 stderr's
+   * (`stderrFirst`), as the reference's handle_failed_exec.
    */
-  readonly exitOnly?: Promise<{ readonly code: number; readonly eofs: boolean }>;
+  readonly exitOnly?: Promise<{ readonly code: number; readonly eofs: boolean; readonly stderrFirst?: boolean }>;
 }
 
 /** Control of a running pump. */
 export interface Pump {
   /** Resolves with the call's status (service: the sent exit code or -1 when none was; client: the exit status). */
   readonly done: Promise<number>;
+  /** The negotiated protocol version; -1 until the handshake is done (or when it failed). */
+  readonly version: number;
   /** The child asked to use its stdin socket for output too (SIGUSR1): switch `source` to `sink`. */
   useStdinSocket(sock: LocalSource & LocalSink): void;
   /** Abort: close everything, no exit code. */
   abort(reason: string): void;
 }
-
-const HELLO_BOUNDS = { min: PEER_INFO_SIZE, max: PEER_INFO_SIZE };
-const DATA_BOUNDS = { min: 0, max: MAX_DATA_CHUNK_V3 };
 
 /**
  * Starts the handshake (sending our MSG_HELLO) and then the data stream.
@@ -103,19 +106,9 @@ export function startPump(o: PumpOptions): Pump {
   const isService = o.role === 'service';
   const outType = isService ? MsgType.DATA_STDOUT : MsgType.DATA_STDIN;
   const inType = isService ? MsgType.DATA_STDIN : MsgType.DATA_STDOUT;
-  let helloSeen = false;
-  // The first header must be MSG_HELLO; the data messages after it may arrive in
-  // the same read, so the chunk limit of the negotiated version is checked on dispatch.
-  const rules: LengthRules = (t) => {
-    if (!helloSeen) {
-      helloSeen = true;
-      return t === MsgType.HELLO ? HELLO_BOUNDS : undefined;
-    }
-    return t === MsgType.DATA_STDIN || t === MsgType.DATA_STDOUT || t === MsgType.DATA_STDERR || t === MsgType.DATA_EXIT_CODE
-      ? DATA_BOUNDS
-      : undefined;
-  };
-  const decoder = new FrameDecoder(rules);
+  // only MSG_HELLO first; then data messages of at most the negotiated chunk
+  // (the rules switch between two frames of one read, see onFrame)
+  const decoder = new FrameDecoder(helloRules);
   let version = -1;
   let chunk = 0;
   let finished = false;
@@ -300,8 +293,8 @@ export function startPump(o: PumpOptions): Pump {
       void o.exitOnly.then((r) => {
         if (finished) return;
         if (r.eofs) {
-          ch.write(encodeDataHeader(MsgType.DATA_STDOUT, 0));
-          ch.write(encodeDataHeader(MsgType.DATA_STDERR, 0));
+          const order = r.stderrFirst ? [MsgType.DATA_STDERR, MsgType.DATA_STDOUT] : [MsgType.DATA_STDOUT, MsgType.DATA_STDERR];
+          for (const t of order) ch.write(encodeDataHeader(t, 0));
         }
         remoteStatus = r.code;
         finish(r.code, true);
@@ -378,13 +371,9 @@ export function startPump(o: PumpOptions): Pump {
         return;
       }
       chunk = maxDataChunk(version);
+      decoder.setRules(dataRules(version));
       o.onHandshake?.(version);
       start();
-      return;
-    }
-    if (f.payload.length > chunk) {
-      log(`Too big data chunk received: ${f.payload.length} > ${chunk}`);
-      finish(isService ? -1 : 1, false);
       return;
     }
     switch (f.type) {
@@ -459,6 +448,9 @@ export function startPump(o: PumpOptions): Pump {
 
   return {
     done,
+    get version(): number {
+      return version;
+    },
     useStdinSocket(sock: LocalSource & LocalSink): void {
       if (finished || single) return;
       const s = source;

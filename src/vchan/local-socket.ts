@@ -1,0 +1,76 @@
+/**
+ * Facts about the local end of a data stream that only the descriptor under a
+ * Node stream can tell: whether it is a real socket, and when the peer of a
+ * socket stopped reading.
+ */
+import * as fs from 'node:fs';
+import type * as net from 'node:net';
+
+/** The descriptor under a net.Socket (undefined for in-memory streams or once closed). */
+function socketFd(s: object): number | undefined {
+  const fd = (s as { _handle?: { fd?: unknown } })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+}
+
+/**
+ * Whether `s` is a stream over a real socket (a socketpair or a connected unix
+ * or TCP socket), not a FIFO or an in-memory stream. The reference only shuts
+ * such a descriptor down when its direction ends (libqrexec/process_io.c
+ * close_stdio), so it can still be read after a SIGUSR1 switch; a FIFO is closed.
+ */
+export function isSocketStream(s: object): boolean {
+  const fd = socketFd(s);
+  if (fd === undefined) return false;
+  try {
+    return fs.fstatSync(fd).isSocket();
+  } catch {
+    return false;
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+const PROBE_FIRST_MS = 10;
+const PROBE_MAX_MS = 500;
+
+/**
+ * Calls `onHangup` once the peer of a stream socket stops reading (it closed
+ * the connection or shut down its reading side) after our reading side saw
+ * EOF. That is when the reference's poll() reports POLLHUP on a socket service
+ * and the call ends without waiting for the caller's EOF. libuv reports no
+ * such event, so while nothing is queued for writing an empty write probes
+ * the socket: on a unix socket it fails with EPIPE once the peer stopped
+ * reading (a TCP peer is never noticed this way, nor by the reference's poll).
+ * Probes back off from 10 ms to 500 ms; they stop when we end or destroy the
+ * socket. Returns a function that stops watching.
+ */
+export function onPeerHangup(sock: net.Socket, onHangup: () => void): () => void {
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  let delay = PROBE_FIRST_MS;
+  const stop = (): void => {
+    stopped = true;
+    sock.off('end', probe);
+    if (timer !== undefined) clearTimeout(timer);
+    timer = undefined;
+  };
+  const later = (): void => {
+    timer = setTimeout(probe, delay);
+    delay = Math.min(delay * 2, PROBE_MAX_MS);
+  };
+  function probe(): void {
+    timer = undefined;
+    if (stopped) return;
+    if (sock.destroyed || sock.writableEnded) return stop();
+    // a queued write reports a hang-up itself, through the socket's 'error'
+    if (sock.writableLength > 0) return later();
+    sock.write(EMPTY, (err) => {
+      if (stopped) return;
+      if (!err) return later();
+      stop();
+      onHangup();
+    });
+  }
+  if (sock.readableEnded) queueMicrotask(probe);
+  else sock.once('end', probe);
+  return stop;
+}
