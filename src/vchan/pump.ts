@@ -176,7 +176,9 @@ export function startPump(o: PumpOptions): Pump {
     sources.delete(r);
     r.removeAllListeners('data');
     r.pause();
-    if (!(single && r === (sink as unknown))) r.destroy();
+    // a shared socket stays: its writing side may still be flushing (sink is
+    // null once the caller's EOF was handed on, not once it was written)
+    if (!(single && r === (o.sink as unknown))) r.destroy();
   };
 
   /** The reference's close_stdin(). */
@@ -223,7 +225,12 @@ export function startPump(o: PumpOptions): Pump {
     if (o.sink && !o.sink.destroyed) {
       const s = o.sink;
       if (!s.writableEnded) s.end();
-      if (o.single) setImmediate(() => s.destroy());
+      // a shared socket is closed both ways, but only once what we wrote is
+      // flushed: the reference hands the caller's EOF on only after its data
+      if (o.single) {
+        if (s.writableFinished) setImmediate(() => s.destroy());
+        else s.once('finish', () => s.destroy());
+      }
     }
     ch.end();
     setTimeout(() => ch.destroy(), 2000).unref();
@@ -340,12 +347,19 @@ export function startPump(o: PumpOptions): Pump {
     checkDone();
   };
 
+  // the sink a 'drain' listener is waiting for (one listener, however many
+  // frames of one read were written meanwhile)
+  let drainOf: LocalSink | null = null;
   const writeSink = (data: Buffer): void => {
     const s = sink;
     if (s === null) return;
-    if (!s.write(data) && !finished) {
+    if (!s.write(data) && !finished && drainOf !== s) {
+      drainOf = s;
       ch.pause();
-      s.once('drain', () => ch.resume());
+      s.once('drain', () => {
+        drainOf = null;
+        ch.resume();
+      });
     }
   };
   const attachSinkErrors = (s: LocalSink | null): void => {

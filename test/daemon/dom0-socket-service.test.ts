@@ -215,6 +215,32 @@ void test('a socket service that ended its output but still reads keeps the call
   assert.deepEqual(r.msgs.at(-1), [T.DATA_EXIT_CODE, '0']);
 });
 
+void test('a socket service gets every byte the caller sent before its EOF, even when its output ended first and our writes are queued', async () => {
+  const size = 64 * 65536;
+  let got = 0;
+  let sawEnd = false;
+  const r = await socketCall(
+    (c) => {
+      c.end('bye');
+      c.on('data', (d: Buffer) => (got += d.length));
+      c.on('end', () => {
+        sawEnd = true;
+        c.destroy();
+      });
+    },
+    async (send) => {
+      // 4 MiB and EOF in one read of the vchan: far more than the socket takes at once
+      const frames: Buffer[] = [];
+      for (let i = 0; i < 64; i++) frames.push(msg(T.DATA_STDIN, Buffer.alloc(65536, 0x61)));
+      frames.push(msg(T.DATA_STDIN));
+      send(Buffer.concat(frames));
+    },
+  );
+  await until(() => sawEnd, 'the service did not see EOF');
+  assert.equal(got, DESCRIPTOR.length + size);
+  assert.deepEqual(r.msgs.at(-1), [T.DATA_EXIT_CODE, '0']);
+});
+
 void test('a socket service that shuts down reading, then its output, ends the call (needs the native helper for SHUT_RD)', async (t) => {
   const native = loadNative();
   if (!native) {

@@ -117,16 +117,21 @@ void test('data stream, service role, exact bytes to a hand-written peer (64 KiB
   }
 });
 
-void test('data stream: a slow output that is ended while the vchan waits for it to drain still gets the exit code', async () => {
-  const [a, b] = memoryPair();
-  const got: Buffer[] = [];
-  const slow = new Writable({
+/** A writable that takes one chunk at a time, 30 ms each, into `got`: it asks for 'drain' after every write. */
+function slowWritable(got: Buffer[]): Writable {
+  return new Writable({
     highWaterMark: 1,
     write(chunk: Buffer, _e, cb) {
       got.push(chunk);
       setTimeout(cb, 30);
     },
   });
+}
+
+void test('data stream: a slow output that is ended while the vchan waits for it to drain still gets the exit code', async () => {
+  const [a, b] = memoryPair();
+  const got: Buffer[] = [];
+  const slow = slowWritable(got);
   // a caller whose stdin stays open (a terminal): the exit code ends it
   const stdin = new PassThrough();
   const sent: Buffer[] = [];
@@ -147,13 +152,7 @@ void test('data stream: a slow output that is ended while the vchan waits for it
 void test('agent pump: a slow sink that is closed while the vchan waits for it to drain still gets the exit code', async () => {
   const [a, b] = memoryPair();
   const got: Buffer[] = [];
-  const slow = new Writable({
-    highWaterMark: 1,
-    write(chunk: Buffer, _e, cb) {
-      got.push(chunk);
-      setTimeout(cb, 30);
-    },
-  });
+  const slow = slowWritable(got);
   const pump = startPump({ channel: a, role: 'client', sink: slow, source: null, single: false });
   b.write(u32(0x300, 4, 4));
   b.write(Buffer.concat([u32(0x191, 3), Buffer.from('abc'), u32(0x191, 0)]));
