@@ -157,6 +157,7 @@ async function main(): Promise<void> {
       c.on('error', () => undefined);
     });
     await new Promise<void>((r) => svcServer.listen(svcSock, () => r()));
+    svcServer.unref(); // the bench ends when its work is done, not when this server closes
     await symlink(svcSock, join(rpcVault, 'bench.Sock'));
     await writeFile(join(rpcVault, 'bench.Exec'), '#!/bin/sh\necho ok\n');
     await writeFile(join(rpcVault, 'bench.Cat'), '#!/bin/sh\nexec cat\n');

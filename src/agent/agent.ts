@@ -278,23 +278,30 @@ export class Agent {
 
   private runCall(type: number, call: PreparedCall | null, cmdline: string, domain: number, port: number): void {
     const log = (m: string): void => this.log(m);
-    const startIt = (): Promise<StartedService | FailedService> | undefined =>
+    let dataUp: (ok: boolean) => void = () => undefined;
+    const dataReady = new Promise<boolean>((r) => (dataUp = r));
+    // started at once: a socket service connects while the data vchan does; executables wait for it
+    const started: Promise<StartedService | FailedService> | undefined =
       type === MsgType.JUST_EXEC
         ? undefined
         : call
-          ? startService(call, this.opts.exec).catch((e: Error) => ({ code: ExitCode.PROBLEM, reason: e.message }))
+          ? startService(call, this.opts.exec, dataReady).catch((e: Error) => ({ code: ExitCode.PROBLEM, reason: e.message }))
           : Promise.resolve({ code: ExitCode.PROBLEM, reason: 'bad command' });
     void (async () => {
       let ch: net.Socket;
       try {
         ch = await connectDataVchan(this.opts.vchan, domain, port, DATA_CONNECT_TIMEOUT_MS);
       } catch (e) {
+        dataUp(false);
+        void started?.then((s) => {
+          if (!('code' in s)) for (const x of [s.sink, s.source, s.errSource]) x?.destroy();
+        });
         log(`Data vchan connection failed: ${(e as Error).message}`);
         this.sendCtrl(encodeConnectionTerminated(domain, port));
         return;
       }
+      dataUp(true);
       ch.setNoDelay?.(true);
-      const started = startIt();
       let pump: Pump;
       if (started === undefined) {
         const code = call ? justExec(call, this.opts.exec).catch(() => ExitCode.PROBLEM) : Promise.resolve(ExitCode.PROBLEM);

@@ -394,10 +394,18 @@ function exitStatusOf(child: ChildProcess, onSpawnError: (e: NodeJS.ErrnoExcepti
  * Starts an MSG_EXEC_CMDLINE call. Resolves with the local streams, or with a
  * FailedService when the call fails before anything runs (the caller then
  * sends stdout/stderr EOF and the code).
+ *
+ * `dataReady` resolves true once the data vchan is connected (false if it
+ * failed): nothing is spawned before that, as in the reference; a socket
+ * service is connected meanwhile (its descriptor is only sent later), which
+ * takes that connection off a call's critical path.
  */
-export async function startService(call: PreparedCall, ctx: ExecContext): Promise<StartedService | FailedService> {
+export async function startService(call: PreparedCall, ctx: ExecContext, dataReady: Promise<boolean> = Promise.resolve(true)): Promise<StartedService | FailedService> {
   const target = resolveTarget(call, ctx);
   if ('code' in target) return target;
+  if (target.kind !== 'socket' && target.kind !== 'tcp' && !(await dataReady)) {
+    return { code: ExitCode.PROBLEM, reason: 'data vchan connection failed' };
+  }
   const desc = call.cmd.rpc ? Buffer.from(`${call.cmd.command}\0`) : undefined;
   if (target.kind === 'socket' || target.kind === 'tcp') {
     let sock: net.Socket;

@@ -7,7 +7,7 @@
  * connection and two process hops.
  */
 import { createQubeDaemons, parsePolicyResponse, formatPolicyRequest, type PolicyOutcome, type PolicyQuery, type QubeDaemon, type QubeSpec } from '../daemon/index.js';
-import { startDaemon, type DaemonConfig, type RunningDaemon, type GuiServiceCaller, type Logger } from '../policyd/index.js';
+import { createLogger, startDaemon, type DaemonConfig, type RunningDaemon, type GuiServiceCaller, type Logger } from '../policyd/index.js';
 import type { VchanEnv } from '../vchan/index.js';
 
 export interface HostConfig {
@@ -41,7 +41,7 @@ export function inProcessPolicy(daemon: RunningDaemon, log: Logger): (q: PolicyQ
 
 export async function startHost(cfg: HostConfig, hooks: { log?: Logger; gui?: GuiServiceCaller | null } = {}): Promise<RunningHost> {
   if (cfg.qubes.length === 0) throw new Error('a host serves at least one qube');
-  const policyDaemon = await startDaemon(cfg.policy, hooks);
+  const policyDaemon = await startDaemon(cfg.policy, { log: hooks.log ?? createLogger('qrexec-host', { level: cfg.policy.logLevel }), ...(hooks.gui !== undefined ? { gui: hooks.gui } : {}) });
   const log = policyDaemon.log;
   let qubes: QubeDaemon[];
   try {
