@@ -302,32 +302,19 @@ export class Agent {
       }
       dataUp(true);
       ch.setNoDelay?.(true);
+      // nothing runs on this vchan: only the exit code is sent
+      const exitOnly = (code: Promise<{ code: number; eofs: boolean }>): Pump =>
+        startPump({ channel: ch, role: 'service', sink: null, source: null, single: false, log, exitOnly: code });
       let pump: Pump;
       if (started === undefined) {
         const code = call ? justExec(call, this.opts.exec).catch(() => ExitCode.PROBLEM) : Promise.resolve(ExitCode.PROBLEM);
-        pump = startPump({
-          channel: ch,
-          role: 'service',
-          sink: null,
-          source: null,
-          single: false,
-          log,
-          exitOnly: code.then((c) => ({ code: c, eofs: false })),
-        });
+        pump = exitOnly(code.then((c) => ({ code: c, eofs: false })));
       } else {
         const s = await started;
         if ('code' in s) {
           log(s.reason);
           log(`failed to spawn process (exited ${s.code}): ${cmdline}`);
-          pump = startPump({
-            channel: ch,
-            role: 'service',
-            sink: null,
-            source: null,
-            single: false,
-            log,
-            exitOnly: Promise.resolve({ code: s.code, eofs: true }),
-          });
+          pump = exitOnly(Promise.resolve({ code: s.code, eofs: true }));
         } else {
           log(`executed: ${s.what}`);
           pump = startPump({

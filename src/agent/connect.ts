@@ -25,12 +25,16 @@ export async function connectDataVchan(env: VchanEnv, remoteDomain: number, port
     w?.();
   };
   try {
+    // bound but not listening: no file event will come, so short timers (doubling to 50 ms)
+    let refusedDelay = 1;
+    let refused = false;
     for (let attempt = 0; ; attempt++) {
       poked = false;
       try {
         return await connectOnce(path, true);
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
+        refused = code === 'ECONNREFUSED';
         if (code !== 'ENOENT' && code !== 'ECONNREFUSED') throw e;
         if (Date.now() >= deadline) throw new Error(`vchan ${path}: no server after ${timeoutMs} ms`);
         if (code === 'ECONNREFUSED' && attempt < 50) {
@@ -51,8 +55,10 @@ export async function connectDataVchan(env: VchanEnv, remoteDomain: number, port
         }
       }
       if (poked) continue;
+      const delay = refused ? refusedDelay : watcher ? 50 : 5;
+      if (refused) refusedDelay = Math.min(refusedDelay * 2, 50);
       await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, watcher ? 50 : 5);
+        const t = setTimeout(resolve, delay);
         wake = () => {
           clearTimeout(t);
           resolve();
