@@ -1,7 +1,8 @@
 /**
- * A demo host: the policy daemon, and two qubes ("work" and "vault"), each a
- * qrexec-agent with its own service directory plus its qrexec-daemon on the
- * host, all over the vchan-socket transport in one runtime directory. Qubes
+ * A demo host: two qubes ("work" and "vault"), each a qrexec-agent with its
+ * own service directory, and the host side in one qrexec-host process (the
+ * policy daemon and both qubes' qrexec daemons), all over the vchan-socket
+ * transport in one runtime directory. Qubes
  * here are plain processes (the development backend): there is no isolation.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -98,9 +99,6 @@ export class DemoHost {
     fs.writeFileSync(path.join(d, 'system-info.json'), JSON.stringify(systemInfo(), null, 1));
     fs.mkdirSync(path.join(d, 'sock'));
     const policySock = path.join(d, 'policy.sock');
-    this.spawn('qrexec-policy-daemon', ['--policy-path', this.policyDir, '--socket-path', policySock,
-      '--system-info', path.join(d, 'system-info.json'), '--audit-db', path.join(d, 'audit.db')], process.env, verbose);
-    log(`policy daemon: ${policySock} (policy in ${this.policyDir})`);
     for (const q of QUBES) {
       const rpc = path.join(d, `rpc-${q.name}`);
       fs.mkdirSync(rpc);
@@ -108,10 +106,15 @@ export class DemoHost {
       this.spawn('qrexec-agent', [`--agent-socket=${this.agentSocket(q)}`], {
         ...this.qubeEnv(q), QREXEC_SERVICE_PATH: rpc, QUBES_RPC_CONFIG_PATH: path.join(d, `rpc-config-${q.name}`),
       }, verbose);
-      this.spawn('qrexec-daemon', ['--direct', `--uuid=${q.uuid}`, `--socket-dir=${path.join(d, 'sock')}`,
-        `--policy-socket=${policySock}`, String(q.domid), q.name, os.userInfo().username], { ...process.env, VCHAN_SOCKET_DIR: d, VCHAN_DOMAIN: '0' }, verbose);
       log(`qube ${q.name}: domain ${q.domid}, services in ${rpc}`);
     }
+    // the host: the policy daemon and the qrexec daemons of both qubes in one process
+    const user = os.userInfo().username;
+    this.spawn('qrexec-host', ['--policy-path', this.policyDir, '--socket-path', policySock,
+      '--system-info', path.join(d, 'system-info.json'), '--audit-db', path.join(d, 'audit.db'),
+      `--qrexec-socket-dir=${path.join(d, 'sock')}`, ...QUBES.map((q) => `--qube=${q.domid}:${q.name}:${q.uuid}:${user}`)],
+    { ...process.env, VCHAN_SOCKET_DIR: d, VCHAN_DOMAIN: '0' }, verbose);
+    log(`host: qrexec-host, policy socket ${policySock} (policy in ${this.policyDir})`);
     await waitFor(() => fs.existsSync(policySock) && QUBES.every((q) => fs.existsSync(path.join(d, 'sock', `qrexec.${q.name}`)) && fs.existsSync(this.agentSocket(q))), 20_000);
   }
 
