@@ -11,8 +11,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { ExitCode, parseCommand, ProtocolError, type ParsedCommand } from '../protocol/index.js';
-import { defaultServiceConfig, forceUserClash, parseServiceConfig, ServiceConfigError, type ServiceConfig } from './config.js';
-import { DEFAULT_CONFIG_PATH, DEFAULT_SERVICE_PATH, findFile, findServiceFile, isExecutable } from './lookup.js';
+import { defaultServiceConfig, forceUserClash, type ServiceConfig } from './config.js';
+import { DEFAULT_CONFIG_PATH, DEFAULT_SERVICE_PATH, findFile, findServiceFile, isExecutable, loadServiceConfig } from './lookup.js';
 import { nativePipe } from './native.js';
 import { decodeVmExecArg, VMEXEC_SERVICES, VmExecDecodeError } from './vmexec.js';
 
@@ -75,17 +75,8 @@ export function prepareCall(cmdline: string, ctx: ExecContext): PreparedCall | s
   const user = cmd.username ?? '';
   if (!cmd.rpc) return { cmd, user, config: defaultServiceConfig() };
   const rpc = cmd.rpc;
-  let found = findFile(ctx.configPath, rpc.descriptor, false);
-  if (found.kind === 'absent') found = findFile(ctx.configPath, rpc.serviceName, false);
-  if (found.kind === 'error') return `Cannot load service configuration: ${rpc.descriptor}: ${found.reason}`;
-  if (found.kind !== 'found') return { cmd, user, config: defaultServiceConfig() };
-  let config: ServiceConfig;
-  try {
-    config = parseServiceConfig(found.path, fs.readFileSync(found.path), ctx.log);
-  } catch (e) {
-    const why = e instanceof ServiceConfigError ? e.message : `Failed to load ${found.path}: ${(e as Error).message}`;
-    return `Cannot load service configuration: ${rpc.descriptor}: ${why}`;
-  }
+  const config = loadServiceConfig(ctx.configPath, rpc.descriptor, rpc.serviceName, ctx.log);
+  if (typeof config === 'string') return config;
   if (config.user !== undefined) {
     const clash = forceUserClash(config);
     if (clash) return `service ${rpc.descriptor}: Cannot set explicit username if ${clash}=true`;

@@ -4,6 +4,7 @@
  */
 import * as fs from 'node:fs';
 import { NAME_MAX } from '../protocol/index.js';
+import { defaultServiceConfig, parseServiceConfig, ServiceConfigError, type ServiceConfig } from './config.js';
 
 /** The reference's default QREXEC_SERVICE_PATH. */
 export const DEFAULT_SERVICE_PATH = '/run/qubes-rpc:/usr/local/etc/qubes-rpc:/etc/qubes-rpc';
@@ -74,5 +75,22 @@ export function isExecutable(path: string): boolean {
     return true;
   } catch {
     return false;
+  }
+}
+
+/**
+ * The configuration of a service (`SERVICE+ARG`, then `SERVICE`, along
+ * `configPath`); defaults when there is none. A string is why the call must
+ * fail with 125: an unreadable or invalid file.
+ */
+export function loadServiceConfig(configPath: string, descriptor: string, serviceName: string, log: (m: string) => void): ServiceConfig | string {
+  const found = findServiceFile(configPath, descriptor, serviceName, false);
+  if (found.kind === 'error') return `Cannot load service configuration: ${descriptor}: ${found.reason}`;
+  if (found.kind !== 'found') return defaultServiceConfig();
+  try {
+    return parseServiceConfig(found.path, fs.readFileSync(found.path), log);
+  } catch (e) {
+    const why = e instanceof ServiceConfigError ? e.message : `Failed to load ${found.path}: ${(e as Error).message}`;
+    return `Cannot load service configuration: ${descriptor}: ${why}`;
   }
 }

@@ -2,22 +2,12 @@ import * as net from 'node:net';
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
 import { lstat, stat, access, constants as fsc } from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import {
-  DEFAULT_CONFIG_PATH,
-  defaultServiceConfig,
-  findServiceFile,
-  parseServiceConfig,
-  forceUserClash,
-  ServiceConfigError,
-  type ServiceConfig,
-} from '../agent/index.js';
+import { DEFAULT_CONFIG_PATH, DEFAULT_SERVICE_PATH, findFile, forceUserClash, loadServiceConfig, type ServiceConfig } from '../agent/index.js';
 import { ExitCode, parseCommand, ProtocolError, type RpcCommand } from '../protocol/index.js';
 import { startPump, type Channel, type PumpOptions } from '../vchan/index.js';
 
-/** Reference default service path. */
-export const DEFAULT_SERVICE_PATH = '/run/qubes-rpc:/usr/local/etc/qubes-rpc:/etc/qubes-rpc';
+export { DEFAULT_SERVICE_PATH };
 
 type Found = { kind: 'exec'; path: string } | { kind: 'socket'; path: string } | { kind: 'none' };
 
@@ -160,19 +150,10 @@ export async function runDom0Service(
  * (services run as the daemon's user).
  */
 export function loadDom0ServiceConfig(configPath: string, rpc: RpcCommand, log: (m: string) => void): ServiceConfig | string {
-  const found = findServiceFile(configPath, rpc.descriptor, rpc.serviceName, false);
-  if (found.kind === 'absent') return defaultServiceConfig();
-  const fail = (why: string): string => `Cannot load service configuration: ${rpc.descriptor}: ${why}`;
-  if (found.kind !== 'found') return fail(found.kind === 'error' ? found.reason : `unexpected link ${found.path}`);
-  let config: ServiceConfig;
-  try {
-    config = parseServiceConfig(found.path, readFileSync(found.path), log);
-  } catch (e) {
-    return fail(e instanceof ServiceConfigError ? e.message : `Failed to load ${found.path}: ${(e as Error).message}`);
-  }
+  const config = loadServiceConfig(configPath, rpc.descriptor, rpc.serviceName, log);
+  if (typeof config === 'string') return config;
   const clash = forceUserClash(config);
-  if (clash) return fail(`Cannot set explicit username if ${clash}=true`);
-  return config;
+  return clash ? `Cannot load service configuration: ${rpc.descriptor}: Cannot set explicit username if ${clash}=true` : config;
 }
 
 /**
@@ -181,18 +162,12 @@ export function loadDom0ServiceConfig(configPath: string, rpc: RpcCommand, log: 
  * (exec_wait_for_session). Missing: logged, and the call goes on.
  */
 async function waitForSession(servicePath: readonly string[], source: string, log: (m: string) => void): Promise<void> {
-  let prog: string | undefined;
-  for (const dir of servicePath) {
-    const p = join(dir, 'qubes.WaitForSession');
-    if (await lstat(p).then(() => true, () => false)) {
-      prog = p;
-      break;
-    }
-  }
-  if (prog === undefined) {
+  const found = findFile(servicePath.join(':'), 'qubes.WaitForSession', false);
+  if (found.kind !== 'found') {
     log('Service not found: qubes.WaitForSession');
     return;
   }
+  const prog = found.path;
   const child = spawn(prog, [], { argv0: 'qubes.WaitForSession', env: { ...process.env, QREXEC_REMOTE_DOMAIN: source }, stdio: ['ignore', 'inherit', 'inherit'] });
   await new Promise<void>((resolve) => {
     child.once('error', (e) => {
