@@ -286,9 +286,6 @@ export async function qrexecClientMain(argv: string[]): Promise<number> {
     child.stdin.on('error', () => undefined);
     localExit = new Promise((r) => child.on('exit', (c) => r(c ?? 255)));
   }
-  // Node unrefs process.stdout: while the vchan waits for stdout to drain, nothing
-  // else may keep the event loop alive, and the process would exit mid-stream.
-  const keepAlive = setInterval(() => undefined, 1 << 30);
   // the pump ends its output; exiting before that is flushed would drop the tail
   const outputFlushed = settled(output);
   // the remote's status, or the local program's when the remote's is 0 (reference process_io)
@@ -306,7 +303,6 @@ export async function qrexecClientMain(argv: string[]): Promise<number> {
     log: (m) => process.stderr.write(`qrexec-client: ${m}\n`),
   }).done;
   await outputFlushed;
-  clearInterval(keepAlive);
   client.close();
   if (o.kill) {
     // TODO(#3): admin.vm.Kill through qubesd
