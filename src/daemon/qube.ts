@@ -14,6 +14,7 @@ import {
   buildDom0ServiceCommand,
   buildServiceCommand,
   clientToDaemonRules,
+  encodeExec,
   encodeExecParams,
   encodeHello,
   encodeMessage,
@@ -389,13 +390,14 @@ export class QubeDaemon {
     const port = this.ports.allocate(connectDomain);
     if (port === 0) throw new Error('Failed to allocate new vchan port, too many clients?');
     const cmd = cmdline.startsWith('DEFAULT:') ? `${this.opts.defaultUser}${cmdline.slice(7)}` : cmdline;
-    const body = Buffer.from(cmd, 'utf8');
-    const payload = Buffer.allocUnsafe(8 + body.length + 1);
-    payload.writeUInt32LE(connectDomain >>> 0, 0);
-    payload.writeUInt32LE(port, 4);
-    body.copy(payload, 8);
-    payload[8 + body.length] = 0;
-    this.sendControl(encodeMessage(MsgType.EXEC_CMDLINE, payload));
+    let msg: Buffer;
+    try {
+      msg = encodeExec(MsgType.EXEC_CMDLINE, connectDomain, port, cmd);
+    } catch (e) {
+      this.ports.release(port, connectDomain);
+      throw e;
+    }
+    this.sendControl(msg);
     return { domain: this.opts.domid, port };
   }
 
