@@ -21,7 +21,6 @@ import type * as net from 'node:net';
 import type { Readable, Writable } from 'node:stream';
 import {
   FrameDecoder,
-  HEADER_SIZE,
   MsgType,
   ProtocolError,
   QREXEC_DATA_MIN_VERSION,
@@ -30,6 +29,7 @@ import {
   encodeDataHeader,
   encodeExitCode,
   encodeHello,
+  encodeMessage,
   helloRules,
   maxDataChunk,
   negotiateVersion,
@@ -139,11 +139,7 @@ export function startPump(o: PumpOptions): Pump {
     for (let off = 0; off < data.length; off += chunk) {
       const part = data.subarray(off, Math.min(off + chunk, data.length));
       if (part.length <= 4096) {
-        const b = Buffer.allocUnsafe(HEADER_SIZE + part.length);
-        b.writeUInt32LE(type, 0);
-        b.writeUInt32LE(part.length, 4);
-        part.copy(b, HEADER_SIZE);
-        ch.write(b);
+        ch.write(encodeMessage(type, part)); // small: one copy, one write
       } else if (corkable) {
         // header and data in one writev
         corkable.cork();
@@ -403,7 +399,7 @@ export function startPump(o: PumpOptions): Pump {
           checkDone();
           return;
         }
-        writeSink(!isService && o.replaceStdout ? Buffer.from(replaceUnsafeBytes(Buffer.from(f.payload))) : f.payload);
+        writeSink(!isService && o.replaceStdout ? replaceUnsafeBytes(Buffer.from(f.payload)) : f.payload);
         return;
       case MsgType.DATA_STDERR:
         if (isService) {
@@ -411,7 +407,7 @@ export function startPump(o: PumpOptions): Pump {
           return;
         }
         if (f.payload.length > 0 && o.errSink && !o.errSink.destroyed) {
-          o.errSink.write(o.replaceStderr ? Buffer.from(replaceUnsafeBytes(Buffer.from(f.payload))) : f.payload);
+          o.errSink.write(o.replaceStderr ? replaceUnsafeBytes(Buffer.from(f.payload)) : f.payload);
         }
         return;
       case MsgType.DATA_EXIT_CODE:
