@@ -42,8 +42,7 @@ import {
   type Frame,
   type LengthRules,
 } from '../protocol/index.js';
-import { vchanListen, type VchanEnv } from '../vchan/index.js';
-import { connectDataVchan } from './connect.js';
+import { startPump, vchanConnect, vchanListen, type Pump, type VchanEnv } from '../vchan/index.js';
 import {
   justExec,
   prepareCall,
@@ -56,7 +55,6 @@ import {
 } from './exec.js';
 import { loadNative, type NativeHelper } from './native.js';
 import { openLocal, type LocalStream } from './local.js';
-import { startPump, type Pump } from '../vchan/index.js';
 
 /** The reference's default agent socket. */
 export const DEFAULT_AGENT_SOCKET = '/var/run/qubes/qrexec-agent';
@@ -290,7 +288,7 @@ export class Agent {
     void (async () => {
       let ch: net.Socket;
       try {
-        ch = await connectDataVchan(this.opts.vchan, domain, port, DATA_CONNECT_TIMEOUT_MS);
+        ch = await vchanConnect(this.opts.vchan, domain, port, { timeoutMs: DATA_CONNECT_TIMEOUT_MS, allowHalfOpen: true });
       } catch (e) {
         dataUp(false);
         void started?.then((s) => {

@@ -1,7 +1,6 @@
 import * as net from 'node:net';
-import { unlinkSync } from 'node:fs';
-import { unlink } from 'node:fs/promises';
-import { join } from 'node:path';
+import * as fs from 'node:fs';
+import { basename, join } from 'node:path';
 import { QrexecError } from '../common/errors.js';
 
 /** Default directory of vchan sockets (qubes-core-vchan-socket). */
@@ -56,7 +55,7 @@ export async function vchanListen(env: VchanEnv, remoteDomain: number, port: num
   const path = vchanPath(env.dir, env.ownDomain, remoteDomain, port);
   // synchronous: one cheap system call, instead of a thread-pool round trip on every call
   try {
-    unlinkSync(path);
+    fs.unlinkSync(path);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
   }
@@ -71,7 +70,14 @@ export async function vchanListen(env: VchanEnv, remoteDomain: number, port: num
     if (done) return;
     done = true;
     server.close();
-    unlink(path).catch(() => undefined);
+    // At once, not later: the port is reused once this call ends, and a late
+    // unlink would remove the next call's socket file (its client then waits
+    // for a file that never appears).
+    try {
+      fs.unlinkSync(path);
+    } catch {
+      /* gone already */
+    }
   };
   const accepted = new Promise<net.Socket>((resolve, reject) => {
     rejectAccept = reject;
@@ -101,30 +107,81 @@ export interface ConnectOptions {
   /** Give up after this many ms (default: wait forever, as libvchan_client_init). */
   readonly timeoutMs?: number;
   readonly signal?: AbortSignal;
+  /** The connected socket stays writable after the peer's EOF (data vchans). */
+  readonly allowHalfOpen?: boolean;
 }
 
 /**
  * Client side of a vchan: like libvchan_client_init(remoteDomain, port) —
  * connect to vchan.<remote>.<own>.<port>.sock, retrying while the socket is
- * missing (ENOENT) or not listening (ECONNREFUSED).
+ * missing (ENOENT) or not listening (ECONNREFUSED). Instead of sleeping
+ * between attempts it watches the socket directory (inotify) and retries as
+ * soon as the file appears: a data vchan's server usually binds just after we
+ * were told to connect. A socket that is bound but not listening yet gives no
+ * file event, so that case (and a system without inotify) retries on timers
+ * doubling from 1 ms to 50 ms.
  */
 export async function vchanConnect(env: VchanEnv, remoteDomain: number, port: number, opts: ConnectOptions = {}): Promise<net.Socket> {
   const path = vchanPath(env.dir, remoteDomain, env.ownDomain, port);
+  const name = basename(path);
   const deadline = opts.timeoutMs === undefined ? Infinity : Date.now() + opts.timeoutMs;
-  let delay = 1;
-  for (;;) {
-    if (opts.signal?.aborted) throw new VchanError('ABORTED', `connect ${path} aborted`);
-    try {
-      return await connectOnce(path);
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT' && code !== 'ECONNREFUSED') {
-        throw new VchanError('CONNECT', `connect ${path}: ${(e as Error).message}`);
+  let watcher: fs.FSWatcher | undefined;
+  let wake: (() => void) | undefined;
+  // an event that arrives while a connect attempt is in flight must not be lost
+  let poked = false;
+  const poke = (): void => {
+    poked = true;
+    const w = wake;
+    wake = undefined;
+    w?.();
+  };
+  opts.signal?.addEventListener('abort', poke);
+  try {
+    let backoff = 1;
+    for (let attempt = 0; ; attempt++) {
+      if (opts.signal?.aborted) throw new VchanError('ABORTED', `connect ${path} aborted`);
+      poked = false;
+      let refused = false;
+      try {
+        return await connectOnce(path, opts.allowHalfOpen ?? false);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== 'ENOENT' && code !== 'ECONNREFUSED') {
+          throw new VchanError('CONNECT', `connect ${path}: ${(e as Error).message}`);
+        }
+        refused = code === 'ECONNREFUSED';
       }
+      if (Date.now() >= deadline) throw new VchanError('TIMEOUT', `vchan ${path}: no server after ${opts.timeoutMs} ms`);
+      if (refused && attempt < 50) {
+        // bound but not listening yet: usually a matter of microseconds
+        await new Promise((r) => setImmediate(r));
+        continue;
+      }
+      if (!watcher) {
+        try {
+          watcher = fs.watch(env.dir, { persistent: false }, (_ev, f) => {
+            if (f === null || f === name) poke();
+          });
+          watcher.on('error', () => poke());
+          continue; // the file may have appeared before the watch started
+        } catch {
+          /* no inotify (or no directory yet): timers only */
+        }
+      }
+      if (poked) continue;
+      const delay = Math.min(refused || !watcher ? backoff : 50, Math.max(0, deadline - Date.now()));
+      if (refused || !watcher) backoff = Math.min(backoff * 2, 50);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, delay);
+        wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
     }
-    if (Date.now() >= deadline) throw new VchanError('TIMEOUT', `vchan ${path}: no server after ${opts.timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, Math.min(delay, Math.max(0, deadline - Date.now()))));
-    delay = Math.min(delay * 2, 50);
+  } finally {
+    watcher?.close();
+    opts.signal?.removeEventListener('abort', poke);
   }
 }
 
