@@ -7,6 +7,10 @@
  *   pipe() -> [readFd, writeFd]             pipe2(O_CLOEXEC)
  *   setBlocking(fd, blocking)               clear/set O_NONBLOCK
  *   shutdown(fd, how) -> errno or 0         shutdown(2)
+ *   waitReadable(fd, timeoutMs, cb)         calls cb(true) once fd is readable
+ *       (data, EOF or error) or cb(false) after timeoutMs, without reading;
+ *       watches a dup() of fd in the event loop, so Node's own handle for fd
+ *       (paused) is left alone
  *
  * Written for qrexec-ts (MIT). Uses only Node-API (ABI-stable).
  */
@@ -20,6 +24,7 @@
 #include <unistd.h>
 
 #include <node_api.h>
+#include <uv.h>
 
 #define MAX_FDS_LIMIT 16
 #define MAX_BYTES_LIMIT (1024 * 1024)
@@ -201,6 +206,124 @@ static napi_value do_shutdown(napi_env env, napi_callback_info info)
     return v;
 }
 
+/* One waitReadable() in progress: a poll on a dup of the descriptor and a timer. */
+typedef struct {
+    uv_poll_t poll;
+    uv_timer_t timer;
+    napi_env env;
+    napi_ref callback;
+    napi_async_context async;
+    int fd;
+    int pending_closes;
+    int fired;
+} waiter_t;
+
+static void waiter_closed(uv_handle_t *h)
+{
+    waiter_t *w = h->data;
+    if (--w->pending_closes == 0) {
+        close(w->fd);
+        free(w);
+    }
+}
+
+static void waiter_fire(waiter_t *w, bool readable)
+{
+    if (w->fired)
+        return;
+    w->fired = 1;
+    uv_poll_stop(&w->poll);
+    uv_timer_stop(&w->timer);
+    napi_env env = w->env;
+    napi_handle_scope scope;
+    if (napi_open_handle_scope(env, &scope) == napi_ok) {
+        napi_value cb, recv, arg, result;
+        if (napi_get_reference_value(env, w->callback, &cb) == napi_ok && napi_get_global(env, &recv) == napi_ok &&
+            napi_get_boolean(env, readable, &arg) == napi_ok)
+            napi_make_callback(env, w->async, recv, cb, 1, &arg, &result);
+        bool pending = false;
+        napi_value err;
+        /* a throwing callback is an uncaught exception, as for any other event */
+        if (napi_is_exception_pending(env, &pending) == napi_ok && pending &&
+            napi_get_and_clear_last_exception(env, &err) == napi_ok)
+            napi_fatal_exception(env, err);
+        napi_close_handle_scope(env, scope);
+    }
+    napi_delete_reference(env, w->callback);
+    napi_async_destroy(env, w->async);
+    uv_close((uv_handle_t *)&w->poll, waiter_closed);
+    uv_close((uv_handle_t *)&w->timer, waiter_closed);
+}
+
+static void waiter_on_poll(uv_poll_t *h, int status, int events)
+{
+    (void)status;
+    (void)events;
+    waiter_fire(h->data, true);
+}
+
+static void waiter_on_timer(uv_timer_t *h)
+{
+    waiter_fire(h->data, false);
+}
+
+static napi_value wait_readable(napi_env env, napi_callback_info info)
+{
+    napi_value argv[3];
+    size_t argc = 3;
+    int32_t fd, timeout_ms;
+    napi_valuetype t;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok)
+        return NULL;
+    if (!get_int_arg(env, argv, argc, 0, &fd) || !get_int_arg(env, argv, argc, 1, &timeout_ms))
+        return NULL;
+    if (argc < 3 || napi_typeof(env, argv[2], &t) != napi_ok || t != napi_function) {
+        napi_throw_type_error(env, NULL, "expected a callback");
+        return NULL;
+    }
+    if (fd < 0 || timeout_ms < 0) {
+        napi_throw_range_error(env, NULL, "waitReadable: argument out of range");
+        return NULL;
+    }
+    uv_loop_t *loop;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok)
+        return NULL;
+    waiter_t *w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        return throw_errno(env, "waitReadable: calloc", ENOMEM);
+    w->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (w->fd < 0) {
+        int err = errno;
+        free(w);
+        return throw_errno(env, "waitReadable: dup", err);
+    }
+    w->env = env;
+    napi_value name;
+    if (uv_poll_init(loop, &w->poll, w->fd) != 0) {
+        close(w->fd);
+        free(w);
+        napi_throw_error(env, NULL, "waitReadable: cannot watch the descriptor");
+        return NULL;
+    }
+    w->poll.data = w;
+    w->pending_closes = 1;
+    if (napi_create_reference(env, argv[2], 1, &w->callback) != napi_ok ||
+        napi_create_string_utf8(env, "qrexecWaitReadable", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+        napi_async_init(env, NULL, name, &w->async) != napi_ok) {
+        if (w->callback != NULL)
+            napi_delete_reference(env, w->callback);
+        uv_close((uv_handle_t *)&w->poll, waiter_closed);
+        napi_throw_error(env, NULL, "waitReadable: out of memory");
+        return NULL;
+    }
+    uv_timer_init(loop, &w->timer);
+    w->timer.data = w;
+    w->pending_closes = 2;
+    uv_poll_start(&w->poll, UV_READABLE | UV_DISCONNECT, waiter_on_poll);
+    uv_timer_start(&w->timer, waiter_on_timer, (uint64_t)timeout_ms, 0);
+    return NULL;
+}
+
 static int add_fn(napi_env env, napi_value exports, const char *name, napi_callback cb)
 {
     napi_value fn;
@@ -211,7 +334,8 @@ static int add_fn(napi_env env, napi_value exports, const char *name, napi_callb
 NAPI_MODULE_INIT()
 {
     if (!add_fn(env, exports, "recvFds", recv_fds) || !add_fn(env, exports, "pipe", make_pipe) ||
-        !add_fn(env, exports, "setBlocking", set_blocking) || !add_fn(env, exports, "shutdown", do_shutdown))
+        !add_fn(env, exports, "setBlocking", set_blocking) || !add_fn(env, exports, "shutdown", do_shutdown) ||
+        !add_fn(env, exports, "waitReadable", wait_readable))
         return NULL;
     return exports;
 }

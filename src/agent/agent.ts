@@ -60,6 +60,8 @@ import { openLocal, type LocalStream } from './local.js';
 export const DEFAULT_AGENT_SOCKET = '/var/run/qubes/qrexec-agent';
 /** How long a data vchan may take to appear (the reference's connection_timeout). */
 const DATA_CONNECT_TIMEOUT_MS = 120_000;
+/** How long a local caller may take to send its request. */
+const REQUEST_TIMEOUT_MS = 10_000;
 
 /** Records between the agent and the fast launcher (see native/qrexec-client-vm.c). */
 export const LauncherRecord = {
@@ -370,9 +372,7 @@ export class Agent {
       this.readRequest(sock, Buffer.alloc(0), []);
       return;
     }
-    let tries = 0;
-    const started = Date.now();
-    const attempt = (): void => {
+    const attempt = (waited: boolean): void => {
       if (sock.destroyed || this.closed) return;
       let got: { data: Buffer; fds: number[] } | null;
       try {
@@ -383,14 +383,17 @@ export class Agent {
         return;
       }
       if (got === null) {
-        tries++;
-        if (Date.now() - started > 10_000) {
-          this.log('qrexec-client-vm sent no request in 10 s, closing');
+        if (waited) {
+          this.log(`qrexec-client-vm sent no request in ${REQUEST_TIMEOUT_MS / 1000} s, closing`);
           sock.destroy();
           return;
         }
-        if (tries < 4) setImmediate(attempt);
-        else setTimeout(attempt, Math.min(50, 2 ** (tries - 4)));
+        try {
+          native.waitReadable(fd, REQUEST_TIMEOUT_MS, (readable) => attempt(!readable));
+        } catch (e) {
+          this.log(`Failed to wait for a request from qrexec-client-vm: ${(e as Error).message}`);
+          sock.destroy();
+        }
         return;
       }
       if (got.data.length === 0) {
@@ -400,7 +403,7 @@ export class Agent {
       }
       this.readRequest(sock, got.data, got.fds);
     };
-    attempt();
+    attempt(false);
   }
 
   private readRequest(sock: net.Socket, first: Buffer, fds: number[]): void {

@@ -123,27 +123,17 @@ export async function serveCall(env: VchanEnv, params: { domain: number; port: n
   return pump.done;
 }
 
-function connectAgent(path: string): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect({ path, allowHalfOpen: true });
-    s.once('error', reject);
-    s.once('connect', () => {
-      s.off('error', reject);
-      resolve(s);
-    });
-  });
-}
-
 /**
  * Calls `service` (`SERVICE+ARG`) on `target` through the local agent and
  * resolves when the call is over. Never throws for a refused or failed call;
  * throws only when the agent cannot be reached.
  */
 export async function callService(target: string, service: string, opts: CallOptions = {}): Promise<CallResult> {
-  const sock = await connectAgent(opts.agentSocket ?? DEFAULT_AGENT_SOCKET);
-  sock.on('error', () => undefined);
+  // the request is written as soon as the socket connects, in the same turn
+  const sock = net.connect({ path: opts.agentSocket ?? DEFAULT_AGENT_SOCKET, allowHalfOpen: true });
   try {
     const params = await requestCall(sock, encodeClientRequest(target, service, opts.sourceQube));
+    sock.on('error', () => undefined);
     const empty = Buffer.alloc(0);
     if (!params) return { exitCode: ExitCode.REFUSED, refused: true, stdout: empty, stderr: empty };
     const outChunks: Buffer[] = [];

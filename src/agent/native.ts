@@ -23,6 +23,12 @@ export interface NativeHelper {
   setBlocking(fd: number, blocking: boolean): void;
   /** shutdown(fd, how): 0 = SHUT_RD, 1 = SHUT_WR. Errors are ignored (returns errno or 0). */
   shutdown(fd: number, how: number): number;
+  /**
+   * Calls `cb(true)` once `fd` is readable (data, EOF or an error) or `cb(false)`
+   * after `timeoutMs`, without reading anything: a dup of `fd` is watched in the
+   * event loop. Throws when `fd` cannot be watched.
+   */
+  waitReadable(fd: number, timeoutMs: number, cb: (readable: boolean) => void): void;
 }
 
 let cached: NativeHelper | null | undefined;

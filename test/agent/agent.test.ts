@@ -377,6 +377,20 @@ describe('qrexec-agent: local callers (reference protocol on the agent socket)',
     assert.deepEqual(m?.data.subarray(96), Buffer.from('my.Service+a\0'));
   });
 
+  it('serves a caller that sends its request some time after connecting, in pieces', async () => {
+    await started();
+    const { connectRetry } = await import('./peer.js');
+    const client = await connectRetry(fx.agentSocket);
+    const req = msg(T.TRIGGER_SERVICE4, Buffer.concat([fixed('', 64), fixed('vault', 64), fixed('SOCKET', 32), Buffer.from('late.Service\0')]));
+    await new Promise((r) => setTimeout(r, 300));
+    client.send(req.subarray(0, 5));
+    await new Promise((r) => setTimeout(r, 100));
+    client.send(req.subarray(5));
+    const m = await fx.dom0?.recv();
+    assert.equal(m?.type, T.TRIGGER_SERVICE4);
+    assert.deepEqual(m?.data.subarray(160), Buffer.from('late.Service\0'));
+  });
+
   it('rejects a request of another type or too long (closes that caller only)', async () => {
     await started();
     const { connectRetry } = await import('./peer.js');
