@@ -12,7 +12,16 @@ import * as path from 'node:path';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { ExitCode, parseCommand, ProtocolError, type ParsedCommand } from '../protocol/index.js';
 import { defaultServiceConfig, forceUserClash, type ServiceConfig } from './config.js';
-import { DEFAULT_CONFIG_PATH, DEFAULT_SERVICE_PATH, findFile, findServiceFile, isExecutable, loadServiceConfig } from './lookup.js';
+import {
+  connectService,
+  DEFAULT_CONFIG_PATH,
+  DEFAULT_SERVICE_PATH,
+  findFile,
+  findQrexecService,
+  loadServiceConfig,
+  warnIgnoredOptions,
+  type ServiceTarget,
+} from './lookup.js';
 import { nativePipe } from './native.js';
 import { decodeVmExecArg, VMEXEC_SERVICES, VmExecDecodeError } from './vmexec.js';
 
@@ -110,32 +119,20 @@ export interface FailedService {
 type Target =
   | { kind: 'exec'; program: string | null }
   | { kind: 'vmexec'; argv: string[] | FailedService }
-  | { kind: 'socket'; path: string }
-  | { kind: 'tcp'; host: string; port: string };
+  | Exclude<ServiceTarget, { kind: 'exec' }>;
 
 /** Finds what a call runs; a FailedService when it is missing (127) or unusable (125). */
 function resolveTarget(call: PreparedCall, ctx: ExecContext): Target | FailedService {
   const rpc = call.cmd.rpc;
   if (!rpc) return { kind: 'exec', program: null };
-  const r = findServiceFile(ctx.servicePath, rpc.descriptor, rpc.serviceName, true);
-  if (r.kind === 'absent') {
-    if (VMEXEC_SERVICES.includes(rpc.serviceName)) return { kind: 'vmexec', argv: vmexecArgv(rpc.arg, ctx) };
-    return { code: ExitCode.NOT_FOUND, reason: `Service not found: ${rpc.descriptor}` };
+  const r = findQrexecService(ctx.servicePath, rpc, true);
+  if ('code' in r) {
+    if (r.code === ExitCode.NOT_FOUND && VMEXEC_SERVICES.includes(rpc.serviceName)) return { kind: 'vmexec', argv: vmexecArgv(rpc.arg, ctx) };
+    return r;
   }
-  if (r.kind === 'error') return { code: ExitCode.PROBLEM, reason: `Error finding service: ${rpc.descriptor}: ${r.reason}` };
-  if (r.kind === 'tcp') return tcpTarget(r.target, rpc.arg);
-  if (r.stat.isSocket()) return { kind: 'socket', path: r.path };
-  if (isExecutable(r.path)) {
-    for (const [on, key] of [
-      [!call.config.sendServiceDescriptor, 'skip-service-descriptor'],
-      [call.config.exitOnServiceEof, 'exit-on-service-eof'],
-      [call.config.exitOnClientEof, 'exit-on-client-eof'],
-    ] as const) {
-      if (on) ctx.log(`Warning: ignoring ${key}=true for executable service ${r.path}`);
-    }
-    return { kind: 'exec', program: r.path };
-  }
-  return { code: ExitCode.PROBLEM, reason: `Unknown service type (not executable, not a socket): ${r.path}` };
+  if (r.kind !== 'exec') return r;
+  warnIgnoredOptions(call.config, r.path, ctx.log);
+  return { kind: 'exec', program: r.path };
 }
 
 /**
@@ -154,70 +151,6 @@ function vmexecArgv(arg: string | undefined, ctx: ExecContext): string[] | Faile
     ctx.log(`qubes.VMExec: rejected argument ${JSON.stringify(arg)}: ${e.message}`);
     return { code: 1, reason: `Decode error: ${e.message}` };
   }
-}
-
-/** The reference's validate_port: 1..65535, decimal, no leading zero. */
-function validPort(p: string): boolean {
-  return /^[1-9][0-9]{0,4}$/.test(p) && Number(p) <= 65535;
-}
-
-function tcpTarget(link: string, arg: string | undefined): Target | FailedService {
-  const bad = (reason: string): FailedService => ({ code: ExitCode.PROBLEM, reason });
-  let host: string | undefined;
-  let port: string | undefined;
-  const rest = link.slice('/dev/tcp'.length);
-  if (rest.startsWith('/')) {
-    const slash = rest.indexOf('/', 1);
-    if (slash < 0) host = rest.slice(1);
-    else {
-      host = rest.slice(1, slash);
-      port = rest.slice(slash + 1);
-    }
-  }
-  if (port === undefined) {
-    if (arg === undefined || arg === '') return bad(`No or empty argument provided, cannot connect to ${link}`);
-    if (host === undefined) {
-      const plus = arg.lastIndexOf('+');
-      if (plus < 0) return bad(`No port provided, cannot connect to ${arg}`);
-      const h = arg.slice(0, plus);
-      if (h.includes('_')) return bad(`Underscore not allowed in hostname ${h}`);
-      host = h.replace(/\+/g, ':');
-      port = arg.slice(plus + 1);
-    } else {
-      port = arg;
-    }
-  } else if (arg !== undefined && arg !== '') {
-    return bad(`Unexpected argument ${arg} to service ${link}`);
-  }
-  if (host === undefined) return bad(`No host provided, cannot connect to ${link}`);
-  if (!validPort(port)) return bad(`Invalid port number ${port}`);
-  const v6 = host.includes(':') || host.includes('%');
-  if (v6 ? !net.isIPv6(host) : net.isIP(host) === 0) return bad(`getaddrinfo(${host}, ${port}) failed: not a numeric address`);
-  return { kind: 'tcp', host, port };
-}
-
-/** Connects to a unix socket service; paths too long for sockaddr_un go through a temporary symlink. */
-async function connectUnix(p: string): Promise<net.Socket> {
-  if (Buffer.byteLength(p) < 108) return connectSock({ path: p, allowHalfOpen: true });
-  const dir = fs.mkdtempSync(path.join('/tmp', 'qrexec-'));
-  const link = path.join(dir, 'qrexec-socket');
-  try {
-    fs.symlinkSync(p, link);
-    return await connectSock({ path: link, allowHalfOpen: true });
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-function connectSock(opts: net.NetConnectOpts): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect(opts);
-    s.once('error', reject);
-    s.once('connect', () => {
-      s.off('error', reject);
-      resolve(s);
-    });
-  });
 }
 
 /** Looks a user up in /etc/passwd (name → uid, gid, home, shell). */
@@ -401,14 +334,10 @@ export async function startService(call: PreparedCall, ctx: ExecContext, dataRea
   if (target.kind === 'socket' || target.kind === 'tcp') {
     let sock: net.Socket;
     try {
-      sock =
-        target.kind === 'socket'
-          ? await connectUnix(target.path)
-          : await connectSock({ host: target.host, port: Number(target.port), allowHalfOpen: true });
+      sock = await connectService(target);
     } catch (e) {
-      return { code: ExitCode.PROBLEM, reason: `connect: ${(e as Error).message}` };
+      return { code: ExitCode.PROBLEM, reason: (e as Error).message };
     }
-    sock.setNoDelay?.(true);
     return {
       sink: sock,
       source: sock,
@@ -481,10 +410,7 @@ export async function justExec(call: PreparedCall, ctx: ExecContext): Promise<nu
   }
   if (target.kind === 'socket' || target.kind === 'tcp') {
     try {
-      const sock =
-        target.kind === 'socket'
-          ? await connectUnix(target.path)
-          : await connectSock({ host: target.host, port: Number(target.port), allowHalfOpen: true });
+      const sock = await connectService(target);
       sock.on('error', () => undefined);
       const desc = call.config.sendServiceDescriptor ? Buffer.from(`${call.cmd.command}\0`) : Buffer.alloc(0);
       await new Promise<void>((resolve, reject) => sock.end(desc, () => resolve()).once('error', reject));

@@ -7,7 +7,19 @@ export { Agent, DEFAULT_AGENT_SOCKET, type AgentOptions } from './agent.js';
 export { runAgentCli } from './cli.js';
 export { parseServiceConfig, forceUserClash, defaultServiceConfig, ServiceConfigError, type ServiceConfig } from './config.js';
 export { execContextFromEnv, prepareCall, startService, type ExecContext } from './exec.js';
-export { findFile, findServiceFile, loadServiceConfig, DEFAULT_SERVICE_PATH, DEFAULT_CONFIG_PATH } from './lookup.js';
+export {
+  findFile,
+  findServiceFile,
+  findQrexecService,
+  parseTcpTarget,
+  connectService,
+  warnIgnoredOptions,
+  loadServiceConfig,
+  DEFAULT_SERVICE_PATH,
+  DEFAULT_CONFIG_PATH,
+  type ServiceTarget,
+  type ServiceLookupFailure,
+} from './lookup.js';
 /** The data-vchan pump lives in vchan/; re-exported for existing importers. */
 export { startPump, type Pump, type PumpOptions } from '../vchan/index.js';
 export { callService, encodeClientRequest, type CallOptions, type CallResult } from './client.js';

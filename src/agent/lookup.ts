@@ -1,9 +1,13 @@
 /**
  * Finding services and their configuration files along colon-separated search
- * paths, as the reference's find_file / find_qrexec_service do.
+ * paths, as the reference's find_file / find_qrexec_service do, and connecting
+ * to socket and /dev/tcp services. One lookup for both ends that run services:
+ * the agent in a qube and dom0 (src/daemon/dom0.ts, qrexec-client).
  */
 import * as fs from 'node:fs';
-import { NAME_MAX } from '../protocol/index.js';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { ExitCode, NAME_MAX, type RpcCommand } from '../protocol/index.js';
 import { defaultServiceConfig, parseServiceConfig, ServiceConfigError, type ServiceConfig } from './config.js';
 
 /** The reference's default QREXEC_SERVICE_PATH. */
@@ -62,7 +66,7 @@ export function findFile(pathList: string, name: string, tcpLinks: boolean): Fin
   return { kind: 'absent' };
 }
 
-/** Looks `descriptor` (`SERVICE+ARG`) up first, then `serviceName`, as the reference does. */
+/** Looks `descriptor` (`SERVICE+ARG`) up first, then `serviceName`, as the reference does (the same for configuration files). */
 export function findServiceFile(pathList: string, descriptor: string, serviceName: string, tcpLinks: boolean): FindResult {
   const r = findFile(pathList, descriptor, tcpLinks);
   return r.kind === 'absent' ? findFile(pathList, serviceName, tcpLinks) : r;
@@ -93,4 +97,171 @@ export function loadServiceConfig(configPath: string, descriptor: string, servic
     const why = e instanceof ServiceConfigError ? e.message : `Failed to load ${found.path}: ${(e as Error).message}`;
     return `Cannot load service configuration: ${descriptor}: ${why}`;
   }
+}
+
+/** What a service call runs, found as the reference's find_qrexec_service finds it. */
+export type ServiceTarget =
+  | { readonly kind: 'exec'; readonly path: string }
+  | { readonly kind: 'socket'; readonly path: string }
+  | { readonly kind: 'tcp'; readonly host: string; readonly port: number; readonly link: string };
+
+/**
+ * Why a service call cannot run: `code` is the status to report (127 when no
+ * file is there, 125 otherwise) and `reason` the line to log.
+ */
+export interface ServiceLookupFailure {
+  readonly code: number;
+  readonly reason: string;
+}
+
+/**
+ * Finds the service of `rpc` along `pathList` (`SERVICE+ARG`, then
+ * `SERVICE`): an executable, a unix socket, or a symlink to
+ * `/dev/tcp[/HOST[/PORT]]` whose missing parts come from the argument (see
+ * parseTcpTarget). With `sockets` false (dom0 → dom0 calls, which have no
+ * data stream to give a socket) sockets and /dev/tcp links fail with 125, as
+ * in the reference. Does not connect, nor check the configuration options an
+ * executable ignores (warnIgnoredOptions).
+ */
+export function findQrexecService(
+  pathList: string,
+  rpc: Pick<RpcCommand, 'descriptor' | 'serviceName' | 'arg'>,
+  sockets: boolean,
+): ServiceTarget | ServiceLookupFailure {
+  const r = findServiceFile(pathList, rpc.descriptor, rpc.serviceName, true);
+  const problem = (reason: string): ServiceLookupFailure => ({ code: ExitCode.PROBLEM, reason });
+  switch (r.kind) {
+    case 'absent':
+      return { code: ExitCode.NOT_FOUND, reason: `Service not found: ${rpc.descriptor}` };
+    case 'error':
+      return problem(`Error finding service: ${rpc.descriptor}: ${r.reason}`);
+    case 'tcp':
+      if (!sockets) return problem(noSocketsHere(r.target));
+      return parseTcpTarget(r.target, rpc.arg);
+    case 'found':
+      if (r.stat.isSocket()) return sockets ? { kind: 'socket', path: r.path } : problem(noSocketsHere(r.path));
+      if (isExecutable(r.path)) return { kind: 'exec', path: r.path };
+      return problem(`Unknown service type (not executable, not a socket): ${r.path}`);
+  }
+}
+
+function noSocketsHere(what: string): string {
+  return `Service ${what} is a socket or /dev/tcp symlink, but this is not supported for dom0 -> dom0 calls`;
+}
+
+/** Logs, as the reference does, the options of `config` that an executable service ignores. */
+export function warnIgnoredOptions(config: ServiceConfig, servicePath: string, log: (m: string) => void): void {
+  for (const [on, key] of [
+    [!config.sendServiceDescriptor, 'skip-service-descriptor'],
+    [config.exitOnServiceEof, 'exit-on-service-eof'],
+    [config.exitOnClientEof, 'exit-on-client-eof'],
+  ] as const) {
+    if (on) log(`Warning: ignoring ${key}=true for executable service ${servicePath}`);
+  }
+}
+
+/** The reference's validate_port: decimal 1..65535 without a leading zero (glibc accepts larger numbers). */
+function validPort(p: string): boolean {
+  return /^[1-9][0-9]{0,4}$/.test(p) && Number(p) <= 65535;
+}
+
+/**
+ * Where a `/dev/tcp` service connects, from its link target and the call's
+ * argument, as the reference's find_qrexec_service:
+ *
+ * - `/dev/tcp/HOST/PORT`: both from the link; an argument is refused;
+ * - `/dev/tcp/HOST`: the argument is the port;
+ * - `/dev/tcp`: the argument is `HOST+PORT`, each `+` in HOST standing for
+ *   `:` (IPv6: `+ +1+22` for `::1` port 22); `_` is refused in HOST.
+ *
+ * HOST must be a numeric address (no name lookups: the reference passes
+ * AI_NUMERICHOST); one with `:` or `%` must be IPv6. A failure is 125 with the
+ * reference's log line.
+ */
+export function parseTcpTarget(link: string, arg: string | undefined): Extract<ServiceTarget, { kind: 'tcp' }> | ServiceLookupFailure {
+  const bad = (reason: string): ServiceLookupFailure => ({ code: ExitCode.PROBLEM, reason });
+  let host: string | undefined;
+  let port: string | undefined;
+  const rest = link.slice('/dev/tcp'.length);
+  if (rest.startsWith('/')) {
+    const slash = rest.indexOf('/', 1);
+    if (slash < 0) host = rest.slice(1);
+    else {
+      host = rest.slice(1, slash);
+      port = rest.slice(slash + 1);
+    }
+  }
+  if (port === undefined) {
+    if (arg === undefined || arg === '') return bad(`No or empty argument provided, cannot connect to ${link}`);
+    if (host === undefined) {
+      const plus = arg.lastIndexOf('+');
+      if (plus < 0) return bad(`No port provided, cannot connect to ${arg}`);
+      const h = arg.slice(0, plus);
+      if (h.includes('_')) return bad(`Underscore not allowed in hostname ${h}`);
+      host = h.replace(/\+/g, ':');
+      port = arg.slice(plus + 1);
+    } else {
+      port = arg;
+    }
+  } else if (arg !== undefined && arg !== '') {
+    return bad(`Unexpected argument ${arg} to service ${link}`);
+  }
+  if (host === undefined) return bad(`No host provided, cannot connect to ${link}`); // not reached: narrows the type
+  if (!validPort(port)) return bad(`Invalid port number ${port}`);
+  const v6 = host.includes(':') || host.includes('%');
+  if (v6 ? !net.isIPv6(host) : net.isIP(host) === 0) return bad(`getaddrinfo(${host}, ${port}) failed: Name or service not known`);
+  return { kind: 'tcp', host, port: Number(port), link };
+}
+
+/** strerror() texts for the errors a connect() commonly gives, for the reference's log lines. */
+const STRERROR: Readonly<Record<string, string>> = {
+  ECONNREFUSED: 'Connection refused',
+  ENOENT: 'No such file or directory',
+  EACCES: 'Permission denied',
+  ETIMEDOUT: 'Connection timed out',
+  ENETUNREACH: 'Network is unreachable',
+  EHOSTUNREACH: 'No route to host',
+  EADDRNOTAVAIL: 'Cannot assign requested address',
+  ECONNRESET: 'Connection reset by peer',
+  ENOTSOCK: 'Socket operation on non-socket',
+};
+
+/**
+ * Connects to a socket or /dev/tcp service (allowHalfOpen: the call ends each
+ * direction separately; TCP without Nagle's delay). Unix paths too long for
+ * sockaddr_un go through a temporary symlink. Rejects with an Error whose
+ * message is the line to log (`connect: Connection refused`); the call then
+ * fails with 125. Sends nothing: the caller writes the descriptor.
+ */
+export async function connectService(target: Exclude<ServiceTarget, { kind: 'exec' }>): Promise<net.Socket> {
+  try {
+    if (target.kind === 'tcp') {
+      const s = await connectSock({ host: target.host, port: target.port, allowHalfOpen: true });
+      s.setNoDelay(true);
+      return s;
+    }
+    if (Buffer.byteLength(target.path) < 108) return await connectSock({ path: target.path, allowHalfOpen: true });
+    const dir = fs.mkdtempSync(path.join('/tmp', 'qrexec-'));
+    const link = path.join(dir, 'qrexec-socket');
+    try {
+      fs.symlinkSync(target.path, link);
+      return await connectSock({ path: link, allowHalfOpen: true });
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    throw new Error(`connect: ${(err.code !== undefined ? STRERROR[err.code] : undefined) ?? err.message}`, { cause: e });
+  }
+}
+
+function connectSock(opts: net.NetConnectOpts): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(opts);
+    s.once('error', reject);
+    s.once('connect', () => {
+      s.off('error', reject);
+      resolve(s);
+    });
+  });
 }

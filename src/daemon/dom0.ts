@@ -1,38 +1,33 @@
-import * as net from 'node:net';
+import type * as net from 'node:net';
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
-import { lstat, stat, access, constants as fsc } from 'node:fs/promises';
-import { join } from 'node:path';
-import { DEFAULT_CONFIG_PATH, DEFAULT_SERVICE_PATH, findFile, forceUserClash, loadServiceConfig, type ServiceConfig } from '../agent/index.js';
+import {
+  connectService,
+  DEFAULT_CONFIG_PATH,
+  DEFAULT_SERVICE_PATH,
+  findFile,
+  findQrexecService,
+  forceUserClash,
+  loadServiceConfig,
+  warnIgnoredOptions,
+  type ServiceConfig,
+} from '../agent/index.js';
 import { ExitCode, parseCommand, ProtocolError, type RpcCommand } from '../protocol/index.js';
 import { startPump, type Channel, type PumpOptions } from '../vchan/index.js';
 
 export { DEFAULT_SERVICE_PATH };
 
-type Found = { kind: 'exec'; path: string } | { kind: 'socket'; path: string } | { kind: 'none' };
-
-/** Looks a service up like find_qrexec_service: `SERVICE+ARG`, then `SERVICE`, in each directory. */
-export async function findService(dirs: readonly string[], rpc: RpcCommand): Promise<Found> {
-  for (const name of [rpc.descriptor, rpc.serviceName]) {
-    for (const dir of dirs) {
-      const p = join(dir, name);
-      const l = await lstat(p).catch(() => undefined);
-      if (!l) continue;
-      const st = l.isSymbolicLink() ? await stat(p).catch(() => undefined) : l;
-      if (!st) continue;
-      if (st.isSocket()) return { kind: 'socket', path: p };
-      return { kind: 'exec', path: p };
-    }
-  }
-  return { kind: 'none' };
-}
-
 /**
  * Runs a service call addressed to dom0 on the host, over an already connected
  * data vchan (we are the service end). `cmd` is the reference's
- * `QUBESRPC SERVICE+ARG SOURCE name|keyword TARGET`. Executables get the
- * reference's environment and argument; a socket gets the header
- * `SERVICE+ARG SOURCE name|keyword TARGET\0` then the data.
+ * `QUBESRPC SERVICE+ARG SOURCE name|keyword TARGET`. The service is looked up
+ * as the agent looks its services up (findQrexecService, QREXEC_SERVICE_PATH
+ * as `servicePath`): executables get the reference's environment and
+ * argument; a unix socket or a `/dev/tcp/HOST/PORT` symlink (host and port
+ * may come from the argument) is connected and gets the header
+ * `SERVICE+ARG SOURCE name|keyword TARGET\0` then the data. A call that
+ * cannot start ends with 127 (not found) or 125, logged as the reference
+ * logs it.
  */
 export async function runDom0Service(
   channel: Channel,
@@ -43,6 +38,7 @@ export async function runDom0Service(
 ): Promise<Dom0ServiceResult> {
   // a call that could not start: stderr and stdout EOF, then the status (reference handle_failed_exec)
   const failed = async (status: number): Promise<Dom0ServiceResult> => {
+    log(`failed to spawn process for service (exited ${status}): ${cmd}`);
     const sent = await serve(channel, { sink: null, source: null, exitOnly: Promise.resolve({ code: status, eofs: true, stderrFirst: true }) }, log);
     return { status: sent < 0 ? status : sent, started: false };
   };
@@ -73,26 +69,20 @@ export async function runDom0Service(
     return failed(ExitCode.PROBLEM);
   }
   if (config.waitForSession) await waitForSession(servicePath, rpc.sourceDomain, log);
-  const found = await findService(servicePath, rpc);
-  if (found.kind === 'none') {
-    log(`Service not found: ${rpc.descriptor}`);
-    return failed(ExitCode.NOT_FOUND);
+  const found = findQrexecService(servicePath.join(':'), rpc, true);
+  if ('code' in found) {
+    log(found.reason);
+    return failed(found.code);
   }
   const remote = rpc.sourceDomain;
-  if (found.kind === 'socket') {
-    const sock = net.createConnection({ path: found.path, allowHalfOpen: true });
-    const ok = await new Promise<boolean>((r) => {
-      const failed = (e: Error): void => {
-        log(`connect ${found.path}: ${e.message}`);
-        r(false);
-      };
-      sock.once('error', failed);
-      sock.once('connect', () => {
-        sock.off('error', failed);
-        r(true);
-      });
-    });
-    if (!ok) return failed(ExitCode.PROBLEM);
+  if (found.kind === 'socket' || found.kind === 'tcp') {
+    let sock: net.Socket;
+    try {
+      sock = await connectService(found);
+    } catch (e) {
+      log((e as Error).message);
+      return failed(ExitCode.PROBLEM);
+    }
     // One socket both ways, as the agent's socket services: the pump writes the
     // descriptor first, ends the call at the service's or the caller's EOF when
     // configured, and notices a service that closes (or stops reading) after its
@@ -112,17 +102,7 @@ export async function runDom0Service(
     // nothing runs but the socket: the reference reports 0 unless the vchan failed
     return { status: sent < 0 ? ExitCode.PROBLEM : sent, started: true };
   }
-  for (const [on, key] of [
-    [!config.sendServiceDescriptor, 'skip-service-descriptor'],
-    [config.exitOnServiceEof, 'exit-on-service-eof'],
-    [config.exitOnClientEof, 'exit-on-client-eof'],
-  ] as const) {
-    if (on) log(`Warning: ignoring ${key}=true for executable service ${found.path}`);
-  }
-  if ((await access(found.path, fsc.X_OK).then(() => true, () => false)) === false) {
-    log(`Service not executable: ${found.path}`);
-    return failed(ExitCode.PROBLEM);
-  }
+  warnIgnoredOptions(config, found.path, log);
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) {
     if (!k.startsWith('QREXEC') || k === 'QREXEC_SERVICE_PATH' || k === 'QREXEC_AGENT_PID') env[k] = v;

@@ -2,11 +2,12 @@ import { spawn } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
 import * as net from 'node:net';
 import { fstatSync, type Stats } from 'node:fs';
+import { findQrexecService } from '../agent/index.js';
 import { openLocal } from '../agent/local.js';
 import { parseCommand, targetRefersToDom0, ExitCode, MsgType } from '../protocol/index.js';
 import { startPump, vchanConnect, vchanEnvFrom, vchanListen } from '../vchan/index.js';
 import { DaemonClient, DEFAULT_SOCKET_DIR } from './client.js';
-import { DEFAULT_SERVICE_PATH, findService, runDom0Service } from './dom0.js';
+import { DEFAULT_SERVICE_PATH, runDom0Service } from './dom0.js';
 
 const USAGE = (name: string): string => `usage: ${name} [options] -d domain_name [-l local_prog|-c request_id,src_domain_name,src_domain_id|-e] user:remote_cmdline
 Options:
@@ -217,8 +218,13 @@ export async function qrexecClientMain(argv: string[]): Promise<number> {
       process.stderr.write('qrexec-client: For dom0 -> dom0 commands, only proper qrexec calls are allowed\n');
       return ExitCode.PROBLEM;
     }
-    const found = await findService(servicePath, rpc);
-    if (found.kind !== 'exec') return found.kind === 'none' ? ExitCode.NOT_FOUND : ExitCode.PROBLEM;
+    // the agent's lookup; sockets and /dev/tcp links are refused here (no data stream to give them)
+    const found = findQrexecService(servicePath.join(':'), rpc, false);
+    if ('code' in found) {
+      process.stderr.write(`qrexec-client: ${found.reason}\n`);
+      return found.code;
+    }
+    if (found.kind !== 'exec') return ExitCode.PROBLEM; // not reached with sockets refused
     const env: NodeJS.ProcessEnv = { ...process.env, QREXEC_SERVICE_FULL_NAME: rpc.descriptor, QREXEC_REMOTE_DOMAIN: rpc.sourceDomain, QREXEC_REQUESTED_TARGET_TYPE: rpc.requestedTarget?.type ?? '' };
     if (rpc.arg !== undefined) env['QREXEC_SERVICE_ARGUMENT'] = rpc.arg;
     if (rpc.requestedTarget?.type === 'name') env['QREXEC_REQUESTED_TARGET'] = rpc.requestedTarget.value;
