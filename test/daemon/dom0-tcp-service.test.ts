@@ -6,11 +6,14 @@
  * argument) or `/dev/tcp` (`HOST+PORT` from the argument, `+` for `:` in IPv6
  * addresses) connects over TCP and gets the descriptor then the data; a bad
  * target or a refused connection fails the call with 125 before anything
- * runs. The caller frames its messages itself (peer.ts).
+ * runs. The caller frames its messages itself (peer.ts). The last test
+ * runs the same targets through a qube's agent (test/agent/peer.ts), which
+ * uses the same lookup and connect.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
 import { mkdtemp, mkdir, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -20,6 +23,7 @@ import { runDom0Service } from '../../src/daemon/index.js';
 import { parseTcpTarget } from '../../src/agent/index.js';
 import { memoryPair } from '../../src/vchan/index.js';
 import { T, msg, u32 } from './peer.js';
+import { Fixture, T as AT, msg as amsg } from '../agent/peer.js';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../../..');
 /** Bounds how long a call may take on a loaded machine; nothing is timed. */
@@ -288,4 +292,33 @@ void test('qrexec-client dom0 → dom0 refuses a /dev/tcp service with 125, as t
   const code = await within(new Promise<number | null>((r) => child.once('exit', (c) => r(c))), 'qrexec-client');
   assert.equal(code, 125, err);
   assert.match(err, /Service \/dev\/tcp\/127\.0\.0\.1\/1 is a socket or \/dev\/tcp symlink, but this is not supported for dom0 -> dom0 calls/);
+});
+
+void test('the agent runs the same /dev/tcp targets with the same outcomes (one lookup, one connect)', async () => {
+  const srv = await tcpServer('127.0.0.1');
+  const fx = new Fixture();
+  try {
+    fs.symlinkSync('/dev/tcp/127.0.0.1', join(fx.dir, 'rpc', 'qubes.TcpPort'));
+    fs.symlinkSync('/dev/tcp', join(fx.dir, 'rpc', 'qubes.TcpAny'));
+    fx.startAgent();
+    await fx.connectDom0();
+    const ok = await fx.exec(AT.EXEC_CMDLINE, `QUBESRPC qubes.TcpPort+${srv.port} domX`);
+    ok.target.send(Buffer.concat([amsg(AT.DATA_STDIN, 'stdin data'), amsg(AT.DATA_STDIN)]));
+    const got = await ok.target.recvAll();
+    assert.equal(srv.got(), `qubes.TcpPort+${srv.port} domX\0stdin data`);
+    const out = got.filter((m) => m.type === AT.DATA_STDOUT).map((m) => m.data.toString()).join('');
+    assert.equal(out, 'stdout data');
+    assert.deepEqual(got.at(-1), { type: AT.DATA_EXIT_CODE, data: u32(0) });
+    // a missing port: the reference agent's test_connect_socket_tcp_missing_port
+    const bad = await fx.exec(AT.EXEC_CMDLINE, 'QUBESRPC qubes.TcpAny+127.0.0.1 domX');
+    assert.deepEqual(await bad.target.recvAll(), [
+      { type: AT.DATA_STDOUT, data: Buffer.alloc(0) },
+      { type: AT.DATA_STDERR, data: Buffer.alloc(0) },
+      { type: AT.DATA_EXIT_CODE, data: u32(125) },
+    ]);
+    assert.match(fx.agentLog, /No port provided, cannot connect to 127\.0\.0\.1/);
+  } finally {
+    srv.close();
+    await fx.stop();
+  }
 });
