@@ -19,6 +19,7 @@
 import { spawn } from 'node:child_process';
 import * as net from 'node:net';
 import { DEFAULT_LEGACY_DIR, DEFAULT_POLICY_DIRS } from '../node/policy-loader.js';
+import { qubesdCall } from '../node/qubesd.js';
 import { last, parseArgs, UsageError, type ParsedArgs } from '../common/args.js';
 import { decide, Notifier, type Outcome } from './decide.js';
 import { SocketServiceCaller } from './gui-caller.js';
@@ -26,7 +27,7 @@ import { createLogger, type Logger } from './log.js';
 import { PolicyStore } from './policy-store.js';
 import { formatRequest, type DaemonRequest } from './request.js';
 import { systemInfoOrError } from './server.js';
-import { FileSystemInfo, QubesdSystemInfo, qubesdCall, type SystemInfoSource } from './system-info-source.js';
+import { FileSystemInfo, QubesdSystemInfo, type SystemInfoSource } from './system-info-source.js';
 
 export const EXEC_USAGE = `usage: qrexec-policy-exec -h
 usage: qrexec-policy-exec [--assume-yes-for-ask] [--just-evaluate] [--path PATH] SOURCE TARGET service+argument

@@ -13,7 +13,6 @@ export {
   FileSystemInfo,
   QubesdSystemInfo,
   staticSystemInfo,
-  qubesdCall,
   readSystemInfoFile,
   type SystemInfoSource,
 } from './system-info-source.js';

@@ -16,7 +16,8 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { parseSystemInfo, type SystemInfo } from '../policy/index.js';
-import { safe, type Logger } from './log.js';
+import { qubesdCall } from '../node/qubesd.js';
+import type { Logger } from './log.js';
 
 /** A source of system info: a value when it is cached, a promise when it must be fetched. */
 export interface SystemInfoSource {
@@ -151,61 +152,7 @@ function statSignature(file: string): string {
 }
 
 /** Largest GetSystemInfo reply accepted. */
-const MAX_REPLY = 64 * 1024 * 1024;
-
-/**
- * One qubesd call over a unix socket: `METHOD+ARG dom0 name DEST\0` +
- * payload, end of input, then read the reply to EOF. Resolves with the data
- * after `0\0`; rejects on a qubesd exception (`2\0TYPE\0...`), a bad reply,
- * or a timeout.
- */
-export function qubesdCall(
-  socketPath: string,
-  method: string,
-  dest = 'dom0',
-  opts: { arg?: string; payload?: Uint8Array; timeoutMs?: number } = {},
-): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let len = 0;
-    const sock = net.connect(socketPath);
-    const timer = setTimeout(() => {
-      sock.destroy();
-      reject(new Error(`qubesd ${method}: timed out`));
-    }, opts.timeoutMs ?? 10_000);
-    sock.on('connect', () => {
-      sock.write(`${method}+${opts.arg ?? ''} dom0 name ${dest}\0`);
-      if (opts.payload) sock.write(opts.payload);
-      sock.end();
-    });
-    sock.on('data', (c: Buffer) => {
-      len += c.length;
-      if (len > MAX_REPLY) {
-        sock.destroy();
-        clearTimeout(timer);
-        reject(new Error(`qubesd ${method}: reply larger than ${MAX_REPLY} bytes`));
-        return;
-      }
-      chunks.push(c);
-    });
-    sock.on('error', (e) => {
-      clearTimeout(timer);
-      reject(new Error(`qubesd ${method}: ${e.message}`));
-    });
-    sock.on('end', () => {
-      clearTimeout(timer);
-      const data = Buffer.concat(chunks, len);
-      if (data.length >= 2 && data[0] === 0x30 && data[1] === 0) {
-        resolve(data.subarray(2));
-      } else if (data.length >= 2 && data[0] === 0x32 && data[1] === 0) {
-        const type = data.subarray(2).toString('latin1').split('\0')[0] ?? '';
-        reject(new Error(`qubesd ${method}: ${safe(type)}`));
-      } else {
-        reject(new Error(`qubesd ${method}: invalid reply ${safe(data.subarray(0, 40))}`));
-      }
-    });
-  });
-}
+const MAX_SYSTEM_INFO_REPLY = 64 * 1024 * 1024;
 
 export interface QubesdSystemInfoOptions {
   /** qubesd's internal socket (internal.GetSystemInfo). */
@@ -238,6 +185,7 @@ export class QubesdSystemInfo implements SystemInfoSource {
     const gen = this.eventGen;
     const p = qubesdCall(this.opts.socketPath, 'internal.GetSystemInfo', 'dom0', {
       timeoutMs: this.opts.timeoutMs ?? 10_000,
+      maxReply: MAX_SYSTEM_INFO_REPLY,
     }).then(
       (data) => {
         const info = parseSystemInfo(JSON.parse(data.toString('utf8')) as unknown);
