@@ -7,6 +7,9 @@
  *   pipe() -> [readFd, writeFd]             pipe2(O_CLOEXEC)
  *   setBlocking(fd, blocking)               clear/set O_NONBLOCK
  *   shutdown(fd, how) -> errno or 0         shutdown(2)
+ *   connectUnix(path) -> fd | errno string  a non-blocking stream socket
+ *       connected to a unix socket path at once (one connect(2), no event-loop
+ *       round trip); "ENOENT", "ECONNREFUSED", "EAGAIN"... when it fails
  *   waitReadable(fd, timeoutMs, cb)         calls cb(true) once fd is readable
  *       (data, EOF or error) or cb(false) after timeoutMs, without reading;
  *       watches a dup() of fd in the event loop, so Node's own handle for fd
@@ -21,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <node_api.h>
@@ -324,6 +328,48 @@ static napi_value wait_readable(napi_env env, napi_callback_info info)
     return NULL;
 }
 
+static napi_value connect_unix(napi_env env, napi_callback_info info)
+{
+    napi_value argv[1];
+    size_t argc = 1;
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path) + 1];
+    size_t len = 0;
+    napi_valuetype t;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok)
+        return NULL;
+    if (argc < 1 || napi_typeof(env, argv[0], &t) != napi_ok || t != napi_string ||
+        napi_get_value_string_utf8(env, argv[0], path, sizeof(path), &len) != napi_ok) {
+        napi_throw_type_error(env, NULL, "expected a path");
+        return NULL;
+    }
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof(addr));
+    if (len == 0 || len >= sizeof(addr.sun_path)) {
+        napi_throw_range_error(env, NULL, "connectUnix: path empty or too long");
+        return NULL;
+    }
+    addr.sun_family = AF_UNIX;
+    memcpy(addr.sun_path, path, len);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return throw_errno(env, "socket", errno);
+    int r;
+    do
+        r = connect(fd, (struct sockaddr *)&addr, sizeof(addr));
+    while (r < 0 && errno == EINTR);
+    napi_value v;
+    if (r < 0) {
+        int err = errno;
+        close(fd);
+        const char *code = err == ENOENT ? "ENOENT" : err == ECONNREFUSED ? "ECONNREFUSED" : err == EAGAIN ? "EAGAIN"
+                         : err == EACCES ? "EACCES" : err == ENOTDIR ? "ENOTDIR" : "EIO";
+        napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &v);
+        return v;
+    }
+    napi_create_int32(env, fd, &v);
+    return v;
+}
+
 static int add_fn(napi_env env, napi_value exports, const char *name, napi_callback cb)
 {
     napi_value fn;
@@ -335,7 +381,7 @@ NAPI_MODULE_INIT()
 {
     if (!add_fn(env, exports, "recvFds", recv_fds) || !add_fn(env, exports, "pipe", make_pipe) ||
         !add_fn(env, exports, "setBlocking", set_blocking) || !add_fn(env, exports, "shutdown", do_shutdown) ||
-        !add_fn(env, exports, "waitReadable", wait_readable))
+        !add_fn(env, exports, "waitReadable", wait_readable) || !add_fn(env, exports, "connectUnix", connect_unix))
         return NULL;
     return exports;
 }

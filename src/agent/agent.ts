@@ -42,7 +42,7 @@ import {
   type Frame,
   type LengthRules,
 } from '../protocol/index.js';
-import { startPump, vchanConnect, vchanListen, type Pump, type VchanEnv } from '../vchan/index.js';
+import { VchanListeners, startPump, vchanConnect, vchanListen, type Pump, type VchanEnv } from '../vchan/index.js';
 import {
   justExec,
   prepareCall,
@@ -105,6 +105,8 @@ export class Agent {
   private server: net.Server | undefined;
   private waiting: Promise<void> | undefined;
   private readonly native: NativeHelper | null = loadNative();
+  /** Data-vchan servers for the fast launcher's calls, with a spare bound ahead. */
+  private readonly listeners: VchanListeners;
   private closed = false;
   /** Resolves when the control channel is gone. */
   readonly done: Promise<void>;
@@ -112,6 +114,7 @@ export class Agent {
 
   constructor(private readonly opts: AgentOptions) {
     this.log = opts.log;
+    this.listeners = new VchanListeners(opts.vchan);
     this.done = new Promise((r) => (this.resolveDone = r));
   }
 
@@ -135,6 +138,7 @@ export class Agent {
     if (this.closed) return;
     this.closed = true;
     this.server?.close();
+    this.listeners.close();
     try {
       fs.unlinkSync(this.opts.agentSocket);
     } catch {
@@ -558,7 +562,7 @@ export class Agent {
     };
     let listener;
     try {
-      listener = await vchanListen(this.opts.vchan, domain, port);
+      listener = await this.listeners.listen(domain, port);
     } catch (e) {
       this.log(`Data vchan connection failed: ${(e as Error).message}`);
       for (const d of fast.fds) closeFd(d);
@@ -631,6 +635,7 @@ export class Agent {
     for (const s of new Set([sinkS, sourceS, errS])) s.release();
     record(LauncherRecord.EXIT, status & 0xff);
     sock.end();
+    this.listeners.refill();
   }
 }
 

@@ -7,8 +7,9 @@
 import * as net from 'node:net';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { ExitCode, MsgType, TRIGGER_SERVICE_PARAMS4_SIZE } from '../protocol/index.js';
-import { startPump, vchanEnvFrom, vchanListen, type Pump, type PumpOptions, type VchanEnv } from '../vchan/index.js';
+import { VchanListeners, startPump, vchanEnvFrom, type Pump, type PumpOptions, type VchanEnv } from '../vchan/index.js';
 import { DEFAULT_AGENT_SOCKET } from './agent.js';
+import { loadNative } from './native.js';
 
 /** How long the data vchan may take to be connected (the reference's connection timeout). */
 const DATA_CONNECT_TIMEOUT_MS = 120_000;
@@ -108,7 +109,8 @@ export type ServeCallIo = Omit<PumpOptions, 'channel' | 'role' | 'single'> & {
  * Resolves with the call's exit status.
  */
 export async function serveCall(env: VchanEnv, params: { domain: number; port: number }, io: ServeCallIo): Promise<number> {
-  const listener = await vchanListen(env, params.domain, params.port);
+  const listeners = listenersFor(env);
+  const listener = await listeners.listen(params.domain, params.port);
   const timer = setTimeout(() => listener.close(), DATA_CONNECT_TIMEOUT_MS);
   let ch: net.Socket;
   try {
@@ -120,7 +122,33 @@ export async function serveCall(env: VchanEnv, params: { domain: number; port: n
   const { onPump, single, ...rest } = io;
   const pump = startPump({ channel: ch, role: 'client', single: single ?? false, ...rest });
   onPump?.(pump);
-  return pump.done;
+  const status = await pump.done;
+  listeners.refill();
+  return status;
+}
+
+/** Per vchan directory and domain: a spare data-vchan server for the next call. */
+const listenersByEnv = new Map<string, VchanListeners>();
+function listenersFor(env: VchanEnv): VchanListeners {
+  const key = `${env.ownDomain}\0${env.dir}`;
+  let l = listenersByEnv.get(key);
+  if (!l) {
+    l = new VchanListeners(env);
+    listenersByEnv.set(key, l);
+  }
+  return l;
+}
+
+/**
+ * The agent socket, connected at once when the native helper is there (the
+ * request is then written in this turn and usually reaches the agent with
+ * its accept), else through Node's connect.
+ */
+function connectAgent(path: string): net.Socket {
+  const native = loadNative();
+  const r = native?.connectUnix(path);
+  if (typeof r === 'number') return new net.Socket({ fd: r, readable: true, writable: true, allowHalfOpen: true });
+  return net.connect({ path, allowHalfOpen: true });
 }
 
 /**
@@ -130,7 +158,7 @@ export async function serveCall(env: VchanEnv, params: { domain: number; port: n
  */
 export async function callService(target: string, service: string, opts: CallOptions = {}): Promise<CallResult> {
   // the request is written as soon as the socket connects, in the same turn
-  const sock = net.connect({ path: opts.agentSocket ?? DEFAULT_AGENT_SOCKET, allowHalfOpen: true });
+  const sock = connectAgent(opts.agentSocket ?? DEFAULT_AGENT_SOCKET);
   try {
     const params = await requestCall(sock, encodeClientRequest(target, service, opts.sourceQube));
     sock.on('error', () => undefined);

@@ -28,6 +28,12 @@ export interface NativeHelper {
    * after `timeoutMs`, without reading anything: a dup of `fd` is watched in the
    * event loop. Throws when `fd` cannot be watched.
    */
+  /**
+   * A non-blocking unix stream socket connected to `path` with one connect(2),
+   * no event-loop round trip: its descriptor, or the error code ("ENOENT",
+   * "ECONNREFUSED", "EAGAIN", "EACCES", "ENOTDIR", else "EIO").
+   */
+  connectUnix(path: string): number | string;
   waitReadable(fd: number, timeoutMs: number, cb: (readable: boolean) => void): void;
 }
 

@@ -14,6 +14,9 @@ export {
   vchanEnvFrom,
   vchanPath,
   vchanListen,
+  VchanListeners,
+  spareVchanListener,
+  type SpareVchanListener,
   vchanConnect,
   connectOnce,
 } from './socket.js';

@@ -130,25 +130,35 @@ export function startPump(o: PumpOptions): Pump {
   const sinkIsSocket = o.sink !== null && isSocketStream(o.sink);
   let stopHangupWatch: () => void = () => undefined;
 
+  // Everything written to the vchan in one turn of the event loop goes out in
+  // one writev: a service's last data, EOF and exit code reach the peer in one
+  // read instead of three wake-ups.
   const corkable = typeof (ch as unknown as Partial<Writable>).cork === 'function' ? (ch as unknown as Writable) : undefined;
+  let batching = false;
+  const flush = (): void => {
+    batching = false;
+    corkable?.uncork();
+  };
+  const send = (b: Uint8Array): void => {
+    if (corkable && !batching && !corkable.writableEnded) {
+      batching = true;
+      corkable.cork();
+      setImmediate(flush);
+    }
+    ch.write(b);
+  };
   const sendData = (type: number, data: Buffer): void => {
     if (data.length === 0) {
-      ch.write(encodeDataHeader(type, 0));
+      send(encodeDataHeader(type, 0));
       return;
     }
     for (let off = 0; off < data.length; off += chunk) {
       const part = data.subarray(off, Math.min(off + chunk, data.length));
       if (part.length <= 4096) {
-        ch.write(encodeMessage(type, part)); // small: one copy, one write
-      } else if (corkable) {
-        // header and data in one writev
-        corkable.cork();
-        ch.write(encodeDataHeader(type, part.length));
-        ch.write(part);
-        corkable.uncork();
+        send(encodeMessage(type, part)); // small: one copy
       } else {
-        ch.write(encodeDataHeader(type, part.length));
-        ch.write(part);
+        send(encodeDataHeader(type, part.length));
+        send(part);
       }
     }
   };
@@ -180,7 +190,7 @@ export function startPump(o: PumpOptions): Pump {
   /** The reference's close_stdin(). */
   const closeInput = (): void => {
     if (o.exitOnClientEof) {
-      if (source !== null) ch.write(encodeDataHeader(outType, 0));
+      if (source !== null) send(encodeDataHeader(outType, 0));
       const s = source;
       source = null;
       stopSource(s);
@@ -202,7 +212,7 @@ export function startPump(o: PumpOptions): Pump {
     if (finished) return;
     finished = true;
     stopHangupWatch();
-    if (sendExit) ch.write(encodeExitCode(status));
+    if (sendExit) send(encodeExitCode(status));
     for (const r of sources) {
       r.removeAllListeners('data');
       r.destroy();
@@ -278,7 +288,7 @@ export function startPump(o: PumpOptions): Pump {
     const eof = (): void => {
       if (ended || finished || !sources.has(r)) return;
       ended = true;
-      ch.write(encodeDataHeader(type, 0));
+      send(encodeDataHeader(type, 0));
       onEof();
       checkDone();
     };
@@ -297,7 +307,7 @@ export function startPump(o: PumpOptions): Pump {
         if (finished) return;
         if (r.eofs) {
           const order = r.stderrFirst ? [MsgType.DATA_STDERR, MsgType.DATA_STDOUT] : [MsgType.DATA_STDOUT, MsgType.DATA_STDERR];
-          for (const t of order) ch.write(encodeDataHeader(t, 0));
+          for (const t of order) send(encodeDataHeader(t, 0));
         }
         remoteStatus = r.code;
         finish(r.code, true);
@@ -305,7 +315,7 @@ export function startPump(o: PumpOptions): Pump {
       return;
     }
     started = true;
-    if (isService && errSource === null) ch.write(encodeDataHeader(MsgType.DATA_STDERR, 0));
+    if (isService && errSource === null) send(encodeDataHeader(MsgType.DATA_STDERR, 0));
     if (o.sinkPrefix && o.sinkPrefix.length > 0 && sink) writeSink(o.sinkPrefix);
     if (o.prefix && o.prefix.length > 0) sendData(outType, o.prefix);
     if (source) pump(source, outType, closeOutput);
@@ -421,7 +431,7 @@ export function startPump(o: PumpOptions): Pump {
         } else {
           remoteStatus = f.payload.readInt32LE(0);
         }
-        if (source !== null) ch.write(encodeDataHeader(outType, 0));
+        if (source !== null) send(encodeDataHeader(outType, 0));
         closeOutput();
         checkDone();
         return;
@@ -454,7 +464,7 @@ export function startPump(o: PumpOptions): Pump {
   ch.on('end', onClose);
   ch.on('close', onClose);
   ch.on('error', (e: Error) => log(`data vchan error: ${e.message}`));
-  ch.write(encodeHello(QREXEC_PROTOCOL_VERSION));
+  send(encodeHello(QREXEC_PROTOCOL_VERSION));
 
   return {
     done,

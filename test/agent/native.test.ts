@@ -80,3 +80,33 @@ describe('native waitReadable', { skip: native ? false : 'native addon not built
     assert.throws(() => n.waitReadable(0, 10, 'x' as unknown as () => void), /callback/);
   });
 });
+
+describe('native connectUnix', { skip: native ? false : 'native addon not built' }, () => {
+  it('connects at once and reports errors as codes', async () => {
+    const n = native!;
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qrexec-native-'));
+    try {
+      assert.equal(n.connectUnix(path.join(dir, 'missing')), 'ENOENT');
+      assert.throws(() => n.connectUnix(''), /empty or too long/);
+      assert.throws(() => n.connectUnix('x'.repeat(200)), /empty or too long/);
+      const p = path.join(dir, 's');
+      const got = new Promise<string>((resolve) => {
+        const srv = net.createServer((s) => s.on('data', (d: Buffer) => {
+          resolve(d.toString());
+          s.end();
+          srv.close();
+        }));
+        srv.listen(p);
+      });
+      await new Promise((r) => setTimeout(r, 50));
+      const fd = n.connectUnix(p);
+      assert.equal(typeof fd, 'number');
+      const c = new net.Socket({ fd: fd as number, readable: true, writable: true });
+      c.write('hi');
+      assert.equal(await got, 'hi');
+      c.destroy();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
