@@ -4,6 +4,7 @@ import { DEFAULT_SERVICE_PATH, DEFAULT_SOCKET_DIR, parseQubeSpec, type QubeSpec 
 import { DAEMON_OPTIONS, daemonConfig, StartupError } from '../policyd/daemon.js';
 import { startHost } from '../host/index.js';
 import { vchanEnvFrom } from '../vchan/index.js';
+import { DEFAULT_QUBESD_SOCKET } from '../node/qubesd.js';
 
 const prog = 'qrexec-host';
 const USAGE = `usage: qrexec-host --qube DOMID:NAME:UUID[:USER] [--qube ...] [--qrexec-socket-dir DIR]
@@ -23,6 +24,12 @@ options:
                              replaces DEFAULT: in commands (default "user")
   --qrexec-socket-dir DIR    directory of the qrexec.<domid|name|uuid:UUID>
                              client sockets (default ${DEFAULT_SOCKET_DIR})
+  --qubesd-admin-socket PATH qubesd Admin API socket, to start targets
+                             (autostart) and create, start and kill DispVMs
+                             of @dispvm: targets (default
+                             ${DEFAULT_QUBESD_SOCKET}; "none": refuse such
+                             calls). --qubesd-socket is the policy daemon's
+                             internal socket for system info.
   every option of qrexec-policy-daemon (see qrexec-policy-daemon --help)
 
 environment: VCHAN_SOCKET_DIR and VCHAN_DOMAIN (the vchan transport),
@@ -30,7 +37,7 @@ QREXEC_SERVICE_PATH (dom0 services, default ${DEFAULT_SERVICE_PATH})
 `;
 
 try {
-  const parsed = parseArgs(process.argv.slice(2), [...DAEMON_OPTIONS, { name: 'qube', value: true, repeat: true }, { name: 'qrexec-socket-dir', value: true }], { argparse: true });
+  const parsed = parseArgs(process.argv.slice(2), [...DAEMON_OPTIONS, { name: 'qube', value: true, repeat: true }, { name: 'qrexec-socket-dir', value: true }, { name: 'qubesd-admin-socket', value: true }], { argparse: true });
   if (parsed.help) {
     process.stdout.write(HELP);
     process.exit(0);
@@ -43,6 +50,7 @@ try {
   }
   if (qubes.length === 0) throw new UsageError('the following arguments are required: --qube');
   const cfg = daemonConfig(parsed);
+  const qubesdAdmin = last(parsed, 'qubesd-admin-socket') ?? DEFAULT_QUBESD_SOCKET;
   process.umask(0o007);
   const host = await startHost({
     policy: cfg,
@@ -50,6 +58,7 @@ try {
     socketDir: last(parsed, 'qrexec-socket-dir') ?? DEFAULT_SOCKET_DIR,
     vchan: vchanEnvFrom(process.env),
     servicePath: (process.env['QREXEC_SERVICE_PATH'] ?? DEFAULT_SERVICE_PATH).split(':').filter((x) => x),
+    ...(qubesdAdmin !== 'none' ? { qubesdSocket: qubesdAdmin } : {}),
   });
   let stopping = false;
   const stop = (): void => {

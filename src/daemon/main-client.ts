@@ -5,9 +5,10 @@ import { fstatSync, type Stats } from 'node:fs';
 import { findQrexecService } from '../agent/index.js';
 import { openLocal } from '../agent/local.js';
 import { parseCommand, targetRefersToDom0, ExitCode, MsgType } from '../protocol/index.js';
-import { startPump, vchanConnect, vchanEnvFrom, vchanListen } from '../vchan/index.js';
+import { startPump, vchanConnect, vchanEnvFrom, vchanListen, type VchanEnv } from '../vchan/index.js';
 import { DaemonClient, DEFAULT_SOCKET_DIR } from './client.js';
 import { DEFAULT_SERVICE_PATH, runDom0Service } from './dom0.js';
+import { DEFAULT_QUBESD_SOCKET, qubesdCall } from '../node/qubesd.js';
 
 const USAGE = (name: string): string => `usage: ${name} [options] -d domain_name [-l local_prog|-c request_id,src_domain_name,src_domain_id|-e] user:remote_cmdline
 Options:
@@ -22,6 +23,7 @@ Options:
   --socket-dir=PATH -  directory for qrexec socket, default: ${DEFAULT_SOCKET_DIR}
   -p PREFIX-DATA, --prefix-data=PREFIX-DATA - send the given data before the provided stdin (can only be used once)
   --use-stdin-socket - use fd 0 (which must be socket) for both stdin and stdout
+  --qubesd-socket=PATH - qubesd Admin API socket for -k, default: ${DEFAULT_QUBESD_SOCKET} ("none": -k does nothing)
 `;
 
 function die(code: number, msg: string): never {
@@ -41,6 +43,7 @@ interface Opts {
   waitEnd: boolean;
   kill: boolean;
   socketDir: string;
+  qubesdSocket: string;
   prefix?: string;
   stdinSocket: boolean;
   cmd?: string;
@@ -79,7 +82,7 @@ function callerStdout(): Writable {
 
 /** getopt_long-like parsing of the reference's options "hd:l:eEc:p:tTw:Wk". */
 function parse(argv: string[]): Opts {
-  const o: Opts = { justExec: false, exitWithCode: true, t: false, T: false, timeout: 10, waitEnd: false, kill: false, socketDir: DEFAULT_SOCKET_DIR, stdinSocket: false };
+  const o: Opts = { justExec: false, exitWithCode: true, t: false, T: false, timeout: 10, waitEnd: false, kill: false, socketDir: DEFAULT_SOCKET_DIR, qubesdSocket: DEFAULT_QUBESD_SOCKET, stdinSocket: false };
   const withArg = new Set(['d', 'l', 'c', 'p', 'w']);
   const pos: string[] = [];
   for (let i = 0; i < argv.length; i++) {
@@ -95,6 +98,7 @@ function parse(argv: string[]): Opts {
         process.stdout.write(USAGE('qrexec-client'));
         process.exit(0);
       } else if (k === 'socket-dir') o.socketDir = val();
+      else if (k === 'qubesd-socket') o.qubesdSocket = val();
       else if (k === 'no-exit-code') o.exitWithCode = false;
       else if (k === 'prefix-data') {
         if (o.prefix !== undefined) {
@@ -237,7 +241,9 @@ export async function qrexecClientMain(argv: string[]): Promise<number> {
   }
 
   if (o.connect) {
-    // VM-VM: ask the target daemon to run cmd, then tell the source's daemon where to connect
+    // VM-VM: ask the target daemon to run cmd, then tell the source's daemon where to connect.
+    // -k kills the target right before exiting: with -W after the call's end (qrexec-policy-exec's
+    // DispVMs); the 4.2 reference ignores -k here.
     try {
       const t = await DaemonClient.connect(o.socketDir, domain);
       const ep = await t.exec(cmd, o.connect.srcId, o.justExec);
@@ -250,9 +256,40 @@ export async function qrexecClientMain(argv: string[]): Promise<number> {
     } catch (e) {
       process.stderr.write(`qrexec-client: ${(e as Error).message}\n`);
       return 137;
+    } finally {
+      if (o.kill) await killDomain(o.qubesdSocket, domain);
     }
   }
 
+  try {
+    return await runInVm(o, domain, cmd, { stdin, stdout, venv, timeoutMs });
+  } finally {
+    // as the reference: also when the call could not be made
+    if (o.kill) await killDomain(o.qubesdSocket, domain);
+  }
+}
+
+/** -k: admin.vm.Kill of the target; failures are reported, the exit status stays the call's. */
+async function killDomain(qubesdSocket: string, domain: string): Promise<void> {
+  if (qubesdSocket === 'none') {
+    process.stderr.write(`qrexec-client: -k: not killing ${domain}: no qubesd (--qubesd-socket=none)\n`);
+    return;
+  }
+  try {
+    await qubesdCall(qubesdSocket, 'admin.vm.Kill', domain);
+  } catch (e) {
+    process.stderr.write(`qrexec-client: -k: ${(e as Error).message}\n`);
+  }
+}
+
+/** A command in a VM whose data vchan we serve (no -c): the call's exit status. */
+async function runInVm(
+  o: Opts,
+  domain: string,
+  cmd: string,
+  io: { stdin: Readable; stdout: Writable; venv: VchanEnv; timeoutMs: number | undefined },
+): Promise<number> {
+  const { stdin, stdout, venv, timeoutMs } = io;
   let client: DaemonClient;
   try {
     client = await DaemonClient.connect(o.socketDir, domain);
@@ -310,8 +347,5 @@ export async function qrexecClientMain(argv: string[]): Promise<number> {
   }).done;
   await outputFlushed;
   client.close();
-  if (o.kill) {
-    // TODO(#3): admin.vm.Kill through qubesd
-  }
   return o.exitWithCode ? status & 0xff : 0;
 }

@@ -2,6 +2,7 @@ import { parseArgs } from 'node:util';
 import { spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { vchanEnvFrom } from '../vchan/index.js';
+import { DEFAULT_QUBESD_SOCKET } from '../node/qubesd.js';
 import { DEFAULT_SOCKET_DIR } from './client.js';
 import { DEFAULT_SERVICE_PATH } from './dom0.js';
 import { DEFAULT_POLICY_PROGRAM, DEFAULT_POLICY_SOCKET } from './policy.js';
@@ -19,6 +20,9 @@ Options:
   -u, --uuid=UUID - domain UUID, mandatory
   --qube=DOMID:NAME:UUID[:USER] - also serve this qube in the same process
       (repeatable; calls between qubes of one process skip their sockets)
+  --qubesd-socket=PATH - qubesd Admin API socket, to start targets (autostart)
+      and create, start and kill DispVMs of @dispvm: targets,
+      default: ${DEFAULT_QUBESD_SOCKET}; "none": refuse such calls
 `;
 
 function usage(argv0: string): never {
@@ -43,6 +47,7 @@ export async function qrexecDaemonMain(argv: string[], scriptPath: string): Prom
         direct: { type: 'boolean', short: 'D' },
         uuid: { type: 'string', short: 'u' },
         qube: { type: 'string', multiple: true },
+        'qubesd-socket': { type: 'string' },
       },
     });
   } catch (e) {
@@ -97,6 +102,7 @@ export async function qrexecDaemonMain(argv: string[], scriptPath: string): Prom
     }
     qubes.push(q);
   }
+  const qubesdSocket = o['qubesd-socket'] ?? DEFAULT_QUBESD_SOCKET;
   let daemons: QubeDaemon[];
   try {
     daemons = createQubeDaemons(qubes, {
@@ -107,6 +113,7 @@ export async function qrexecDaemonMain(argv: string[], scriptPath: string): Prom
       servicePath: (env['QREXEC_SERVICE_PATH'] ?? DEFAULT_SERVICE_PATH).split(':').filter((x) => x),
       startupTimeoutMs: haveTimeout ? startup * 1000 : 0,
       log,
+      ...(qubesdSocket !== 'none' ? { qubesdSocket } : {}),
     });
   } catch (e) {
     log('error', (e as Error).message);

@@ -1,5 +1,6 @@
 import * as net from 'node:net';
 import { mkdir, symlink, unlink } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import {
   FrameDecoder,
@@ -32,6 +33,7 @@ import {
   type Trigger,
 } from '../protocol/index.js';
 import { vchanConnect, type Channel, type VchanEnv } from '../vchan/index.js';
+import { qubesdCall, QubesdError } from '../node/qubesd.js';
 import { DaemonClient, DaemonClientError, type DataEndpoint } from './client.js';
 import type { QubeHost } from './host.js';
 import { runDom0Service } from './dom0.js';
@@ -64,6 +66,14 @@ export interface QubeDaemonOptions {
   readonly policy?: (q: PolicyQuery) => Promise<PolicyOutcome>;
   /** The other qubes this process serves: calls to them are set up in-process. */
   readonly host?: QubeHost;
+  /**
+   * qubesd's Admin API socket: starts a stopped target whose policy says
+   * autostart, and creates, starts and kills the DispVMs of `@dispvm:` targets.
+   * Without it such calls are refused.
+   */
+  readonly qubesdSocket?: string;
+  /** How long qubesd may take to start a qube, and the started qube to connect its agent (default 120 s). */
+  readonly autostartTimeoutMs?: number;
 }
 
 /** Most policy requests in flight per qube (reference: MAX_CLIENTS slots); more are refused. */
@@ -77,6 +87,16 @@ interface Pending {
   state: 'pending' | 'allowed' | 'denied';
   readonly generation: number;
 }
+
+/** A command started in a call's target: in this process (`local`) or through the target's socket (`client`, open). */
+interface TargetCall {
+  readonly ep: DataEndpoint;
+  readonly local?: QubeDaemon;
+  readonly client?: DaemonClient;
+}
+
+/** Default of {@link QubeDaemonOptions.autostartTimeoutMs}. */
+export const DEFAULT_AUTOSTART_TIMEOUT_MS = 120_000;
 
 interface LocalClient {
   readonly sock: net.Socket;
@@ -143,6 +163,7 @@ export class QubeDaemon {
     if (this.stopped) return;
     this.stopped = true;
     this.abort.abort();
+    this.endCalls();
     await this.closeSockets();
     this.control?.destroy();
     this.resolveDone(0);
@@ -276,6 +297,7 @@ export class QubeDaemon {
         if (this.ports.release(p.connectPort, p.connectDomain)) {
           const c = this.notify.get(p.connectPort);
           if (c) this.terminateClient(c);
+          this.endCalls(`${p.connectPort}:${p.connectDomain}`);
         }
         return;
       }
@@ -343,38 +365,170 @@ export class QubeDaemon {
       return;
     }
     const target = d.targetUuid ?? d.target;
-    if (target.startsWith('@dispvm:')) {
-      // TODO(#3): admin.vm.CreateDisposable through qubesd, then kill at the end of the call.
-      throw new Error(`Target ${target}: disposable VMs are not supported by this daemon yet`);
-    }
     if (p.state !== 'pending' || p.generation !== this.generation) return;
     const cmd = buildServiceCommand(d.user, service, source);
-    const local = this.opts.host?.find(target);
-    const ep = local?.execForCall(cmd, this.opts.domid);
-    if (ep) {
-      // the target is served by this process: no socket round trip
-      p.state = 'allowed';
-      this.sendControl(encodeServiceConnect(ep.domain, ep.port, p.identRaw));
+    if (target.startsWith('@dispvm:')) {
+      await this.connectDispVm(p, target, d.targetUuid !== undefined, d.autostart, cmd);
       return;
     }
+    let call = await this.execInTarget(target, cmd);
+    if (!call) {
+      if (!d.autostart) throw new Error(`qube ${target} is not running`);
+      await this.qubesdStart(target);
+      call = await this.execWhenStarted(target, cmd);
+    }
+    call.client?.close();
+    if (p.state !== 'pending' || p.generation !== this.generation) return;
+    p.state = 'allowed';
+    this.sendControl(encodeServiceConnect(call.ep.domain, call.ep.port, p.identRaw));
+  }
+
+  /**
+   * Runs `cmd` in `target` for a call of this qube: in-process when this
+   * process serves the target (no socket round trip), else through the
+   * target's `qrexec.<target>` socket (the client is returned open, for a
+   * caller that waits for the call's end). Undefined when the target's
+   * daemon is not there or has no agent.
+   */
+  private async execInTarget(target: string, cmd: string): Promise<TargetCall | undefined> {
+    const local = this.opts.host?.find(target);
+    const ep = local?.execForCall(cmd, this.opts.domid);
+    if (local && ep) return { ep, local };
     let c: DaemonClient;
     try {
       c = await DaemonClient.connect(this.opts.socketDir, target);
     } catch (e) {
-      if (e instanceof DaemonClientError && e.code === 'NOT_RUNNING' && d.autostart) {
-        // TODO(#3): admin.vm.Start through qubesd, then retry.
-        throw new Error(`qube ${target} is not running (autostart needs qubesd)`);
-      }
+      if (e instanceof DaemonClientError && e.code === 'NOT_RUNNING') return undefined;
       throw e;
     }
     try {
-      const ep = await c.exec(cmd, this.opts.domid);
-      if (p.state !== 'pending' || p.generation !== this.generation) return;
-      p.state = 'allowed';
-      this.sendControl(encodeServiceConnect(ep.domain, ep.port, p.identRaw));
-    } finally {
+      return { ep: await c.exec(cmd, this.opts.domid), client: c };
+    } catch (e) {
       c.close();
+      throw e;
     }
+  }
+
+  /**
+   * {@link execInTarget} once the qube qubesd was asked to start is there.
+   * Real qubesd answers admin.vm.Start when the qube's daemon is up; here a
+   * qube's host side may be waiting for its agent already, so we retry
+   * (backing off to 200 ms) until autostartTimeoutMs.
+   */
+  private async execWhenStarted(target: string, cmd: string): Promise<TargetCall> {
+    const timeoutMs = this.opts.autostartTimeoutMs ?? DEFAULT_AUTOSTART_TIMEOUT_MS;
+    const deadline = Date.now() + timeoutMs;
+    for (let delay = 5; ; delay = Math.min(delay * 2, 200)) {
+      const call = await this.execInTarget(target, cmd);
+      if (call) return call;
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`qube ${target} was started but its qrexec agent did not connect within ${timeoutMs / 1000} s`);
+      await sleep(Math.min(delay, left), undefined, { signal: this.abort.signal });
+    }
+  }
+
+  private qubesd(why: string): string {
+    const sock = this.opts.qubesdSocket;
+    if (sock === undefined) throw new Error(`${why} needs qubesd, which this daemon does not use (--qubesd-socket=none)`);
+    return sock;
+  }
+
+  /** admin.vm.Start; a qube that is already running is fine (QubesVMNotHaltedError), as the reference. */
+  private async qubesdStart(target: string): Promise<void> {
+    const sock = this.qubesd(`qube ${target} is not running and autostart`);
+    try {
+      await qubesdCall(sock, 'admin.vm.Start', target, { timeoutMs: this.opts.autostartTimeoutMs ?? DEFAULT_AUTOSTART_TIMEOUT_MS });
+    } catch (e) {
+      if (e instanceof QubesdError && e.excType === 'QubesVMNotHaltedError') return;
+      throw new Error(`qubesd could not start VM ${target}: ${(e as Error).message}`);
+    }
+  }
+
+  /**
+   * A call to `@dispvm:TEMPLATE` (or `@dispvm:uuid:…`), as the reference's
+   * qrexec_execute_vm: admin.vm.CreateDisposable of the template (payload
+   * `uuid` when the policy gave uuids: the reply is then the DispVM's
+   * `uuid:…`), admin.vm.Start, the call, and admin.vm.Kill when the call
+   * ends (its data port's MSG_CONNECTION_TERMINATED in the DispVM's daemon)
+   * or when setting it up fails. qubesd removes the killed DispVM itself
+   * (auto_cleanup). The end is awaited outside the call's pending slot.
+   */
+  private async connectDispVm(p: Pending, target: string, useUuid: boolean, autostart: boolean, cmd: string): Promise<void> {
+    if (!autostart) throw new Error(`Target ${target} with autostart=False makes no sense`);
+    const sock = this.qubesd(`Target ${target}: a disposable VM`);
+    const template = target.slice('@dispvm:'.length);
+    const timeoutMs = this.opts.autostartTimeoutMs ?? DEFAULT_AUTOSTART_TIMEOUT_MS;
+    let reply: string;
+    try {
+      reply = (await qubesdCall(sock, 'admin.vm.CreateDisposable', template, { timeoutMs, ...(useUuid ? { payload: Buffer.from('uuid') } : {}) })).toString('latin1');
+    } catch (e) {
+      throw new Error(`qubesd could not create disposable VM: ${(e as Error).message}`);
+    }
+    if (!(useUuid ? /^uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i : /^[A-Za-z][A-Za-z0-9_.-]{0,30}$/).test(reply)) {
+      throw new Error(`invalid response to admin.vm.CreateDisposable: ${JSON.stringify(reply.slice(0, 80))}`);
+    }
+    const dispvm = reply;
+    this.log('info', `${this.opts.name}: created disposable VM ${dispvm} from ${template}`);
+    let call: TargetCall | undefined;
+    try {
+      await this.qubesdStart(dispvm);
+      call = await this.execWhenStarted(dispvm, cmd);
+      if (p.state !== 'pending' || p.generation !== this.generation) throw new Error(`the call to ${dispvm} was cancelled (${this.opts.name}'s agent went away)`);
+      p.state = 'allowed';
+      this.sendControl(encodeServiceConnect(call.ep.domain, call.ep.port, p.identRaw));
+    } catch (e) {
+      call?.client?.close();
+      await this.killDispVm(sock, dispvm);
+      throw e;
+    }
+    const ended = call.client ? call.client.waitClosed() : (call.local as QubeDaemon).callEnded(call.ep.port, this.opts.domid);
+    void ended.then(() => this.killDispVm(sock, dispvm));
+  }
+
+  /** admin.vm.Kill of a DispVM we created; a failure is logged (qubesd may have removed it already). */
+  private async killDispVm(sock: string, dispvm: string): Promise<void> {
+    try {
+      await qubesdCall(sock, 'admin.vm.Kill', dispvm);
+    } catch (e) {
+      if (e instanceof QubesdError && e.excType === 'QubesVMNotStartedError') return;
+      this.log('warning', `${this.opts.name}: could not kill disposable VM ${dispvm}: ${(e as Error).message}`);
+    }
+  }
+
+  /**
+   * Resolves when the call this daemon set up on data `port` for domain
+   * `connectDomain` ends (its MSG_CONNECTION_TERMINATED), or when the agent
+   * goes away or the daemon stops (no end notice will come then).
+   */
+  callEnded(port: number, connectDomain: number): Promise<void> {
+    if (this.stopped || !this.control) return Promise.resolve();
+    return new Promise((resolve) => {
+      const key = `${port}:${connectDomain}`;
+      const prev = this.endWaiters.get(key);
+      this.endWaiters.set(
+        key,
+        prev
+          ? () => {
+              prev();
+              resolve();
+            }
+          : resolve,
+      );
+    });
+  }
+  private readonly endWaiters = new Map<string, () => void>();
+
+  private endCalls(key?: string): void {
+    if (key === undefined) {
+      const all = [...this.endWaiters.values()];
+      this.endWaiters.clear();
+      for (const w of all) w();
+      return;
+    }
+    const w = this.endWaiters.get(key);
+    if (!w) return;
+    this.endWaiters.delete(key);
+    w();
   }
 
   /**
@@ -404,6 +558,8 @@ export class QubeDaemon {
   /** The agent disconnected: drop clients and pending calls, wait for it to come back (no timeout). */
   private async agentGone(): Promise<void> {
     this.control = undefined;
+    // as the reference: calls look ended (a DispVM may be killed early rather than leaked)
+    this.endCalls();
     if (this.stopped) return;
     this.log('warning', `${this.opts.name}: qrexec-agent has disconnected`);
     await this.closeSockets();

@@ -20,6 +20,8 @@ export interface HostConfig {
   readonly vchan: VchanEnv;
   /** Where services addressed to dom0 are looked up. */
   readonly servicePath: readonly string[];
+  /** qubesd's Admin API socket for autostart and DispVMs; undefined: such calls are refused. */
+  readonly qubesdSocket?: string;
 }
 
 export interface RunningHost {
@@ -54,6 +56,7 @@ export async function startHost(cfg: HostConfig, hooks: { log?: Logger; gui?: Gu
       startupTimeoutMs: 0,
       log: (level, msg) => log[level](msg),
       policy: inProcessPolicy(policyDaemon, log),
+      ...(cfg.qubesdSocket !== undefined ? { qubesdSocket: cfg.qubesdSocket } : {}),
     });
   } catch (e) {
     await policyDaemon.close();
