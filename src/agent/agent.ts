@@ -321,6 +321,10 @@ export class Agent {
           pump = exitOnly(Promise.resolve({ code: s.code, eofs: true }));
         } else {
           log(`executed: ${s.what}`);
+          // A socket service gets its descriptor now that the data vchan is up,
+          // not after the handshake: it works on the request meanwhile, as an
+          // executable, which is started at this point too, does.
+          if (s.sinkPrefix) s.sink?.write(s.sinkPrefix);
           pump = startPump({
             channel: ch,
             role: 'service',
@@ -328,7 +332,6 @@ export class Agent {
             source: s.source,
             errSource: s.errSource,
             single: s.single,
-            ...(s.sinkPrefix ? { sinkPrefix: s.sinkPrefix } : {}),
             ...(s.localExit ? { localExit: s.localExit } : {}),
             exitOnClientEof: s.exitOnClientEof,
             exitOnServiceEof: s.exitOnServiceEof,
@@ -510,6 +513,8 @@ export class Agent {
       this.log('qrexec-client-vm sent data after its request');
     }
     this.sendCtrl(msg);
+    // while dom0 decides: bind the data-vchan server a fast caller's call will claim
+    if (fast) this.listeners.refill();
   }
 
   private dropCaller(c: PendingCaller): void {
@@ -635,7 +640,6 @@ export class Agent {
     for (const s of new Set([sinkS, sourceS, errS])) s.release();
     record(LauncherRecord.EXIT, status & 0xff);
     sock.end();
-    this.listeners.refill();
   }
 }
 

@@ -122,9 +122,7 @@ export async function serveCall(env: VchanEnv, params: { domain: number; port: n
   const { onPump, single, ...rest } = io;
   const pump = startPump({ channel: ch, role: 'client', single: single ?? false, ...rest });
   onPump?.(pump);
-  const status = await pump.done;
-  listeners.refill();
-  return status;
+  return pump.done;
 }
 
 /** Per vchan directory and domain: a spare data-vchan server for the next call. */
@@ -160,7 +158,11 @@ export async function callService(target: string, service: string, opts: CallOpt
   // the request is written as soon as the socket connects, in the same turn
   const sock = connectAgent(opts.agentSocket ?? DEFAULT_AGENT_SOCKET);
   try {
-    const params = await requestCall(sock, encodeClientRequest(target, service, opts.sourceQube));
+    const env = opts.vchan ?? vchanEnvFrom(process.env);
+    const answer = requestCall(sock, encodeClientRequest(target, service, opts.sourceQube));
+    // while the host decides: bind the data-vchan server this call will claim
+    listenersFor(env).refill();
+    const params = await answer;
     sock.on('error', () => undefined);
     const empty = Buffer.alloc(0);
     if (!params) return { exitCode: ExitCode.REFUSED, refused: true, stdout: empty, stderr: empty };
@@ -183,7 +185,7 @@ export async function callService(target: string, service: string, opts: CallOpt
     } else {
       source = opts.stdin;
     }
-    const code = await serveCall(opts.vchan ?? vchanEnvFrom(process.env), params, {
+    const code = await serveCall(env, params, {
       sink: opts.stdout ?? collect(outChunks),
       source,
       errSink: opts.stderr ?? collect(errChunks),

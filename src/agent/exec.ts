@@ -321,8 +321,8 @@ function exitStatusOf(child: ChildProcess, onSpawnError: (e: NodeJS.ErrnoExcepti
  *
  * `dataReady` resolves true once the data vchan is connected (false if it
  * failed): nothing is spawned before that, as in the reference; a socket
- * service is connected meanwhile (its descriptor is only sent later), which
- * takes that connection off a call's critical path.
+ * service is connected meanwhile (its descriptor is sent once the data vchan
+ * is up), which takes that connection off a call's critical path.
  */
 export async function startService(call: PreparedCall, ctx: ExecContext, dataReady: Promise<boolean> = Promise.resolve(true)): Promise<StartedService | FailedService> {
   const target = resolveTarget(call, ctx);
