@@ -450,8 +450,9 @@ export class QubeDaemon {
    * `uuid` when the policy gave uuids: the reply is then the DispVM's
    * `uuid:…`), admin.vm.Start, the call, and admin.vm.Kill when the call
    * ends (its data port's MSG_CONNECTION_TERMINATED in the DispVM's daemon)
-   * or when setting it up fails. qubesd removes the killed DispVM itself
-   * (auto_cleanup). The end is awaited outside the call's pending slot.
+   * or when setting it up fails after the start. qubesd removes a killed
+   * DispVM (auto_cleanup), and one that failed to start, itself. The end is
+   * awaited outside the call's pending slot.
    */
   private async connectDispVm(p: Pending, target: string, useUuid: boolean, autostart: boolean, cmd: string): Promise<void> {
     if (!autostart) throw new Error(`Target ${target} with autostart=False makes no sense`);
@@ -469,9 +470,10 @@ export class QubeDaemon {
     }
     const dispvm = reply;
     this.log('info', `${this.opts.name}: created disposable VM ${dispvm} from ${template}`);
+    // a DispVM that fails to start is removed by qubesd itself
+    await this.qubesdStart(dispvm);
     let call: TargetCall | undefined;
     try {
-      await this.qubesdStart(dispvm);
       call = await this.execWhenStarted(dispvm, cmd);
       if (p.state !== 'pending' || p.generation !== this.generation) throw new Error(`the call to ${dispvm} was cancelled (${this.opts.name}'s agent went away)`);
       p.state = 'allowed';
