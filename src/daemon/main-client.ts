@@ -276,7 +276,7 @@ async function killDomain(qubesdSocket: string, domain: string): Promise<void> {
     return;
   }
   try {
-    await qubesdCall(qubesdSocket, 'admin.vm.Kill', domain);
+    await qubesdCall(qubesdSocket, 'admin.vm.Kill', domain, { keywordDest: true });
   } catch (e) {
     process.stderr.write(`qrexec-client: -k: ${(e as Error).message}\n`);
   }

@@ -437,7 +437,7 @@ export class QubeDaemon {
   private async qubesdStart(target: string): Promise<void> {
     const sock = this.qubesd(`qube ${target} is not running and autostart`);
     try {
-      await qubesdCall(sock, 'admin.vm.Start', target, { timeoutMs: this.opts.autostartTimeoutMs ?? DEFAULT_AUTOSTART_TIMEOUT_MS });
+      await qubesdCall(sock, 'admin.vm.Start', target, { keywordDest: true, timeoutMs: this.opts.autostartTimeoutMs ?? DEFAULT_AUTOSTART_TIMEOUT_MS });
     } catch (e) {
       if (e instanceof QubesdError && e.excType === 'QubesVMNotHaltedError') return;
       throw new Error(`qubesd could not start VM ${target}: ${(e as Error).message}`);
@@ -461,7 +461,7 @@ export class QubeDaemon {
     const timeoutMs = this.opts.autostartTimeoutMs ?? DEFAULT_AUTOSTART_TIMEOUT_MS;
     let reply: string;
     try {
-      reply = (await qubesdCall(sock, 'admin.vm.CreateDisposable', template, { timeoutMs, ...(useUuid ? { payload: Buffer.from('uuid') } : {}) })).toString('latin1');
+      reply = (await qubesdCall(sock, 'admin.vm.CreateDisposable', template, { keywordDest: true, timeoutMs, ...(useUuid ? { payload: Buffer.from('uuid') } : {}) })).toString('latin1');
     } catch (e) {
       throw new Error(`qubesd could not create disposable VM: ${(e as Error).message}`);
     }
@@ -490,7 +490,7 @@ export class QubeDaemon {
   /** admin.vm.Kill of a DispVM we created; a failure is logged (qubesd may have removed it already). */
   private async killDispVm(sock: string, dispvm: string): Promise<void> {
     try {
-      await qubesdCall(sock, 'admin.vm.Kill', dispvm);
+      await qubesdCall(sock, 'admin.vm.Kill', dispvm, { keywordDest: true });
     } catch (e) {
       if (e instanceof QubesdError && e.excType === 'QubesVMNotStartedError') return;
       this.log('warning', `${this.opts.name}: could not kill disposable VM ${dispvm}: ${(e as Error).message}`);

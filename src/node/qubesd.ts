@@ -4,9 +4,10 @@
  * qrexec daemon and client (start, kill and create DispVMs).
  *
  * One call is one connection: we send `METHOD+ARG dom0 TYPE DEST\0` and the
- * payload, shut our side down, and read the reply to EOF. TYPE is `keyword`
- * for a destination starting with `@` (sent without it) and `name`
- * otherwise, as the reference's qubesd_call2 does. The reply is `0\0` + data
+ * payload, shut our side down, and read the reply to EOF. TYPE is `name`, as
+ * the Python tools' utils.qubesd_call sends it; with `keywordDest`, a
+ * destination starting with `@` is sent as `keyword` without it, as the C
+ * daemon and client's qubesd_call2 do. The reply is `0\0` + data
  * on success, or `2\0TYPE\0TRACEBACK\0MESSAGE\0` when qubesd raised an
  * exception (TRACEBACK is empty unless qubesd runs with --debug).
  *
@@ -55,6 +56,8 @@ export class QubesdCallError extends QrexecError {
 export interface QubesdCallOptions {
   /** The argument after `+` (default empty). */
   readonly arg?: string;
+  /** A destination starting with `@` is a keyword (C reference); default: every destination is a name (Python reference). */
+  readonly keywordDest?: boolean;
   readonly payload?: Uint8Array;
   /** Give up (and close the connection) after this long; default {@link DEFAULT_QUBESD_TIMEOUT_MS}. */
   readonly timeoutMs?: number;
@@ -63,8 +66,8 @@ export interface QubesdCallOptions {
 }
 
 /** The request bytes of one call, without the payload. */
-export function formatQubesdRequest(method: string, dest: string, arg = ''): string {
-  const [type, d] = dest.startsWith('@') ? ['keyword', dest.slice(1)] : ['name', dest];
+export function formatQubesdRequest(method: string, dest: string, arg = '', keywordDest = false): string {
+  const [type, d] = keywordDest && dest.startsWith('@') ? ['keyword', dest.slice(1)] : ['name', dest];
   return `${method}+${arg} dom0 ${type} ${d}\0`;
 }
 
@@ -92,7 +95,7 @@ export function qubesdCall(socketPath: string, method: string, dest = 'dom0', op
     const timer = setTimeout(() => fail(new QubesdCallError(method, 'TIMEOUT', `no reply in ${opts.timeoutMs ?? DEFAULT_QUBESD_TIMEOUT_MS} ms`)), opts.timeoutMs ?? DEFAULT_QUBESD_TIMEOUT_MS);
     sock.on('connect', () => {
       connected = true;
-      sock.write(formatQubesdRequest(method, dest, opts.arg));
+      sock.write(formatQubesdRequest(method, dest, opts.arg, opts.keywordDest));
       if (opts.payload && opts.payload.length > 0) sock.write(opts.payload);
       sock.end();
     });

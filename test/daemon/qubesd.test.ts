@@ -106,7 +106,9 @@ async function until(f: () => boolean, what: string, ms = 15_000): Promise<void>
 void test('qubesd client: request line (name and keyword destinations, argument), payload, success data', async () => {
   assert.equal(formatQubesdRequest('admin.vm.Start', 'vault'), 'admin.vm.Start+ dom0 name vault\0');
   assert.equal(formatQubesdRequest('admin.vm.Start', 'uuid:' + uuid(1)), `admin.vm.Start+ dom0 name uuid:${uuid(1)}\0`);
-  assert.equal(formatQubesdRequest('admin.vm.CreateDisposable', '@default', 'preload'), 'admin.vm.CreateDisposable+preload dom0 keyword default\0');
+  // the Python tools send every destination as a name; the C daemon and client send @X as keyword X
+  assert.equal(formatQubesdRequest('admin.vm.CreateDisposable', '@dispvm:uuid:' + uuid(1)), `admin.vm.CreateDisposable+ dom0 name @dispvm:uuid:${uuid(1)}\0`);
+  assert.equal(formatQubesdRequest('admin.vm.CreateDisposable', '@default', 'preload', true), 'admin.vm.CreateDisposable+preload dom0 keyword default\0');
   const q = await fakeQubesd(await area('client'));
   q.handler = (r) => ok(`you said ${r.payload}`);
   const data = await qubesdCall(q.path, 'admin.vm.CreateDisposable', 'dvm', { payload: Buffer.from('uuid') });
