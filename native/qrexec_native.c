@@ -7,9 +7,14 @@
  *   pipe() -> [readFd, writeFd]             pipe2(O_CLOEXEC)
  *   setBlocking(fd, blocking)               clear/set O_NONBLOCK
  *   shutdown(fd, how) -> errno or 0         shutdown(2)
+ *   dup(fd) -> fd                           fcntl(F_DUPFD_CLOEXEC)
  *   connectUnix(path) -> fd | errno string  a non-blocking stream socket
  *       connected to a unix socket path at once (one connect(2), no event-loop
  *       round trip); "ENOENT", "ECONNREFUSED", "EAGAIN"... when it fails
+ *   socketpair() -> [fd, fd]                 socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)
+ *   watchSignal(signo, cb)                  installs an SA_SIGINFO handler for signo and
+ *       calls cb(senderPid) in the event loop for each delivery (0 when the
+ *       kernel sent it); see the watchSignal section
  *   waitReadable(fd, timeoutMs, cb)         calls cb(true) once fd is readable
  *       (data, EOF or error) or cb(false) after timeoutMs, without reading;
  *       watches a dup() of fd in the event loop, so Node's own handle for fd
@@ -20,6 +25,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -328,6 +334,23 @@ static napi_value wait_readable(napi_env env, napi_callback_info info)
     return NULL;
 }
 
+static napi_value do_dup(napi_env env, napi_callback_info info)
+{
+    napi_value argv[1];
+    size_t argc = 1;
+    int32_t fd;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok)
+        return NULL;
+    if (!get_int_arg(env, argv, argc, 0, &fd))
+        return NULL;
+    int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (d < 0)
+        return throw_errno(env, "dup", errno);
+    napi_value v;
+    napi_create_int32(env, d, &v);
+    return v;
+}
+
 static napi_value connect_unix(napi_env env, napi_callback_info info)
 {
     napi_value argv[1];
@@ -370,6 +393,229 @@ static napi_value connect_unix(napi_env env, napi_callback_info info)
     return v;
 }
 
+static napi_value make_socketpair(napi_env env, napi_callback_info info)
+{
+    (void)info;
+    int p[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, p) != 0)
+        return throw_errno(env, "socketpair", errno);
+    napi_value arr, a, b;
+    napi_create_array_with_length(env, 2, &arr);
+    napi_create_int32(env, p[0], &a);
+    napi_create_int32(env, p[1], &b);
+    napi_set_element(env, arr, 0, a);
+    napi_set_element(env, arr, 1, b);
+    return arr;
+}
+
+/*
+ * watchSignal: who sent a signal. uv_signal (and so process.on) reports only
+ * the signal number; qrexec-agent needs the sender's pid to find the call a
+ * SIGUSR1 belongs to. The SA_SIGINFO handler writes one record per delivery
+ * to a non-blocking self-pipe (write(2) is async-signal-safe; a record is far
+ * below PIPE_BUF, so it is written whole or, when the pipe is full, dropped);
+ * a uv_poll on the read end hands the records to JS. The poll is unref'd: a
+ * watch does not keep the process alive. One environment (the main thread)
+ * owns all watches; at its teardown the watched signals become SIG_IGN, so a
+ * late signal neither kills the process nor reaches an old handler.
+ */
+#define SIG_WATCH_MAX 65
+
+typedef struct {
+    int32_t signo;
+    int32_t pid;
+} sig_record_t;
+
+static volatile sig_atomic_t sig_write_fd = -1;
+static int sig_read_fd = -1;
+static napi_env sig_env = NULL;
+static uv_poll_t sig_poll;
+static napi_async_context sig_async = NULL;
+static napi_ref sig_callbacks[SIG_WATCH_MAX];
+
+static void sig_handler(int signo, siginfo_t *si, void *uctx)
+{
+    (void)uctx;
+    int saved = errno;
+    sig_record_t r;
+    r.signo = signo;
+    /* si_pid is the sender only for signals sent by a process (si_code <= 0:
+     * kill, sigqueue, tgkill); the kernel's own have no sender */
+    r.pid = (si != NULL && si->si_code <= 0) ? (int32_t)si->si_pid : 0;
+    int fd = sig_write_fd;
+    if (fd >= 0) {
+        ssize_t n = write(fd, &r, sizeof(r));
+        (void)n;
+    }
+    errno = saved;
+}
+
+static void sig_deliver(napi_env env, const sig_record_t *r)
+{
+    if (r->signo <= 0 || r->signo >= SIG_WATCH_MAX || sig_callbacks[r->signo] == NULL)
+        return;
+    napi_handle_scope scope;
+    if (napi_open_handle_scope(env, &scope) != napi_ok)
+        return;
+    napi_value cb, recv, arg, result;
+    if (napi_get_reference_value(env, sig_callbacks[r->signo], &cb) == napi_ok && cb != NULL &&
+        napi_get_global(env, &recv) == napi_ok && napi_create_int32(env, r->pid, &arg) == napi_ok)
+        napi_make_callback(env, sig_async, recv, cb, 1, &arg, &result);
+    bool pending = false;
+    napi_value err;
+    /* a throwing callback is an uncaught exception, as for any other event */
+    if (napi_is_exception_pending(env, &pending) == napi_ok && pending &&
+        napi_get_and_clear_last_exception(env, &err) == napi_ok)
+        napi_fatal_exception(env, err);
+    napi_close_handle_scope(env, scope);
+}
+
+static void sig_on_poll(uv_poll_t *h, int status, int events)
+{
+    (void)h;
+    (void)status;
+    (void)events;
+    sig_record_t recs[64];
+    for (;;) {
+        ssize_t n = read(sig_read_fd, recs, sizeof(recs));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return;
+        size_t count = (size_t)n / sizeof(sig_record_t);
+        for (size_t i = 0; i < count && sig_env != NULL; i++)
+            sig_deliver(sig_env, &recs[i]);
+        if ((size_t)n < sizeof(recs))
+            return;
+    }
+}
+
+static void sig_poll_closed(uv_handle_t *h)
+{
+    (void)h;
+    close(sig_read_fd);
+    sig_read_fd = -1;
+}
+
+static void sig_teardown(void *arg)
+{
+    napi_env env = arg;
+    struct sigaction ign;
+    memset(&ign, 0, sizeof(ign));
+    ign.sa_handler = SIG_IGN;
+    sigemptyset(&ign.sa_mask);
+    for (int s = 1; s < SIG_WATCH_MAX; s++) {
+        if (sig_callbacks[s] == NULL)
+            continue;
+        sigaction(s, &ign, NULL);
+        napi_delete_reference(env, sig_callbacks[s]);
+        sig_callbacks[s] = NULL;
+    }
+    int wfd = sig_write_fd;
+    sig_write_fd = -1;
+    if (wfd >= 0)
+        close(wfd);
+    uv_poll_stop(&sig_poll);
+    uv_close((uv_handle_t *)&sig_poll, sig_poll_closed);
+    if (sig_async != NULL)
+        napi_async_destroy(env, sig_async);
+    sig_async = NULL;
+    sig_env = NULL;
+}
+
+/* The pipe and its poll, once per process. Returns 0 or throws. */
+static int sig_setup(napi_env env)
+{
+    if (sig_env != NULL)
+        return 1;
+    if (sig_read_fd >= 0) {
+        napi_throw_error(env, NULL, "watchSignal: a previous watch is still closing");
+        return 0;
+    }
+    uv_loop_t *loop;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok)
+        return 0;
+    int p[2];
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) != 0) {
+        throw_errno(env, "watchSignal: pipe2", errno);
+        return 0;
+    }
+    if (uv_poll_init(loop, &sig_poll, p[0]) != 0) {
+        close(p[0]);
+        close(p[1]);
+        napi_throw_error(env, NULL, "watchSignal: cannot watch the pipe");
+        return 0;
+    }
+    sig_read_fd = p[0];
+    napi_value name;
+    if (napi_create_string_utf8(env, "qrexecWatchSignal", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+        napi_async_init(env, NULL, name, &sig_async) != napi_ok ||
+        napi_add_env_cleanup_hook(env, sig_teardown, env) != napi_ok) {
+        if (sig_async != NULL)
+            napi_async_destroy(env, sig_async);
+        sig_async = NULL;
+        close(p[1]);
+        uv_close((uv_handle_t *)&sig_poll, sig_poll_closed);
+        napi_throw_error(env, NULL, "watchSignal: out of memory");
+        return 0;
+    }
+    uv_poll_start(&sig_poll, UV_READABLE, sig_on_poll);
+    uv_unref((uv_handle_t *)&sig_poll);
+    sig_write_fd = p[1];
+    sig_env = env;
+    return 1;
+}
+
+static napi_value watch_signal(napi_env env, napi_callback_info info)
+{
+    napi_value argv[2];
+    size_t argc = 2;
+    int32_t signo;
+    napi_valuetype t;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok)
+        return NULL;
+    if (!get_int_arg(env, argv, argc, 0, &signo))
+        return NULL;
+    if (argc < 2 || napi_typeof(env, argv[1], &t) != napi_ok || t != napi_function) {
+        napi_throw_type_error(env, NULL, "expected a callback");
+        return NULL;
+    }
+    /* signals a program cannot or must not catch this way: uncatchable ones,
+     * and faults, which must not return to the faulting code */
+    if (signo <= 0 || signo >= SIG_WATCH_MAX || signo == SIGKILL || signo == SIGSTOP || signo == SIGSEGV ||
+        signo == SIGBUS || signo == SIGILL || signo == SIGFPE || signo == SIGTRAP || signo == SIGSYS) {
+        napi_throw_range_error(env, NULL, "watchSignal: this signal cannot be watched");
+        return NULL;
+    }
+    if (sig_env != NULL && sig_env != env) {
+        napi_throw_error(env, NULL, "watchSignal: signals are watched by another thread");
+        return NULL;
+    }
+    if (sig_callbacks[signo] != NULL) {
+        napi_throw_error(env, NULL, "watchSignal: this signal is already watched");
+        return NULL;
+    }
+    if (!sig_setup(env))
+        return NULL;
+    if (napi_create_reference(env, argv[1], 1, &sig_callbacks[signo]) != napi_ok) {
+        sig_callbacks[signo] = NULL;
+        napi_throw_error(env, NULL, "watchSignal: out of memory");
+        return NULL;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = sig_handler;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(signo, &sa, NULL) != 0) {
+        int err = errno;
+        napi_delete_reference(env, sig_callbacks[signo]);
+        sig_callbacks[signo] = NULL;
+        return throw_errno(env, "watchSignal: sigaction", err);
+    }
+    return NULL;
+}
+
 static int add_fn(napi_env env, napi_value exports, const char *name, napi_callback cb)
 {
     napi_value fn;
@@ -381,7 +627,8 @@ NAPI_MODULE_INIT()
 {
     if (!add_fn(env, exports, "recvFds", recv_fds) || !add_fn(env, exports, "pipe", make_pipe) ||
         !add_fn(env, exports, "setBlocking", set_blocking) || !add_fn(env, exports, "shutdown", do_shutdown) ||
-        !add_fn(env, exports, "waitReadable", wait_readable) || !add_fn(env, exports, "connectUnix", connect_unix))
+        !add_fn(env, exports, "waitReadable", wait_readable) || !add_fn(env, exports, "connectUnix", connect_unix) || !add_fn(env, exports, "dup", do_dup) ||
+        !add_fn(env, exports, "socketpair", make_socketpair) || !add_fn(env, exports, "watchSignal", watch_signal))
         return NULL;
     return exports;
 }

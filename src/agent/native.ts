@@ -1,9 +1,11 @@
 /**
  * The optional native helper (native/qrexec_native.c, built at install time):
  * receiving file descriptors over a unix socket (SCM_RIGHTS), pipe2(),
- * O_NONBLOCK control and shutdown(). Everything works without it except the
- * fast qrexec-client-vm launcher (which needs fd passing) and services' stderr
- * being a pipe rather than a socket.
+ * O_NONBLOCK control and shutdown(), socketpair() and a signal watch that
+ * knows the sender. Everything works without it except the fast
+ * qrexec-client-vm launcher (which needs fd passing), services' stderr being a
+ * pipe rather than a socket, and a service's SIGUSR1 to qrexec-agent (the
+ * single-socket switch: without the addon it is logged and ignored).
  */
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -34,7 +36,23 @@ export interface NativeHelper {
    * "ECONNREFUSED", "EAGAIN", "EACCES", "ENOTDIR", else "EIO").
    */
   connectUnix(path: string): number | string;
+  /** fcntl(F_DUPFD_CLOEXEC): a second descriptor of the same open file or socket. */
+  dup(fd: number): number;
   waitReadable(fd: number, timeoutMs: number, cb: (readable: boolean) => void): void;
+  /** socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC): two connected descriptors. */
+  socketpair(): [number, number];
+  /**
+   * Installs an SA_SIGINFO handler for `signo` (replacing Node's, e.g. the
+   * inspector's SIGUSR1, and any process.on listener's) and calls `cb(pid)`
+   * in the event loop once per delivery with the sender's pid (si_pid; 0 when
+   * the kernel raised it). Deliveries are queued through a self-pipe; when it
+   * is full (thousands pending) further ones are dropped. The watch does not
+   * keep the process alive, cannot be removed, and a later process.on(signo)
+   * would take the signal back. Throws for an already watched signal, for
+   * SIGKILL/SIGSTOP and fault signals, and from a worker thread once the main
+   * thread watches.
+   */
+  watchSignal(signo: number, cb: (senderPid: number) => void): void;
 }
 
 let cached: NativeHelper | null | undefined;
@@ -56,6 +74,33 @@ export function loadNative(): NativeHelper | null {
     cached = null;
   }
   return cached;
+}
+
+/** socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC) through the addon, or undefined without it. */
+export function nativeSocketpair(): [number, number] | undefined {
+  const n = loadNative();
+  if (!n || typeof n.socketpair !== 'function') return undefined;
+  try {
+    return n.socketpair();
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Watches `signo` with the sender's pid (see NativeHelper.watchSignal).
+ * Returns false, and installs nothing, when the addon is not built (or is an
+ * older build without watchSignal) or the watch cannot be set up.
+ */
+export function watchSignalSender(signo: number, cb: (senderPid: number) => void): boolean {
+  const n = loadNative();
+  if (!n || typeof n.watchSignal !== 'function') return false;
+  try {
+    n.watchSignal(signo, cb);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** pipe2(O_CLOEXEC) through the addon, or undefined without it. */

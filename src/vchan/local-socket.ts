@@ -4,7 +4,8 @@
  * socket stopped reading.
  */
 import * as fs from 'node:fs';
-import type * as net from 'node:net';
+import * as net from 'node:net';
+import { loadNative } from '../agent/native.js';
 
 /** The descriptor under a net.Socket (undefined for in-memory streams or once closed). */
 function socketFd(s: object): number | undefined {
@@ -28,6 +29,25 @@ export function isSocketStream(s: object): boolean {
   }
 }
 
+/**
+ * A second, write-only stream over the socket under `sock` (a dup of its
+ * descriptor), or undefined without the native helper. Node closes a socket
+ * whose write fails; written through this one, a failed write (the peer
+ * closed) closes only the writing descriptor, and what the peer sent before
+ * can still be read from `sock`, as the reference's poll loop does. Ending it
+ * shuts the socket down for writing (SHUT_WR); destroying it closes only it.
+ */
+export function socketWriter(sock: object): net.Socket | undefined {
+  const native = loadNative();
+  const fd = socketFd(sock);
+  if (!native || fd === undefined) return undefined;
+  try {
+    return new net.Socket({ fd: native.dup(fd), readable: false, writable: true, allowHalfOpen: true });
+  } catch {
+    return undefined;
+  }
+}
+
 const EMPTY = Buffer.alloc(0);
 const PROBE_FIRST_MS = 10;
 const PROBE_MAX_MS = 500;
@@ -41,9 +61,10 @@ const PROBE_MAX_MS = 500;
  * the socket: on a unix socket it fails with EPIPE once the peer stopped
  * reading (a TCP peer is never noticed this way, nor by the reference's poll).
  * Probes back off from 10 ms to 500 ms; they stop when we end or destroy the
- * socket. Returns a function that stops watching.
+ * socket (or `writer`, a second stream over it that we write through).
+ * Returns a function that stops watching.
  */
-export function onPeerHangup(sock: net.Socket, onHangup: () => void): () => void {
+export function onPeerHangup(sock: net.Socket, onHangup: () => void, writer: net.Socket = sock): () => void {
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
   let delay = PROBE_FIRST_MS;
@@ -60,10 +81,10 @@ export function onPeerHangup(sock: net.Socket, onHangup: () => void): () => void
   function probe(): void {
     timer = undefined;
     if (stopped) return;
-    if (sock.destroyed || sock.writableEnded) return stop();
+    if (writer.destroyed || writer.writableEnded) return stop();
     // a queued write reports a hang-up itself, through the socket's 'error'
-    if (sock.writableLength > 0) return later();
-    sock.write(EMPTY, (err) => {
+    if (writer.writableLength > 0) return later();
+    writer.write(EMPTY, (err) => {
       if (stopped) return;
       if (!err) return later();
       stop();

@@ -46,7 +46,7 @@ import {
   replaceUnsafeBytes,
 } from '../protocol/index.js';
 import type { Channel } from './channel.js';
-import { isSocketStream, onPeerHangup } from './local-socket.js';
+import { isSocketStream, onPeerHangup, socketWriter } from './local-socket.js';
 
 /** A local stream we write to; `end()` signals EOF (shutdown for sockets). */
 export type LocalSink = Writable;
@@ -122,7 +122,13 @@ export function startPump(o: PumpOptions): Pump {
   let chunk = maxDataChunk(QREXEC_DATA_MIN_VERSION);
   let finished = false;
   let started = false;
-  let sink: LocalSink | null = o.sink;
+  // A socket service's one socket is written through a second descriptor
+  // (socketWriter): a failed write then cannot discard output still queued
+  // for reading.
+  const sharedSocket = isService && o.single && o.sink !== null && (o.sink as unknown) === o.source && isSocketStream(o.sink);
+  const splitWriter = sharedSocket ? socketWriter(o.sink as object) : undefined;
+  const localSink: LocalSink | null = splitWriter ?? o.sink;
+  let sink: LocalSink | null = localSink;
   let source: LocalSource | null = o.source;
   let errSource: LocalSource | null = (isService && o.errSource) || null;
   let single = o.single;
@@ -237,8 +243,14 @@ export function startPump(o: PumpOptions): Pump {
         r.destroy();
       }
     }
-    if (o.sink && !o.sink.destroyed) {
-      const s = o.sink;
+    if (splitWriter) {
+      // the reading stream goes once the writing one is done
+      const reader = o.sink as LocalSink;
+      if (splitWriter.destroyed) reader.destroy();
+      else splitWriter.once('close', () => reader.destroy());
+    }
+    if (localSink && !localSink.destroyed) {
+      const s = localSink;
       if (!s.writableEnded) s.end();
       // a shared socket is closed both ways, but only once what we wrote is
       // flushed: the reference hands the caller's EOF on only after its data
@@ -328,14 +340,18 @@ export function startPump(o: PumpOptions): Pump {
     if (o.sinkPrefix && o.sinkPrefix.length > 0 && sink) writeSink(o.sinkPrefix);
     if (o.prefix && o.prefix.length > 0) sendData(outType, o.prefix);
     if (source) pump(source, outType, closeOutput);
-    if (isService && single && sink !== null && sink === (source as unknown) && sinkIsSocket) {
+    if (isService && single && sink !== null && (o.sink as unknown) === o.source && sinkIsSocket) {
       // a socket service that closes, or stops reading, once its output is over
       // ends the call without the caller's EOF (the reference's POLLHUP)
-      stopHangupWatch = onPeerHangup(sink as unknown as net.Socket, () => {
-        if (finished || sink === null) return;
-        closeInput();
-        checkDone();
-      });
+      stopHangupWatch = onPeerHangup(
+        o.sink as unknown as net.Socket,
+        () => {
+          if (finished || sink === null) return;
+          closeInput();
+          checkDone();
+        },
+        (splitWriter ?? o.sink) as unknown as net.Socket,
+      );
     }
     if (errSource) {
       const e = errSource;

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
 import * as net from 'node:net';
+import { loadNative } from '../../src/agent/native.js';
 import { VchanListeners, memoryPair, spareVchanListener, startPump, vchanConnect, vchanEnvFrom, vchanListen, vchanPath } from '../../src/vchan/index.js';
 
 const u32 = (...v: number[]): Buffer => {
@@ -237,6 +238,63 @@ void test('VchanListeners: binds when it has no spare, claims the spare after re
     await roundTrip(602); // falls back to a fresh bind
   } finally {
     ls.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+void test('a socket service that closed without reading its input: its output is still delivered (a failed write does not drop it)', { skip: loadNative() ? false : 'needs the native addon (dup)' }, async () => {
+  // The reference's daemon.py test_run_dom0_service_socket_no_read: the
+  // service sends "stdout data" and closes; the caller's stdin then fails to
+  // be written (EPIPE). Node closes a socket whose write fails, which dropped
+  // the unread output whenever the write came first.
+  const dir = await mkdtemp(join(tmpdir(), 'vchan-'));
+  try {
+    for (let round = 0; round < 20; round++) {
+      const path = join(dir, `svc${round}.sock`);
+      const closed = new Promise<void>((resolve) => {
+        const srv = net.createServer((c) => {
+          c.write('stdout data', () => {
+            c.destroy();
+            srv.close();
+            resolve();
+          });
+        });
+        srv.listen(path);
+      });
+      await new Promise((r) => setTimeout(r, 20));
+      const svcSock = net.connect({ path, allowHalfOpen: true });
+      svcSock.pause();
+      await closed;
+      await new Promise((r) => setTimeout(r, 20)); // output and hang-up queued on our side
+      const [a, b] = memoryPair();
+      const got: Buffer[] = [];
+      a.on('data', (d: Buffer) => got.push(d));
+      // the caller's HELLO, stdin data and EOF arrive with the pump's first reads
+      a.write(Buffer.concat([u32(0x300, 4, 3), u32(0x190, 10), Buffer.from('stdin data'), u32(0x190, 0)]));
+      // reading starts with the pump; the caller's stdin is written first, and fails
+      svcSock.resume();
+      const run = startPump({ channel: b, role: 'service', source: svcSock, sink: svcSock, single: true });
+      assert.equal(await run.done, 0);
+      await new Promise((r) => setImmediate(r));
+      const all = Buffer.concat(got);
+      const body = all.subarray(12); // after our HELLO
+      const frames: [number, string][] = [];
+      for (let off = 0; off + 8 <= body.length; ) {
+        const len = body.readUInt32LE(off + 4);
+        frames.push([body.readUInt32LE(off), body.subarray(off + 8, off + 8 + len).toString()]);
+        off += 8 + len;
+      }
+      assert.deepEqual(
+        frames.filter(([t]) => t === 0x191),
+        [
+          [0x191, 'stdout data'],
+          [0x191, ''],
+        ],
+        `round ${round}`,
+      );
+      assert.deepEqual(frames.at(-1), [0x193, '\0\0\0\0']);
+    }
+  } finally {
     await rm(dir, { recursive: true, force: true });
   }
 });
