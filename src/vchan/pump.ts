@@ -145,12 +145,14 @@ export function startPump(o: PumpOptions): Pump {
   const sinkIsSocket = o.sink !== null && isSocketStream(o.sink);
   let stopHangupWatch: () => void = () => undefined;
 
-  // Everything written to the vchan in one turn of the event loop goes out in
-  // one writev: a service's last data, EOF and exit code reach the peer in one
-  // read instead of three wake-ups.
+  // Small messages written to the vchan in one turn of the event loop go out
+  // in one writev: a service's last data, EOF and exit code reach the peer in
+  // one read instead of three wake-ups. Big data frames go out at once (after
+  // what is batched, in order), so a stream keeps both processes busy.
   const corkable = typeof (ch as unknown as Partial<Writable>).cork === 'function' ? (ch as unknown as Writable) : undefined;
   let batching = false;
   const flush = (): void => {
+    if (!batching) return;
     batching = false;
     corkable?.uncork();
   };
@@ -171,9 +173,16 @@ export function startPump(o: PumpOptions): Pump {
       const part = data.subarray(off, Math.min(off + chunk, data.length));
       if (part.length <= 4096) {
         send(encodeMessage(type, part)); // small: one copy
+      } else if (corkable) {
+        // header and data in one writev, now
+        flush();
+        corkable.cork();
+        ch.write(encodeDataHeader(type, part.length));
+        ch.write(part);
+        corkable.uncork();
       } else {
-        send(encodeDataHeader(type, part.length));
-        send(part);
+        ch.write(encodeDataHeader(type, part.length));
+        ch.write(part);
       }
     }
   };
