@@ -7,7 +7,7 @@
 import * as net from 'node:net';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { ExitCode, MsgType, TRIGGER_SERVICE_PARAMS4_SIZE } from '../protocol/index.js';
-import { VchanListeners, startPump, vchanEnvFrom, type Pump, type PumpOptions, type VchanEnv } from '../vchan/index.js';
+import { startPump, vchanEnvFrom, vchanListen, type Pump, type PumpOptions, type VchanEnv } from '../vchan/index.js';
 import { DEFAULT_AGENT_SOCKET } from './agent.js';
 import { loadNative } from './native.js';
 
@@ -109,8 +109,7 @@ export type ServeCallIo = Omit<PumpOptions, 'channel' | 'role' | 'single'> & {
  * Resolves with the call's exit status.
  */
 export async function serveCall(env: VchanEnv, params: { domain: number; port: number }, io: ServeCallIo): Promise<number> {
-  const listeners = listenersFor(env);
-  const listener = await listeners.listen(params.domain, params.port);
+  const listener = await vchanListen(env, params.domain, params.port);
   const timer = setTimeout(() => listener.close(), DATA_CONNECT_TIMEOUT_MS);
   let ch: net.Socket;
   try {
@@ -123,18 +122,6 @@ export async function serveCall(env: VchanEnv, params: { domain: number; port: n
   const pump = startPump({ channel: ch, role: 'client', single: single ?? false, ...rest });
   onPump?.(pump);
   return pump.done;
-}
-
-/** Per vchan directory and domain: a spare data-vchan server for the next call. */
-const listenersByEnv = new Map<string, VchanListeners>();
-function listenersFor(env: VchanEnv): VchanListeners {
-  const key = `${env.ownDomain}\0${env.dir}`;
-  let l = listenersByEnv.get(key);
-  if (!l) {
-    l = new VchanListeners(env);
-    listenersByEnv.set(key, l);
-  }
-  return l;
 }
 
 /**
@@ -159,10 +146,7 @@ export async function callService(target: string, service: string, opts: CallOpt
   const sock = connectAgent(opts.agentSocket ?? DEFAULT_AGENT_SOCKET);
   try {
     const env = opts.vchan ?? vchanEnvFrom(process.env);
-    const answer = requestCall(sock, encodeClientRequest(target, service, opts.sourceQube));
-    // while the host decides: bind the data-vchan server this call will claim
-    listenersFor(env).refill();
-    const params = await answer;
+    const params = await requestCall(sock, encodeClientRequest(target, service, opts.sourceQube));
     sock.on('error', () => undefined);
     const empty = Buffer.alloc(0);
     if (!params) return { exitCode: ExitCode.REFUSED, refused: true, stdout: empty, stderr: empty };
