@@ -3,15 +3,7 @@
  * exchange (both sides send first), then the MSG_DATA_* stream between the
  * vchan and local streams, with chunks of at most the negotiated size, EOF as
  * an empty message, and the exit code, by the reference's rules
- * (libqrexec/process_io.c) for both roles.
- *
- * The stream starts right after our MSG_HELLO, without waiting for the
- * peer's: until that arrives, chunks are at most the oldest accepted
- * version's maximum (4 KiB), which every peer we talk to accepts, and the
- * peer reads them after the MSG_HELLO it expects first. (The reference
- * waits; this saves a one-way trip of every call.) Incoming data is only
- * accepted after the peer's MSG_HELLO, and an incompatible one ends the call.
- * The roles:
+ * (libqrexec/process_io.c) for both roles:
  *
  * - `service`: we run the service (the agent, dom0 services). Remote
  *   MSG_DATA_STDIN goes to the service's stdin; its stdout/stderr go out as
@@ -118,8 +110,7 @@ export function startPump(o: PumpOptions): Pump {
   // (the rules switch between two frames of one read, see onFrame)
   const decoder = new FrameDecoder(helloRules);
   let version = -1;
-  // what any accepted peer takes, until its MSG_HELLO tells us more
-  let chunk = maxDataChunk(QREXEC_DATA_MIN_VERSION);
+  let chunk = 0;
   let finished = false;
   let started = false;
   // A socket service's one socket is written through a second descriptor
@@ -427,6 +418,7 @@ export function startPump(o: PumpOptions): Pump {
       chunk = maxDataChunk(version);
       decoder.setRules(dataRules(version));
       o.onHandshake?.(version);
+      start();
       return;
     }
     switch (f.type) {
@@ -498,7 +490,6 @@ export function startPump(o: PumpOptions): Pump {
   ch.on('close', onClose);
   ch.on('error', (e: Error) => log(`data vchan error: ${e.message}`));
   send(encodeHello(QREXEC_PROTOCOL_VERSION));
-  start();
 
   return {
     done,
