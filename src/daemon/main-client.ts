@@ -23,7 +23,7 @@ Options:
   --socket-dir=PATH -  directory for qrexec socket, default: ${DEFAULT_SOCKET_DIR}
   -p PREFIX-DATA, --prefix-data=PREFIX-DATA - send the given data before the provided stdin (can only be used once)
   --use-stdin-socket - use fd 0 (which must be socket) for both stdin and stdout
-  --qubesd-socket=PATH - qubesd Admin API socket for -k, default: ${DEFAULT_QUBESD_SOCKET} ("none": -k does nothing)
+  --qubesd-socket=PATH - qubesd Admin API socket for -k, default: $QREXEC_QUBESD_SOCKET or ${DEFAULT_QUBESD_SOCKET} ("none": -k does nothing)
 `;
 
 function die(code: number, msg: string): never {
@@ -82,7 +82,7 @@ function callerStdout(): Writable {
 
 /** getopt_long-like parsing of the reference's options "hd:l:eEc:p:tTw:Wk". */
 function parse(argv: string[]): Opts {
-  const o: Opts = { justExec: false, exitWithCode: true, t: false, T: false, timeout: 10, waitEnd: false, kill: false, socketDir: DEFAULT_SOCKET_DIR, qubesdSocket: DEFAULT_QUBESD_SOCKET, stdinSocket: false };
+  const o: Opts = { justExec: false, exitWithCode: true, t: false, T: false, timeout: 10, waitEnd: false, kill: false, socketDir: DEFAULT_SOCKET_DIR, qubesdSocket: process.env['QREXEC_QUBESD_SOCKET'] || DEFAULT_QUBESD_SOCKET, stdinSocket: false };
   const withArg = new Set(['d', 'l', 'c', 'p', 'w']);
   const pos: string[] = [];
   for (let i = 0; i < argv.length; i++) {

@@ -239,7 +239,8 @@ async function runCall(
   const child = spawn(
     client,
     [dispvm ? '-EWkd' : '-Ed', target, '-c', [call.processIdent, call.source, call.domainId].join(','), '--', cmd],
-    { stdio: 'inherit' },
+    // our qrexec-client sends -k's admin.vm.Kill to the same qubesd (the reference's ignores this)
+    { stdio: 'inherit', env: { ...process.env, QREXEC_QUBESD_SOCKET: admin } },
   );
   return new Promise((resolve) => {
     child.on('error', (e) => {

@@ -136,6 +136,10 @@ void test('qrexec-client -k: admin.vm.Kill of the target after the call, also wh
   assert.equal(none.code, 0);
   assert.match(none.stderr, /-k: not killing kq: no qubesd \(--qubesd-socket=none\)/);
   assert.deepEqual(q.requests, []);
+  // without the option: $QREXEC_QUBESD_SOCKET (what qrexec-policy-exec sets for it)
+  const viaEnv = await run(BIN('qrexec-client'), [`--socket-dir=${w.sockDir}`, '-k', '-d', 'kq', 'root:true'], w.env({ QREXEC_QUBESD_SOCKET: q.path }), '');
+  assert.equal(viaEnv.code, 0, viaEnv.stderr);
+  assert.deepEqual(q.requests, ['admin.vm.Kill+ dom0 name kq\0']);
 });
 
 void test('qrexec-daemon --qubesd-socket=none: autostart is refused with a clear reason; --help of the three commands', async () => {
@@ -157,6 +161,6 @@ void test('qrexec-daemon --qubesd-socket=none: autostart is refused with a clear
     return r.stdout + r.stderr;
   };
   assert.match(help('qrexec-daemon', '--help'), /--qubesd-socket=PATH .*\n.*\n.*default: \/var\/run\/qubesd\.sock; "none": refuse such calls/);
-  assert.match(help('qrexec-client', '--help'), /--qubesd-socket=PATH - qubesd Admin API socket for -k, default: \/var\/run\/qubesd\.sock/);
+  assert.match(help('qrexec-client', '--help'), /--qubesd-socket=PATH - qubesd Admin API socket for -k, default: \$QREXEC_QUBESD_SOCKET or \/var\/run\/qubesd\.sock/);
   assert.match(help('qrexec-host', '--help'), /--qubesd-admin-socket PATH qubesd Admin API socket/);
 });

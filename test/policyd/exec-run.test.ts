@@ -31,7 +31,8 @@ fs.writeFileSync(
 );
 const clientLog = path.join(dir, 'client.log');
 const fakeClient = path.join(dir, 'qrexec-client');
-fs.writeFileSync(fakeClient, `#!/bin/sh\nfor a in "$@"; do printf '%s\\n' "$a"; done > ${clientLog}\nexit 7\n`, { mode: 0o755 });
+const clientEnvLog = path.join(dir, 'client-env.log');
+fs.writeFileSync(fakeClient, `#!/bin/sh\nfor a in "$@"; do printf '%s\\n' "$a"; done > ${clientLog}\nprintf '%s' "$QREXEC_QUBESD_SOCKET" > ${clientEnvLog}\nexit 7\n`, { mode: 0o755 });
 
 const qubesdRequests: string[] = [];
 const qubesdSock = path.join(dir, 'qubesd.sock');
@@ -65,6 +66,8 @@ test('allowed qube call: target started through qubesd, then qrexec-client with 
   assert.deepEqual(fs.readFileSync(clientLog, 'utf8').split('\n').slice(0, -1), [
     '-Ed', `uuid:${VAULT_UUID}`, '-c', 'SOCKET42,work,5', '--', 'alice:QUBESRPC test.Svc+arg work',
   ]);
+  // -k (DispVMs) in our qrexec-client goes to the same qubesd
+  assert.equal(fs.readFileSync(clientEnvLog, 'utf8'), qubesdSock);
 });
 
 test('allowed call to dom0: no start, the target keyword in the command', async () => {
