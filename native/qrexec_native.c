@@ -13,8 +13,9 @@
  *       round trip); "ENOENT", "ECONNREFUSED", "EAGAIN"... when it fails
  *   socketpair() -> [fd, fd]                 socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)
  *   watchSignal(signo, cb)                  installs an SA_SIGINFO handler for signo and
- *       calls cb(senderPid) in the event loop for each delivery (0 when the
- *       kernel sent it); see the watchSignal section
+ *       calls cb(senderPid, lineage) in the event loop for each delivery
+ *       (senderPid 0 when the kernel sent it; lineage: the sender and its
+ *       ancestors as /proc showed them at delivery); see that section
  *   waitReadable(fd, timeoutMs, cb)         calls cb(true) once fd is readable
  *       (data, EOF or error) or cb(false) after timeoutMs, without reading;
  *       watches a dup() of fd in the event loop, so Node's own handle for fd
@@ -414,17 +415,66 @@ static napi_value make_socketpair(napi_env env, napi_callback_info info)
  * SIGUSR1 belongs to. The SA_SIGINFO handler writes one record per delivery
  * to a non-blocking self-pipe (write(2) is async-signal-safe; a record is far
  * below PIPE_BUF, so it is written whole or, when the pipe is full, dropped);
- * a uv_poll on the read end hands the records to JS. The poll is unref'd: a
+ * a uv_poll on the read end hands the records to JS. The handler also reads
+ * the sender's ancestry from /proc/<pid>/stat (open/read/close are
+ * async-signal-safe): a short-lived sender (`sh -c 'kill ...'`) is often gone,
+ * and reaped by its parent, by the time the event loop gets to it; at delivery
+ * it is usually still there. The poll is unref'd: a
  * watch does not keep the process alive. One environment (the main thread)
  * owns all watches; at its teardown the watched signals become SIG_IGN, so a
  * late signal neither kills the process nor reaches an old handler.
  */
 #define SIG_WATCH_MAX 65
 
+#define SIG_LINEAGE_MAX 16
+
 typedef struct {
     int32_t signo;
     int32_t pid;
+    int32_t count; /* entries of lineage */
+    int32_t lineage[SIG_LINEAGE_MAX];
 } sig_record_t;
+
+/* The parent of pid from /proc/<pid>/stat, or -1. Async-signal-safe (no
+ * stdio, no allocation). */
+static int32_t sig_parent_of(int32_t pid)
+{
+    char path[32] = "/proc/";
+    char digits[12];
+    size_t nd = 0;
+    for (uint32_t v = (uint32_t)pid; nd == 0 || v > 0; v /= 10)
+        digits[nd++] = (char)('0' + v % 10);
+    size_t at = 6;
+    while (nd > 0)
+        path[at++] = digits[--nd];
+    memcpy(path + at, "/stat", 6);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    char buf[512];
+    ssize_t n;
+    do
+        n = read(fd, buf, sizeof(buf));
+    while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    /* "pid (comm) state ppid ...": comm may hold ')' but nothing after it does */
+    ssize_t close_paren = -1;
+    for (ssize_t i = 0; i < n; i++)
+        if (buf[i] == ')')
+            close_paren = i;
+    ssize_t i = close_paren + 4; /* ") S " */
+    if (close_paren < 0 || i >= n || buf[i] < '0' || buf[i] > '9')
+        return -1;
+    int64_t ppid = 0;
+    for (; i < n && buf[i] >= '0' && buf[i] <= '9'; i++) {
+        ppid = ppid * 10 + (buf[i] - '0');
+        if (ppid > INT32_MAX)
+            return -1;
+    }
+    return (int32_t)ppid;
+}
 
 static volatile sig_atomic_t sig_write_fd = -1;
 static int sig_read_fd = -1;
@@ -442,6 +492,11 @@ static void sig_handler(int signo, siginfo_t *si, void *uctx)
     /* si_pid is the sender only for signals sent by a process (si_code <= 0:
      * kill, sigqueue, tgkill); the kernel's own have no sender */
     r.pid = (si != NULL && si->si_code <= 0) ? (int32_t)si->si_pid : 0;
+    r.count = 0;
+    /* the sender, its parent, ... up to (not including) us or pid 1 */
+    int32_t self = (int32_t)getpid();
+    for (int32_t p = r.pid; p > 1 && p != self && r.count < SIG_LINEAGE_MAX; p = sig_parent_of(p))
+        r.lineage[r.count++] = p;
     int fd = sig_write_fd;
     if (fd >= 0) {
         ssize_t n = write(fd, &r, sizeof(r));
@@ -457,10 +512,16 @@ static void sig_deliver(napi_env env, const sig_record_t *r)
     napi_handle_scope scope;
     if (napi_open_handle_scope(env, &scope) != napi_ok)
         return;
-    napi_value cb, recv, arg, result;
-    if (napi_get_reference_value(env, sig_callbacks[r->signo], &cb) == napi_ok && cb != NULL &&
-        napi_get_global(env, &recv) == napi_ok && napi_create_int32(env, r->pid, &arg) == napi_ok)
-        napi_make_callback(env, sig_async, recv, cb, 1, &arg, &result);
+    napi_value cb, recv, args[2], result;
+    int ok = napi_get_reference_value(env, sig_callbacks[r->signo], &cb) == napi_ok && cb != NULL &&
+             napi_get_global(env, &recv) == napi_ok && napi_create_int32(env, r->pid, &args[0]) == napi_ok &&
+             napi_create_array_with_length(env, (size_t)r->count, &args[1]) == napi_ok;
+    for (int32_t i = 0; ok && i < r->count && i < SIG_LINEAGE_MAX; i++) {
+        napi_value v;
+        ok = napi_create_int32(env, r->lineage[i], &v) == napi_ok && napi_set_element(env, args[1], (uint32_t)i, v) == napi_ok;
+    }
+    if (ok)
+        napi_make_callback(env, sig_async, recv, cb, 2, args, &result);
     bool pending = false;
     napi_value err;
     /* a throwing callback is an uncaught exception, as for any other event */

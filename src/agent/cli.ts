@@ -1,7 +1,9 @@
 /** Command-line front ends of the agent programs (kept here so src/cli stays thin). */
+import * as os from 'node:os';
 import { vchanEnvFrom } from '../vchan/index.js';
 import { Agent, DEFAULT_AGENT_SOCKET } from './agent.js';
 import { execContextFromEnv } from './exec.js';
+import { watchSignalSender } from './native.js';
 
 const FORK_SERVER_SOCKET = '/var/run/qubes/qrexec-server.%s.sock';
 
@@ -74,9 +76,13 @@ export async function runAgentCli(args: string[]): Promise<number> {
     agent.close();
   });
   process.on('SIGPIPE', () => undefined);
-  // Services may signal QREXEC_AGENT_PID to ask for a single stdio socket; with one
-  // agent process for all calls that cannot be attributed to a call (TODO(#3)).
-  process.on('SIGUSR1', () => log('SIGUSR1 ignored: single-socket switch for services is not supported'));
+  // A service may send SIGUSR1 to QREXEC_AGENT_PID (us) to have its output read
+  // from its stdin socket. One process serves every call, so the sender's pid
+  // tells which call it is: that needs the native addon's signal watch. Either
+  // way a listener is installed, so Node never starts its inspector on SIGUSR1.
+  if (!watchSignalSender(os.constants.signals.SIGUSR1, (pid, lineage) => agent.serviceSignal(pid, lineage))) {
+    process.on('SIGUSR1', () => log('SIGUSR1 ignored: the single-socket switch for services needs the native addon'));
+  }
   try {
     await agent.start();
   } catch (e) {

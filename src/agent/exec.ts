@@ -22,7 +22,7 @@ import {
   warnIgnoredOptions,
   type ServiceTarget,
 } from './lookup.js';
-import { nativePipe } from './native.js';
+import { loadNative, nativePipe, nativeSocketpair } from './native.js';
 import { decodeVmExecArg, VMEXEC_SERVICES, VmExecDecodeError } from './vmexec.js';
 
 /** What the agent needs to know about its environment to run services. */
@@ -108,6 +108,16 @@ export interface StartedService {
   readonly what: string;
   /** The child, when there is one. */
   readonly child?: ChildProcess;
+  /**
+   * With the native addon: a second descriptor (close-on-exec) of our end of
+   * the child's stdin socketpair, for reading. A service may ask, with
+   * SIGUSR1 to QREXEC_AGENT_PID, that its output be read from its stdin
+   * socket; this descriptor keeps that socket open (`sink` only shuts it down
+   * at the caller's EOF, as the reference's close_stdio, and a failed write
+   * closes only `sink`). The caller owns it: it wraps it in a stream at a
+   * switch, or closes it when the call is over.
+   */
+  readonly stdinReadFd?: number;
 }
 
 /** A service that could not be started: the exit code to report (125 or 127). */
@@ -363,7 +373,10 @@ export async function startService(call: PreparedCall, ctx: ExecContext, dataRea
     if (target.program && !execFormatOk(target.program)) return failedChild('execve: Exec format error', ExitCode.PROBLEM, what);
   }
   const errPipe = nativePipe();
-  const stdio: StdioOptions = ['pipe', 'pipe', errPipe ? errPipe[1] : 'pipe'];
+  // stdin: a socketpair as the reference's do_fork_exec. Node's 'pipe' is one
+  // too, but its stream for our end cannot be read; ours can, after a SIGUSR1.
+  const inPair = nativeSocketpair();
+  const stdio: StdioOptions = [inPair ? inPair[1] : 'pipe', 'pipe', errPipe ? errPipe[1] : 'pipe'];
   let spawnError = '';
   const child = spawn(plan.file, plan.args, {
     argv0: plan.argv0,
@@ -373,6 +386,18 @@ export async function startService(call: PreparedCall, ctx: ExecContext, dataRea
     ...(plan.gid !== undefined ? { gid: plan.gid } : {}),
     ...(plan.cwd !== undefined ? { cwd: plan.cwd } : {}),
   });
+  let stdinSink: net.Socket | undefined;
+  let stdinReadFd: number | undefined;
+  if (inPair) {
+    fs.closeSync(inPair[1]);
+    try {
+      stdinReadFd = loadNative()?.dup(inPair[0]);
+    } catch {
+      stdinReadFd = undefined; // no switch for this call
+    }
+    // nothing is read until a switch (then through stdinReadFd)
+    stdinSink = new net.Socket({ fd: inPair[0], readable: false, writable: true });
+  }
   let errSource: Readable | null;
   if (errPipe) {
     fs.closeSync(errPipe[1]);
@@ -386,7 +411,7 @@ export async function startService(call: PreparedCall, ctx: ExecContext, dataRea
   });
   void spawnError;
   return {
-    sink: child.stdin,
+    sink: stdinSink ?? child.stdin,
     source: child.stdout,
     errSource,
     single: false,
@@ -395,6 +420,7 @@ export async function startService(call: PreparedCall, ctx: ExecContext, dataRea
     exitOnServiceEof: false,
     what: child.pid !== undefined ? `${what} (pid ${child.pid})` : what,
     child,
+    ...(stdinReadFd !== undefined ? { stdinReadFd } : {}),
   };
 }
 

@@ -43,16 +43,19 @@ export interface NativeHelper {
   socketpair(): [number, number];
   /**
    * Installs an SA_SIGINFO handler for `signo` (replacing Node's, e.g. the
-   * inspector's SIGUSR1, and any process.on listener's) and calls `cb(pid)`
-   * in the event loop once per delivery with the sender's pid (si_pid; 0 when
-   * the kernel raised it). Deliveries are queued through a self-pipe; when it
-   * is full (thousands pending) further ones are dropped. The watch does not
-   * keep the process alive, cannot be removed, and a later process.on(signo)
-   * would take the signal back. Throws for an already watched signal, for
-   * SIGKILL/SIGSTOP and fault signals, and from a worker thread once the main
-   * thread watches.
+   * inspector's SIGUSR1, and any process.on listener's) and calls
+   * `cb(senderPid, lineage)` in the event loop once per delivery: the sender's
+   * pid (si_pid; 0 when the kernel raised it) and `lineage`, the sender, its
+   * parent, its grandparent... (at most 16) as /proc/<pid>/stat showed them
+   * when the signal arrived, up to but not including this process or pid 1;
+   * it stops early where a process was already gone. Deliveries are queued
+   * through a self-pipe; when it is full (hundreds pending) further ones are
+   * dropped. The watch does not keep the process alive, cannot be removed,
+   * and a later process.on(signo) would take the signal back. Throws for an
+   * already watched signal, for SIGKILL/SIGSTOP and fault signals, and from a
+   * worker thread once the main thread watches.
    */
-  watchSignal(signo: number, cb: (senderPid: number) => void): void;
+  watchSignal(signo: number, cb: (senderPid: number, lineage: number[]) => void): void;
 }
 
 let cached: NativeHelper | null | undefined;
@@ -92,7 +95,7 @@ export function nativeSocketpair(): [number, number] | undefined {
  * Returns false, and installs nothing, when the addon is not built (or is an
  * older build without watchSignal) or the watch cannot be set up.
  */
-export function watchSignalSender(signo: number, cb: (senderPid: number) => void): boolean {
+export function watchSignalSender(signo: number, cb: (senderPid: number, lineage: number[]) => void): boolean {
   const n = loadNative();
   if (!n || typeof n.watchSignal !== 'function') return false;
   try {
