@@ -216,7 +216,10 @@ export function startPump(o: PumpOptions): Pump {
     closeSink();
   };
   /** The reference's close_stdout(). */
+  // our output's EOF went out: a later stdin-socket switch must not send more
+  let outputEnded = false;
   const closeOutput = (): void => {
+    outputEnded = true;
     const s = source;
     source = null;
     stopSource(s);
@@ -498,6 +501,10 @@ export function startPump(o: PumpOptions): Pump {
     },
     useStdinSocket(sock: LocalSource & LocalSink): void {
       if (finished || single) return;
+      if (outputEnded) {
+        log('single-socket switch after the output ended: ignored');
+        return;
+      }
       const s = source;
       source = null;
       stopSource(s);

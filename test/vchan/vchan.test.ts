@@ -298,3 +298,39 @@ void test('a socket service that closed without reading its input: its output is
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+void test('a stdin-socket switch (SIGUSR1) after the output ended is ignored: nothing follows the EOF', async () => {
+  const [a, b] = memoryPair();
+  const got: Buffer[] = [];
+  a.on('data', (d: Buffer) => got.push(d));
+  const stdout = new PassThrough();
+  const stdin = new PassThrough(); // the service's stdin "socket"
+  let exit!: (n: number) => void;
+  const localExit = new Promise<number>((r) => (exit = r));
+  const logs: string[] = [];
+  const run = startPump({ channel: b, role: 'service', source: stdout, sink: stdin, single: false, localExit, log: (m) => logs.push(m) });
+  a.write(u32(0x300, 4, 3)); // the caller's HELLO
+  stdout.end('out');
+  await new Promise((r) => setTimeout(r, 50)); // output and its EOF sent
+  run.useStdinSocket(stdin);
+  stdin.write('late'); // would be read from the switched socket
+  await new Promise((r) => setTimeout(r, 50));
+  exit(0);
+  a.end(Buffer.from([])); // caller done
+  assert.equal(await run.done, 0);
+  const body = Buffer.concat(got).subarray(12);
+  const frames: [number, string][] = [];
+  for (let off = 0; off + 8 <= body.length; ) {
+    const len = body.readUInt32LE(off + 4);
+    frames.push([body.readUInt32LE(off), body.subarray(off + 8, off + 8 + len).toString()]);
+    off += 8 + len;
+  }
+  assert.deepEqual(
+    frames.filter(([t]) => t === 0x191),
+    [
+      [0x191, 'out'],
+      [0x191, ''],
+    ],
+  );
+  assert.ok(logs.some((l) => /switch after the output ended: ignored/.test(l)), logs.join('\n'));
+});
