@@ -42,7 +42,7 @@ import {
   type Frame,
   type LengthRules,
 } from '../protocol/index.js';
-import { VchanListeners, startPump, vchanConnect, vchanListen, type Pump, type VchanEnv } from '../vchan/index.js';
+import { startPump, vchanConnect, vchanListen, type Pump, type VchanEnv } from '../vchan/index.js';
 import {
   justExec,
   prepareCall,
@@ -53,7 +53,7 @@ import {
   type PreparedCall,
   type StartedService,
 } from './exec.js';
-import { loadNative, type NativeHelper } from './native.js';
+import { loadNative, type NativeHelper } from '../node/native.js';
 import { openLocal, type LocalStream } from './local.js';
 
 /** The reference's default agent socket. */
@@ -105,8 +105,6 @@ export class Agent {
   private server: net.Server | undefined;
   private waiting: Promise<void> | undefined;
   private readonly native: NativeHelper | null = loadNative();
-  /** Data-vchan servers for the fast launcher's calls, with a spare bound ahead. */
-  private readonly listeners: VchanListeners;
   private closed = false;
   /** Running executable services whose stdin socket a SIGUSR1 may switch to, by pid. */
   private readonly switchable = new Map<number, SwitchableService>();
@@ -116,7 +114,6 @@ export class Agent {
 
   constructor(private readonly opts: AgentOptions) {
     this.log = opts.log;
-    this.listeners = new VchanListeners(opts.vchan);
     this.done = new Promise((r) => (this.resolveDone = r));
   }
 
@@ -140,7 +137,6 @@ export class Agent {
     if (this.closed) return;
     this.closed = true;
     this.server?.close();
-    this.listeners.close();
     try {
       fs.unlinkSync(this.opts.agentSocket);
     } catch {
@@ -574,8 +570,6 @@ export class Agent {
       this.log('qrexec-client-vm sent data after its request');
     }
     this.sendCtrl(msg);
-    // while dom0 decides: bind the data-vchan server a fast caller's call will claim
-    if (fast) this.listeners.refill();
   }
 
   private dropCaller(c: PendingCaller): void {
@@ -628,7 +622,7 @@ export class Agent {
     };
     let listener;
     try {
-      listener = await this.listeners.listen(domain, port);
+      listener = await vchanListen(this.opts.vchan, domain, port);
     } catch (e) {
       this.log(`Data vchan connection failed: ${(e as Error).message}`);
       for (const d of fast.fds) closeFd(d);

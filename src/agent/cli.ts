@@ -3,7 +3,7 @@ import * as os from 'node:os';
 import { vchanEnvFrom } from '../vchan/index.js';
 import { Agent, DEFAULT_AGENT_SOCKET } from './agent.js';
 import { execContextFromEnv } from './exec.js';
-import { watchSignalSender } from './native.js';
+import { watchSignalSender } from '../node/native.js';
 
 const FORK_SERVER_SOCKET = '/var/run/qubes/qrexec-server.%s.sock';
 

@@ -9,7 +9,7 @@ import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { ExitCode, MsgType, TRIGGER_SERVICE_PARAMS4_SIZE } from '../protocol/index.js';
 import { startPump, vchanEnvFrom, vchanListen, type Pump, type PumpOptions, type VchanEnv } from '../vchan/index.js';
 import { DEFAULT_AGENT_SOCKET } from './agent.js';
-import { loadNative } from './native.js';
+import { loadNative } from '../node/native.js';
 
 /** How long the data vchan may take to be connected (the reference's connection timeout). */
 const DATA_CONNECT_TIMEOUT_MS = 120_000;

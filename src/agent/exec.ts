@@ -22,7 +22,7 @@ import {
   warnIgnoredOptions,
   type ServiceTarget,
 } from './lookup.js';
-import { loadNative, nativePipe, nativeSocketpair } from './native.js';
+import { loadNative, nativePipe, nativeSocketpair } from '../node/native.js';
 import { decodeVmExecArg, VMEXEC_SERVICES, VmExecDecodeError } from './vmexec.js';
 
 /** What the agent needs to know about its environment to run services. */

@@ -14,9 +14,6 @@ export {
   vchanEnvFrom,
   vchanPath,
   vchanListen,
-  VchanListeners,
-  spareVchanListener,
-  type SpareVchanListener,
   vchanConnect,
   connectOnce,
 } from './socket.js';

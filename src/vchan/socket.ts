@@ -2,7 +2,7 @@ import * as net from 'node:net';
 import * as fs from 'node:fs';
 import { basename, join } from 'node:path';
 import { QrexecError } from '../common/errors.js';
-import { loadNative } from '../agent/native.js';
+import { loadNative } from '../node/native.js';
 
 /** Default directory of vchan sockets (qubes-core-vchan-socket). */
 export const DEFAULT_VCHAN_SOCKET_DIR = '/var/run/vchan';
@@ -102,117 +102,6 @@ function acceptOne(server: net.Server, path: string): VchanListener {
       }
     },
   };
-}
-
-/**
- * A vchan server socket bound and listening ahead of time under a private
- * name in the vchan directory. `claim()` renames it to a call's vchan path,
- * one rename(2), so a call does not wait for a socket to be created, bound
- * and listened on (~0.1 ms of a call's critical path). Connections that
- * arrive before the claim (nobody knows the private name) are closed.
- */
-export interface SpareVchanListener {
-  /** Becomes the vchan server of `port` with `remoteDomain`. Throws if the rename fails. */
-  claim(remoteDomain: number, port: number): VchanListener;
-  /** Closes an unclaimed spare and removes its file. */
-  close(): void;
-}
-
-let spareSeq = 0;
-
-/** Binds a spare vchan server socket in `env.dir` (see SpareVchanListener). */
-export async function spareVchanListener(env: VchanEnv): Promise<SpareVchanListener> {
-  const tmp = join(env.dir, `.spare.${env.ownDomain}.${process.pid}.${++spareSeq}.sock`);
-  try {
-    fs.unlinkSync(tmp);
-  } catch {
-    /* not there */
-  }
-  const server = net.createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', (e) => reject(new VchanError('LISTEN', `listen ${tmp}: ${e.message}`)));
-    server.listen({ path: tmp, backlog: 1 }, () => resolve());
-  });
-  server.unref();
-  let claimed = false;
-  let closed = false;
-  const early = (sock: net.Socket): void => {
-    sock.destroy();
-  };
-  server.on('connection', early);
-  const close = (): void => {
-    if (closed) return;
-    closed = true;
-    server.close();
-    if (!claimed) unlinkQuiet(tmp);
-  };
-  return {
-    close,
-    claim(remoteDomain: number, port: number): VchanListener {
-      if (closed || claimed) throw new VchanError('LISTEN', 'spare vchan listener already used');
-      const path = vchanPath(env.dir, env.ownDomain, remoteDomain, port);
-      fs.renameSync(tmp, path); // replaces a stale socket file atomically
-      claimed = true;
-      server.off('connection', early);
-      server.ref();
-      return acceptOne(server, path);
-    },
-  };
-}
-
-/**
- * vchan servers for one domain with a spare bound ahead of time: `listen()`
- * claims the spare when one is ready (else binds as vchanListen does), and
- * `refill()` — called when the caller is idle, e.g. after a call — binds the
- * next one. The spare's file is removed when the process exits.
- */
-export class VchanListeners {
-  private spare: SpareVchanListener | undefined;
-  private filling = false;
-  private exitHook: (() => void) | undefined;
-
-  constructor(private readonly env: VchanEnv) {}
-
-  /** A vchan server for `port` with `remoteDomain`. */
-  async listen(remoteDomain: number, port: number): Promise<VchanListener> {
-    const spare = this.spare;
-    this.spare = undefined;
-    if (spare) {
-      try {
-        return spare.claim(remoteDomain, port);
-      } catch {
-        spare.close(); // its file is gone (someone cleaned the directory): bind anew
-      }
-    }
-    return vchanListen(this.env, remoteDomain, port);
-  }
-
-  /** Binds a new spare in the background if there is none. */
-  refill(): void {
-    if (this.spare || this.filling) return;
-    this.filling = true;
-    spareVchanListener(this.env).then(
-      (l) => {
-        this.filling = false;
-        this.spare = l;
-        if (!this.exitHook) {
-          this.exitHook = () => this.spare?.close();
-          process.once('exit', this.exitHook);
-        }
-      },
-      () => {
-        this.filling = false; // no spare: calls bind as usual
-      },
-    );
-  }
-
-  /** Closes the spare. */
-  close(): void {
-    this.spare?.close();
-    this.spare = undefined;
-    if (this.exitHook) process.off('exit', this.exitHook);
-    this.exitHook = undefined;
-  }
 }
 
 function unlinkQuiet(path: string): void {

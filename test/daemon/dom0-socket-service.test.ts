@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runDom0Service } from '../../src/daemon/index.js';
-import { loadNative } from '../../src/agent/native.js';
+import { loadNative } from '../../src/node/native.js';
 import { memoryPair } from '../../src/vchan/index.js';
 import { Reader, T, msg, u32 } from './peer.js';
 

@@ -5,8 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
 import * as net from 'node:net';
-import { loadNative } from '../../src/agent/native.js';
-import { VchanListeners, memoryPair, spareVchanListener, startPump, vchanConnect, vchanEnvFrom, vchanListen, vchanPath } from '../../src/vchan/index.js';
+import { loadNative } from '../../src/node/native.js';
+import { memoryPair, startPump, vchanConnect, vchanEnvFrom, vchanListen, vchanPath } from '../../src/vchan/index.js';
 
 const u32 = (...v: number[]): Buffer => {
   const b = Buffer.alloc(4 * v.length);
@@ -172,74 +172,6 @@ void test('data stream: a peer violating framing ends only that stream', async (
   assert.equal(await run.done, 255);
   assert.match(logs.join('\n'), /MSG_DATA_STDOUT with length 1073741824 outside \[0, 65536\]/);
   void net;
-});
-
-void test('a spare vchan server: bound ahead under a private name, claimed by rename, early clients closed', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'vchan-'));
-  try {
-    const env = { dir, ownDomain: 4 };
-    const spare = await spareVchanListener(env);
-    const [name] = await readdir(dir);
-    assert.match(name ?? '', /^\.spare\.4\.[0-9]+\.[0-9]+\.sock$/);
-    // a client that found the private name is closed, not taken as a call's peer
-    const squatter = net.connect(join(dir, name ?? ''));
-    await new Promise<void>((r) => squatter.once('close', () => r()).on('error', () => undefined));
-    // a client already waiting for the call's socket connects once it is claimed
-    const clientP = vchanConnect({ dir, ownDomain: 7 }, 4, 1234, { timeoutMs: 10000 });
-    await new Promise((r) => setTimeout(r, 50));
-    const l = spare.claim(7, 1234);
-    assert.equal(l.path, vchanPath(dir, 4, 7, 1234));
-    const [srv, cli] = await Promise.all([l.accepted, clientP]);
-    assert.deepEqual(await readdir(dir), []);
-    cli.write('x');
-    assert.equal(await new Promise<string>((r) => srv.once('data', (d: Buffer) => r(d.toString()))), 'x');
-    srv.destroy();
-    cli.destroy();
-    assert.throws(() => spare.claim(7, 1235), /already used/);
-    // a spare replaces a stale socket file of the same name
-    const stale = net.createServer();
-    await new Promise<void>((r) => stale.listen(vchanPath(dir, 4, 7, 99), () => r()));
-    stale.close();
-    const spare2 = await spareVchanListener(env);
-    const l2 = spare2.claim(7, 99);
-    const cli2 = await vchanConnect({ dir, ownDomain: 7 }, 4, 99, { timeoutMs: 10000 });
-    (await l2.accepted).destroy();
-    cli2.destroy();
-    // an unclaimed spare is removed on close
-    const spare3 = await spareVchanListener(env);
-    spare3.close();
-    assert.deepEqual(await readdir(dir), []);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-});
-
-void test('VchanListeners: binds when it has no spare, claims the spare after refill, rebinds if the spare file vanished', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'vchan-'));
-  const ls = new VchanListeners({ dir, ownDomain: 2 });
-  try {
-    const roundTrip = async (port: number): Promise<void> => {
-      const l = await ls.listen(3, port);
-      const c = await vchanConnect({ dir, ownDomain: 3 }, 2, port, { timeoutMs: 10000 });
-      (await l.accepted).destroy();
-      c.destroy();
-    };
-    await roundTrip(600); // no spare yet: a fresh bind
-    ls.refill();
-    for (let i = 0; i < 100 && (await readdir(dir)).length === 0; i++) await new Promise((r) => setTimeout(r, 10));
-    const files = await readdir(dir);
-    assert.equal(files.length, 1);
-    assert.match(files[0] ?? '', /^\.spare\./);
-    await roundTrip(601); // the spare, renamed
-    assert.deepEqual(await readdir(dir), []);
-    ls.refill();
-    for (let i = 0; i < 100 && (await readdir(dir)).length === 0; i++) await new Promise((r) => setTimeout(r, 10));
-    for (const f of await readdir(dir)) await rm(join(dir, f)); // someone cleaned the directory
-    await roundTrip(602); // falls back to a fresh bind
-  } finally {
-    ls.close();
-    await rm(dir, { recursive: true, force: true });
-  }
 });
 
 void test('a socket service that closed without reading its input: its output is still delivered (a failed write does not drop it)', { skip: loadNative() ? false : 'needs the native addon (dup)' }, async () => {

@@ -1,11 +1,14 @@
 /**
- * The optional native helper (native/qrexec_native.c, built at install time):
- * receiving file descriptors over a unix socket (SCM_RIGHTS), pipe2(),
- * O_NONBLOCK control and shutdown(), socketpair() and a signal watch that
- * knows the sender. Everything works without it except the fast
- * qrexec-client-vm launcher (which needs fd passing), services' stderr being a
- * pipe rather than a socket, and a service's SIGUSR1 to qrexec-agent (the
- * single-socket switch: without the addon it is logged and ignored).
+ * The optional native helper (native/qrexec_native.c, built at install time),
+ * used by the agent and the vchan transport: receiving file descriptors over a
+ * unix socket (SCM_RIGHTS), pipe2(), socketpair(), dup(), O_NONBLOCK control,
+ * shutdown(), a connect(2) without an event-loop round trip, a readability
+ * watch that reads nothing, and a signal watch that knows the sender.
+ * Everything works without it except the fast qrexec-client-vm launcher
+ * (which needs fd passing), services' stderr being a pipe rather than a
+ * socket, a service's SIGUSR1 to qrexec-agent (the single-socket switch: without
+ * the addon it is logged and ignored) and keeping a socket service's unread
+ * output when a write to it fails.
  */
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -62,7 +65,7 @@ let cached: NativeHelper | null | undefined;
 
 /** Where the addon is built. */
 export function nativeAddonPath(): string {
-  const here = path.dirname(fileURLToPath(import.meta.url)); // dist/src/agent
+  const here = path.dirname(fileURLToPath(import.meta.url)); // dist/src/node
   return path.resolve(here, '..', '..', '..', 'native', 'build', 'qrexec_native.node');
 }
 
