@@ -67,6 +67,17 @@ static int get_int_arg(napi_env env, napi_value *argv, size_t argc, size_t i, in
     return 1;
 }
 
+/* Checks that argument i is a function; throws and returns false otherwise. */
+static int check_fn_arg(napi_env env, napi_value *argv, size_t argc, size_t i)
+{
+    napi_valuetype t;
+    if (i >= argc || napi_typeof(env, argv[i], &t) != napi_ok || t != napi_function) {
+        napi_throw_type_error(env, NULL, "expected a callback");
+        return 0;
+    }
+    return 1;
+}
+
 static napi_value recv_fds(napi_env env, napi_callback_info info)
 {
     napi_value argv[3];
@@ -283,15 +294,12 @@ static napi_value wait_readable(napi_env env, napi_callback_info info)
     napi_value argv[3];
     size_t argc = 3;
     int32_t fd, timeout_ms;
-    napi_valuetype t;
     if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok)
         return NULL;
     if (!get_int_arg(env, argv, argc, 0, &fd) || !get_int_arg(env, argv, argc, 1, &timeout_ms))
         return NULL;
-    if (argc < 3 || napi_typeof(env, argv[2], &t) != napi_ok || t != napi_function) {
-        napi_throw_type_error(env, NULL, "expected a callback");
+    if (!check_fn_arg(env, argv, argc, 2))
         return NULL;
-    }
     if (fd < 0 || timeout_ms < 0) {
         napi_throw_range_error(env, NULL, "waitReadable: argument out of range");
         return NULL;
@@ -632,15 +640,12 @@ static napi_value watch_signal(napi_env env, napi_callback_info info)
     napi_value argv[2];
     size_t argc = 2;
     int32_t signo;
-    napi_valuetype t;
     if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok)
         return NULL;
     if (!get_int_arg(env, argv, argc, 0, &signo))
         return NULL;
-    if (argc < 2 || napi_typeof(env, argv[1], &t) != napi_ok || t != napi_function) {
-        napi_throw_type_error(env, NULL, "expected a callback");
+    if (!check_fn_arg(env, argv, argc, 1))
         return NULL;
-    }
     /* signals a program cannot or must not catch this way: uncatchable ones,
      * and faults, which must not return to the faulting code */
     if (signo <= 0 || signo >= SIG_WATCH_MAX || signo == SIGKILL || signo == SIGSTOP || signo == SIGSEGV ||

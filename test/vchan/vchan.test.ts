@@ -14,6 +14,18 @@ const u32 = (...v: number[]): Buffer => {
   return b;
 };
 
+/** The [type, payload text] messages a pump sent, after its MSG_HELLO. */
+function framesAfterHello(chunks: Buffer[]): [number, string][] {
+  const body = Buffer.concat(chunks).subarray(12);
+  const frames: [number, string][] = [];
+  for (let off = 0; off + 8 <= body.length; ) {
+    const len = body.readUInt32LE(off + 4);
+    frames.push([body.readUInt32LE(off), body.subarray(off + 8, off + 8 + len).toString()]);
+    off += 8 + len;
+  }
+  return frames;
+}
+
 void test('socket path and environment as qubes-core-vchan-socket', () => {
   assert.equal(vchanPath('/d', 3, 0, 512), '/d/vchan.3.0.512.sock');
   assert.deepEqual(vchanEnvFrom({ VCHAN_DOMAIN: '7', VCHAN_SOCKET_DIR: '/x' }), { dir: '/x', ownDomain: 7 });
@@ -208,14 +220,7 @@ void test('a socket service that closed without reading its input: its output is
       const run = startPump({ channel: b, role: 'service', source: svcSock, sink: svcSock, single: true });
       assert.equal(await run.done, 0);
       await new Promise((r) => setImmediate(r));
-      const all = Buffer.concat(got);
-      const body = all.subarray(12); // after our HELLO
-      const frames: [number, string][] = [];
-      for (let off = 0; off + 8 <= body.length; ) {
-        const len = body.readUInt32LE(off + 4);
-        frames.push([body.readUInt32LE(off), body.subarray(off + 8, off + 8 + len).toString()]);
-        off += 8 + len;
-      }
+      const frames = framesAfterHello(got);
       assert.deepEqual(
         frames.filter(([t]) => t === 0x191),
         [
@@ -250,13 +255,7 @@ void test('a stdin-socket switch (SIGUSR1) after the output ended is ignored: no
   exit(0);
   a.end(Buffer.from([])); // caller done
   assert.equal(await run.done, 0);
-  const body = Buffer.concat(got).subarray(12);
-  const frames: [number, string][] = [];
-  for (let off = 0; off + 8 <= body.length; ) {
-    const len = body.readUInt32LE(off + 4);
-    frames.push([body.readUInt32LE(off), body.subarray(off + 8, off + 8 + len).toString()]);
-    off += 8 + len;
-  }
+  const frames = framesAfterHello(got);
   assert.deepEqual(
     frames.filter(([t]) => t === 0x191),
     [
