@@ -102,6 +102,12 @@ export interface Pump {
  */
 export function startPump(o: PumpOptions): Pump {
   const ch = o.channel;
+  // A vchan that is a real socket is written through a second descriptor
+  // (socketWriter): a failed write (the peer closed) then cannot discard what
+  // the peer sent before it, which the reference's loop still reads. We end
+  // our writing side ourselves, so the reading one must not do it for us.
+  const out: Channel = socketWriter(ch) ?? ch;
+  if (out !== ch) (ch as net.Socket).allowHalfOpen = true;
   const log = o.log ?? (() => undefined);
   const isService = o.role === 'service';
   const outType = isService ? MsgType.DATA_STDOUT : MsgType.DATA_STDIN;
@@ -140,7 +146,7 @@ export function startPump(o: PumpOptions): Pump {
   // in one writev: a service's last data, EOF and exit code reach the peer in
   // one read instead of three wake-ups. Big data frames go out at once (after
   // what is batched, in order), so a stream keeps both processes busy.
-  const corkable = typeof (ch as unknown as Partial<Writable>).cork === 'function' ? (ch as unknown as Writable) : undefined;
+  const corkable = typeof (out as unknown as Partial<Writable>).cork === 'function' ? (out as unknown as Writable) : undefined;
   let batching = false;
   const flush = (): void => {
     if (!batching) return;
@@ -153,7 +159,7 @@ export function startPump(o: PumpOptions): Pump {
       corkable.cork();
       setImmediate(flush);
     }
-    ch.write(b);
+    out.write(b);
   };
   const sendData = (type: number, data: Buffer): void => {
     if (data.length === 0) {
@@ -168,12 +174,12 @@ export function startPump(o: PumpOptions): Pump {
         // header and data in one writev, now
         flush();
         corkable.cork();
-        ch.write(encodeDataHeader(type, part.length));
-        ch.write(part);
+        out.write(encodeDataHeader(type, part.length));
+        out.write(part);
         corkable.uncork();
       } else {
-        ch.write(encodeDataHeader(type, part.length));
-        ch.write(part);
+        out.write(encodeDataHeader(type, part.length));
+        out.write(part);
       }
     }
   };
@@ -262,8 +268,11 @@ export function startPump(o: PumpOptions): Pump {
         else s.once('finish', () => s.destroy());
       }
     }
-    ch.end();
-    setTimeout(() => ch.destroy(), 2000).unref();
+    out.end();
+    setTimeout(() => {
+      ch.destroy();
+      out.destroy();
+    }, 2000).unref();
     if (hasLocal && localStatus === undefined) {
       void o.localExit?.then(
         (st) => {
@@ -301,9 +310,9 @@ export function startPump(o: PumpOptions): Pump {
     r.on('data', (d: Buffer) => {
       if (finished) return;
       sendData(type, d);
-      if (ch.writableNeedDrain && !r.isPaused()) {
+      if (out.writableNeedDrain && !r.isPaused()) {
         r.pause();
-        ch.once('drain', () => {
+        out.once('drain', () => {
           if (!finished && sources.has(r)) r.resume();
         });
       }
@@ -492,6 +501,7 @@ export function startPump(o: PumpOptions): Pump {
   ch.on('end', onClose);
   ch.on('close', onClose);
   ch.on('error', (e: Error) => log(`data vchan error: ${e.message}`));
+  if (out !== ch) out.on('error', (e: Error) => log(`data vchan error: ${e.message}`));
   send(encodeHello(QREXEC_PROTOCOL_VERSION));
 
   return {

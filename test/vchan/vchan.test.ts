@@ -265,3 +265,51 @@ void test('a stdin-socket switch (SIGUSR1) after the output ended is ignored: no
   );
   assert.ok(logs.some((l) => /switch after the output ended: ignored/.test(l)), logs.join('\n'));
 });
+
+void test('a data vchan peer that sent its input and closed: the input still arrives although our first write fails', { skip: loadNative() ? false : 'needs the native addon (dup)' }, async () => {
+  // Node closes a socket whose write fails (EPIPE), which dropped the peer's
+  // frames still queued for reading; the vchan is written through a dup now.
+  const dir = await mkdtemp(join(tmpdir(), 'vchan-'));
+  try {
+    const path = join(dir, 'peer.sock');
+    const peerGone = new Promise<void>((resolve) => {
+      const srv = net.createServer((c) => {
+        c.write(Buffer.concat([u32(0x300, 4, 3), u32(0x190, 4), Buffer.from('data'), u32(0x190, 0)]), () => {
+          c.destroy();
+          srv.close();
+          resolve();
+        });
+      });
+      srv.listen(path);
+    });
+    await new Promise((r) => setTimeout(r, 20));
+    const ch = net.connect({ path, allowHalfOpen: true });
+    ch.pause();
+    ch.on('error', () => undefined);
+    await peerGone;
+    await new Promise((r) => setTimeout(r, 20));
+    // start the pump from an I/O callback: its first write (flushed at the end
+    // of this loop turn) then comes before the next read of the vchan
+    const received = new PassThrough();
+    const chunks: Buffer[] = [];
+    received.on('data', (d: Buffer) => chunks.push(d));
+    const ended = new Promise((r) => received.on('end', r));
+    const started = new Promise<ReturnType<typeof startPump>>((resolve) => {
+      const trigger = net.createServer((s) => {
+        s.once('data', () => {
+          ch.resume();
+          resolve(startPump({ channel: ch, role: 'service', sink: received, source: new PassThrough(), single: false }));
+          s.destroy();
+          trigger.close();
+        });
+      });
+      trigger.listen(join(dir, 'trigger.sock'), () => net.connect(join(dir, 'trigger.sock')).end('go'));
+    });
+    const run = await started;
+    await ended;
+    assert.equal(Buffer.concat(chunks).toString(), 'data');
+    run.abort('test over');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
