@@ -362,8 +362,9 @@ export class Agent {
    * built): as the reference's per-call agent process, the service asks that
    * its output be read from its stdin socket from now on. The call is the one
    * whose service process is the sender or one of its ancestors (a shell
-   * running `kill`, a helper it started), found by walking /proc/<pid>/stat a
-   * bounded number of steps up to us. A signal from any other process, or for
+   * running `kill`, a helper it started): `lineage`, the sender and its
+   * parents up to us, read from /proc by the signal handler (at most 16
+   * steps). A signal from any other process, or for
    * a call without a stdin socket, changes nothing and is logged. The first
    * signal of a call switches it; later ones have no effect (the reference
    * ignores SIGUSR1 after the first). Unlike the reference, a sender that is
@@ -371,8 +372,14 @@ export class Agent {
    * one that already exited and was reaped (`sh -c 'kill ...'` on a busy
    * machine) has no known parent, and its signal is ignored.
    */
-  serviceSignal(senderPid: number, lineage: readonly number[] = []): void {
-    const found = senderPid > 0 && senderPid !== process.pid ? this.serviceOf(senderPid, lineage) : undefined;
+  serviceSignal(senderPid: number, lineage: readonly number[]): void {
+    // an entry lives while its call runs, also after the service exited (as in
+    // the reference, `kill -USR1 ...; echo data >&0; exit` works); its pid is
+    // only someone else's after pid_max wrapped meanwhile
+    const found =
+      senderPid > 0 && senderPid !== process.pid
+        ? [senderPid, ...lineage].map((p) => this.switchable.get(p)).find((s) => s !== undefined)
+        : undefined;
     if (!found) {
       this.log(`SIGUSR1 from pid ${senderPid} ignored: not a running service's process (ancestry ${lineage.join(' ') || 'unknown'})`);
       return;
@@ -382,27 +389,6 @@ export class Agent {
     const sock = new net.Socket({ fd: found.stdinReadFd, readable: true, writable: false, allowHalfOpen: true });
     sock.on('error', () => undefined);
     found.pump.useStdinSocket(sock);
-  }
-
-  /**
-   * The switchable service `pid` belongs to: it or an ancestor (at most
-   * MAX_SIGNAL_ANCESTRY up, not past us) is the service process. `lineage` is
-   * the ancestry seen when the signal arrived (a short-lived sender may be
-   * gone by now); /proc is read for what it does not cover.
-   */
-  private serviceOf(pid: number, lineage: readonly number[]): SwitchableService | undefined {
-    let p = pid;
-    for (let i = 0; i <= MAX_SIGNAL_ANCESTRY && p > 1 && p !== process.pid; i++) {
-      // an entry lives while its call runs, also after the service exited
-      // (as in the reference, `kill -USR1 ...; echo data >&0; exit` works); its
-      // pid is only someone else's after pid_max wrapped meanwhile
-      const s = this.switchable.get(p);
-      if (s) return s;
-      const pp = lineage[0] === pid && i + 1 < lineage.length ? lineage[i + 1] : parentPid(p);
-      if (pp === undefined) return undefined;
-      p = pp;
-    }
-    return undefined;
   }
 
   // ------------------------------------------------------------ local callers
@@ -698,31 +684,12 @@ export class Agent {
   }
 }
 
-/** How many parents of a SIGUSR1's sender are looked at for the service process. */
-const MAX_SIGNAL_ANCESTRY = 16;
-
 /** A running service that may switch its output to its stdin socket. */
 interface SwitchableService {
   readonly pump: Pump;
   /** StartedService.stdinReadFd: ours until a switch wraps it in a stream the pump owns. */
   readonly stdinReadFd: number;
   switched: boolean;
-}
-
-/** The parent pid of `pid` from /proc/<pid>/stat, or undefined (gone, unreadable, malformed). */
-export function parentPid(pid: number): number | undefined {
-  let stat: string;
-  try {
-    stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
-  } catch {
-    return undefined;
-  }
-  // "pid (comm) state ppid ...": comm may hold spaces and parentheses
-  const close = stat.lastIndexOf(')');
-  if (close < 0) return undefined;
-  const ppid = stat.slice(close + 2).split(' ', 2)[1];
-  if (ppid === undefined || !/^[0-9]{1,10}$/.test(ppid)) return undefined;
-  return Number(ppid);
 }
 
 function closeFd(fd: number | undefined): void {

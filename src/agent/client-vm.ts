@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { isatty } from 'node:tty';
 import type { Readable, Writable } from 'node:stream';
 import { ExitCode } from '../protocol/index.js';
-import { vchanEnvFrom, type Pump } from '../vchan/index.js';
+import { connectStream, vchanEnvFrom, type Pump } from '../vchan/index.js';
 import { DEFAULT_AGENT_SOCKET } from './agent.js';
 import { encodeClientRequest, requestCall, serveCall } from './client.js';
 import { openLocal } from './local.js';
@@ -164,11 +164,7 @@ export async function runClientVmCli(args: string[]): Promise<number> {
     params = { domain: parsed.resume.domain, port: parsed.resume.port };
   } else {
     try {
-      sock = await new Promise<net.Socket>((resolve, reject) => {
-        const s = net.connect({ path: parsed.agentSocket, allowHalfOpen: true });
-        s.once('error', reject);
-        s.once('connect', () => resolve(s));
-      });
+      sock = await connectStream({ path: parsed.agentSocket, allowHalfOpen: true });
     } catch (e) {
       process.stderr.write(`connect: ${(e as Error).message}\n`);
       return 1;
@@ -267,14 +263,7 @@ async function connectedPair(): Promise<[net.Socket, net.Socket]> {
       server.listen(name, () => resolve());
     });
     const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
-    const ours = await new Promise<net.Socket>((resolve, reject) => {
-      const c = net.connect({ path: name, allowHalfOpen: true });
-      c.once('error', reject);
-      c.once('connect', () => {
-        c.off('error', reject);
-        resolve(c);
-      });
-    });
+    const ours = await connectStream({ path: name, allowHalfOpen: true });
     return [ours, await accepted];
   } finally {
     server.close();

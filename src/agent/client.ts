@@ -7,9 +7,8 @@
 import * as net from 'node:net';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { ExitCode, MsgType, TRIGGER_SERVICE_PARAMS4_SIZE } from '../protocol/index.js';
-import { startPump, vchanEnvFrom, vchanListen, type Pump, type PumpOptions, type VchanEnv } from '../vchan/index.js';
+import { connectUnixNow, startPump, vchanEnvFrom, vchanListen, type Pump, type PumpOptions, type VchanEnv } from '../vchan/index.js';
 import { DEFAULT_AGENT_SOCKET } from './agent.js';
-import { loadNative } from '../node/native.js';
 
 /** How long the data vchan may take to be connected (the reference's connection timeout). */
 const DATA_CONNECT_TIMEOUT_MS = 120_000;
@@ -130,10 +129,8 @@ export async function serveCall(env: VchanEnv, params: { domain: number; port: n
  * its accept), else through Node's connect.
  */
 function connectAgent(path: string): net.Socket {
-  const native = loadNative();
-  const r = native?.connectUnix(path);
-  if (typeof r === 'number') return new net.Socket({ fd: r, readable: true, writable: true, allowHalfOpen: true });
-  return net.connect({ path, allowHalfOpen: true });
+  const now = connectUnixNow(path, true);
+  return now instanceof net.Socket ? now : net.connect({ path, allowHalfOpen: true });
 }
 
 /**

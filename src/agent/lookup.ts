@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { ExitCode, NAME_MAX, type RpcCommand } from '../protocol/index.js';
+import { connectStream } from '../vchan/index.js';
 import { defaultServiceConfig, parseServiceConfig, ServiceConfigError, type ServiceConfig } from './config.js';
 
 /** The reference's default QREXEC_SERVICE_PATH. */
@@ -236,16 +237,16 @@ const STRERROR: Readonly<Record<string, string>> = {
 export async function connectService(target: Exclude<ServiceTarget, { kind: 'exec' }>): Promise<net.Socket> {
   try {
     if (target.kind === 'tcp') {
-      const s = await connectSock({ host: target.host, port: target.port, allowHalfOpen: true });
+      const s = await connectStream({ host: target.host, port: target.port, allowHalfOpen: true });
       s.setNoDelay(true);
       return s;
     }
-    if (Buffer.byteLength(target.path) < 108) return await connectSock({ path: target.path, allowHalfOpen: true });
+    if (Buffer.byteLength(target.path) < 108) return await connectStream({ path: target.path, allowHalfOpen: true });
     const dir = fs.mkdtempSync(path.join('/tmp', 'qrexec-'));
     const link = path.join(dir, 'qrexec-socket');
     try {
       fs.symlinkSync(target.path, link);
-      return await connectSock({ path: link, allowHalfOpen: true });
+      return await connectStream({ path: link, allowHalfOpen: true });
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
@@ -253,15 +254,4 @@ export async function connectService(target: Exclude<ServiceTarget, { kind: 'exe
     const err = e as NodeJS.ErrnoException;
     throw new Error(`connect: ${(err.code !== undefined ? STRERROR[err.code] : undefined) ?? err.message}`, { cause: e });
   }
-}
-
-function connectSock(opts: net.NetConnectOpts): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect(opts);
-    s.once('error', reject);
-    s.once('connect', () => {
-      s.off('error', reject);
-      resolve(s);
-    });
-  });
 }

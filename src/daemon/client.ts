@@ -16,6 +16,7 @@ import {
   EXEC_PARAMS_SIZE,
   type Frame,
 } from '../protocol/index.js';
+import { connectStream } from '../vchan/index.js';
 
 /** Reference default directory of the daemons' sockets. */
 export const DEFAULT_SOCKET_DIR = '/var/run/qubes';
@@ -75,17 +76,8 @@ export class DaemonClient {
   /** Connects to the daemon of `target` (a domain id, name or `uuid:…`) and handshakes. */
   static async connect(socketDir: string, target: string): Promise<DaemonClient> {
     const path = join(socketDir, `qrexec.${target}`);
-    const socket = await new Promise<net.Socket>((resolve, reject) => {
-      const s = net.createConnection({ path });
-      s.once('connect', () => resolve(s));
-      s.once('error', (e: NodeJS.ErrnoException) => {
-        s.destroy();
-        reject(
-          e.code === 'ENOENT' || e.code === 'ECONNREFUSED'
-            ? new DaemonClientError('NOT_RUNNING', `connect ${path}: ${e.message}`)
-            : new DaemonClientError('CONNECT', `connect ${path}: ${e.message}`),
-        );
-      });
+    const socket = await connectStream({ path }).catch((e: NodeJS.ErrnoException) => {
+      throw new DaemonClientError(e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? 'NOT_RUNNING' : 'CONNECT', `connect ${path}: ${e.message}`);
     });
     const c = new DaemonClient(socket);
     const hello = await c.nextFrame();

@@ -416,7 +416,7 @@ export class QubeDaemon {
    * (backing off to 200 ms) until autostartTimeoutMs.
    */
   private async execWhenStarted(target: string, cmd: string): Promise<TargetCall> {
-    const timeoutMs = this.opts.autostartTimeoutMs ?? DEFAULT_AUTOSTART_TIMEOUT_MS;
+    const timeoutMs = this.autostartTimeoutMs;
     const deadline = Date.now() + timeoutMs;
     for (let delay = 5; ; delay = Math.min(delay * 2, 200)) {
       const call = await this.execInTarget(target, cmd);
@@ -425,6 +425,10 @@ export class QubeDaemon {
       if (left <= 0) throw new Error(`qube ${target} was started but its qrexec agent did not connect within ${timeoutMs / 1000} s`);
       await sleep(Math.min(delay, left), undefined, { signal: this.abort.signal });
     }
+  }
+
+  private get autostartTimeoutMs(): number {
+    return this.opts.autostartTimeoutMs ?? DEFAULT_AUTOSTART_TIMEOUT_MS;
   }
 
   private qubesd(why: string): string {
@@ -437,7 +441,7 @@ export class QubeDaemon {
   private async qubesdStart(target: string): Promise<void> {
     const sock = this.qubesd(`qube ${target} is not running and autostart`);
     try {
-      await qubesdCall(sock, 'admin.vm.Start', target, { keywordDest: true, timeoutMs: this.opts.autostartTimeoutMs ?? DEFAULT_AUTOSTART_TIMEOUT_MS });
+      await qubesdCall(sock, 'admin.vm.Start', target, { keywordDest: true, timeoutMs: this.autostartTimeoutMs });
     } catch (e) {
       if (e instanceof QubesdError && e.excType === 'QubesVMNotHaltedError') return;
       throw new Error(`qubesd could not start VM ${target}: ${(e as Error).message}`);
@@ -458,7 +462,7 @@ export class QubeDaemon {
     if (!autostart) throw new Error(`Target ${target} with autostart=False makes no sense`);
     const sock = this.qubesd(`Target ${target}: a disposable VM`);
     const template = target.slice('@dispvm:'.length);
-    const timeoutMs = this.opts.autostartTimeoutMs ?? DEFAULT_AUTOSTART_TIMEOUT_MS;
+    const timeoutMs = this.autostartTimeoutMs;
     let reply: string;
     try {
       reply = (await qubesdCall(sock, 'admin.vm.CreateDisposable', template, { keywordDest: true, timeoutMs, ...(useUuid ? { payload: Buffer.from('uuid') } : {}) })).toString('latin1');
@@ -506,31 +510,21 @@ export class QubeDaemon {
     if (this.stopped || !this.control) return Promise.resolve();
     return new Promise((resolve) => {
       const key = `${port}:${connectDomain}`;
-      const prev = this.endWaiters.get(key);
-      this.endWaiters.set(
-        key,
-        prev
-          ? () => {
-              prev();
-              resolve();
-            }
-          : resolve,
-      );
+      const waiting = this.endWaiters.get(key);
+      if (waiting) waiting.push(resolve);
+      else this.endWaiters.set(key, [resolve]);
     });
   }
-  private readonly endWaiters = new Map<string, () => void>();
+  private readonly endWaiters = new Map<string, (() => void)[]>();
 
+  /** Calls the callEnded waiters of `key` (`port:domain`), or of every call. */
   private endCalls(key?: string): void {
-    if (key === undefined) {
-      const all = [...this.endWaiters.values()];
-      this.endWaiters.clear();
-      for (const w of all) w();
-      return;
+    const keys = key === undefined ? [...this.endWaiters.keys()] : [key];
+    for (const k of keys) {
+      const waiting = this.endWaiters.get(k);
+      this.endWaiters.delete(k);
+      for (const w of waiting ?? []) w();
     }
-    const w = this.endWaiters.get(key);
-    if (!w) return;
-    this.endWaiters.delete(key);
-    w();
   }
 
   /**

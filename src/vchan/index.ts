@@ -16,6 +16,8 @@ export {
   vchanListen,
   vchanConnect,
   connectOnce,
+  connectStream,
+  connectUnixNow,
 } from './socket.js';
 export { startPump, type Pump, type PumpOptions, type LocalSink, type LocalSource } from './pump.js';
 export { isSocketStream, onPeerHangup } from './local-socket.js';

@@ -119,10 +119,14 @@ export function startPump(o: PumpOptions): Pump {
   let chunk = 0;
   let finished = false;
   let started = false;
+  // A socket sink is only shut down when its direction ends, as the reference's
+  // close_stdio: it can still be read after a SIGUSR1 switch. Known now, while
+  // the descriptor is open.
+  const sinkIsSocket = o.sink !== null && isSocketStream(o.sink);
   // A socket service's one socket is written through a second descriptor
   // (socketWriter): a failed write then cannot discard output still queued
   // for reading.
-  const sharedSocket = isService && o.single && o.sink !== null && (o.sink as unknown) === o.source && isSocketStream(o.sink);
+  const sharedSocket = isService && o.single && sinkIsSocket && (o.sink as unknown) === o.source;
   const splitWriter = sharedSocket ? socketWriter(o.sink as object) : undefined;
   const localSink: LocalSink | null = splitWriter ?? o.sink;
   let sink: LocalSink | null = localSink;
@@ -136,10 +140,6 @@ export function startPump(o: PumpOptions): Pump {
   let resolveDone: (n: number) => void = () => undefined;
   const done = new Promise<number>((r) => (resolveDone = r));
   const sources = new Set<LocalSource>();
-  // A socket sink is only shut down when its direction ends, as the reference's
-  // close_stdio: it can still be read after a SIGUSR1 switch. Known now, while
-  // the descriptor is open.
-  const sinkIsSocket = o.sink !== null && isSocketStream(o.sink);
   let stopHangupWatch: () => void = () => undefined;
 
   // Small messages written to the vchan in one turn of the event loop go out
@@ -352,7 +352,7 @@ export function startPump(o: PumpOptions): Pump {
     if (o.sinkPrefix && o.sinkPrefix.length > 0 && sink) writeSink(o.sinkPrefix);
     if (o.prefix && o.prefix.length > 0) sendData(outType, o.prefix);
     if (source) pump(source, outType, closeOutput);
-    if (isService && single && sink !== null && (o.sink as unknown) === o.source && sinkIsSocket) {
+    if (sharedSocket && sink !== null) {
       // a socket service that closes, or stops reading, once its output is over
       // ends the call without the caller's EOF (the reference's POLLHUP)
       stopHangupWatch = onPeerHangup(

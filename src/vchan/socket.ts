@@ -195,18 +195,22 @@ export async function vchanConnect(env: VchanEnv, remoteDomain: number, port: nu
   }
 }
 
-/** One connection attempt to a unix socket; rejects with the connect error. */
-export function connectOnce(path: string, allowHalfOpen = false): Promise<net.Socket> {
-  const native = loadNative();
-  if (native) {
-    const r = native.connectUnix(path);
-    if (typeof r === 'number') return Promise.resolve(new net.Socket({ fd: r, readable: true, writable: true, allowHalfOpen }));
-    const e = new Error(`connect ${r} ${path}`) as NodeJS.ErrnoException;
-    e.code = r;
-    return Promise.reject(e);
-  }
+/**
+ * A stream socket connected to the unix socket `path` with one native
+ * connect(2) in this turn (no event-loop round trip: what is written next goes
+ * out at once); the error code ("ENOENT", "ECONNREFUSED"...) when that failed;
+ * undefined without the native helper.
+ */
+export function connectUnixNow(path: string, allowHalfOpen: boolean): net.Socket | string | undefined {
+  const r = loadNative()?.connectUnix(path);
+  if (typeof r === 'number') return new net.Socket({ fd: r, readable: true, writable: true, allowHalfOpen });
+  return r;
+}
+
+/** Node's connect (unix path or TCP), resolved once connected; rejects with the connect error. */
+export function connectStream(opts: net.NetConnectOpts): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const s = net.createConnection({ path, allowHalfOpen });
+    const s = net.connect(opts);
     const onErr = (e: Error): void => {
       s.destroy();
       reject(e);
@@ -217,4 +221,14 @@ export function connectOnce(path: string, allowHalfOpen = false): Promise<net.So
       resolve(s);
     });
   });
+}
+
+/** One connection attempt to a unix socket; rejects with the connect error. */
+export function connectOnce(path: string, allowHalfOpen = false): Promise<net.Socket> {
+  const now = connectUnixNow(path, allowHalfOpen);
+  if (now === undefined) return connectStream({ path, allowHalfOpen });
+  if (typeof now !== 'string') return Promise.resolve(now);
+  const e = new Error(`connect ${now} ${path}`) as NodeJS.ErrnoException;
+  e.code = now;
+  return Promise.reject(e);
 }
