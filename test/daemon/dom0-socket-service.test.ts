@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { runDom0Service } from '../../src/daemon/index.js';
 import { loadNative } from '../../src/node/native.js';
 import { memoryPair } from '../../src/vchan/index.js';
-import { Reader, T, msg, u32 } from './peer.js';
+import { Reader, T, decodeMessages, msg, u32, within as withinMs } from './peer.js';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../../..');
 const SERVICE = 'qubes.SocketService+arg';
@@ -38,26 +38,7 @@ after(async () => {
 
 type Msg = [number, string];
 
-/** Decodes every message in `b` as [type, text] (the exit code as its number). */
-function decode(b: Buffer): Msg[] {
-  const out: Msg[] = [];
-  for (let off = 0; off + 8 <= b.length; ) {
-    const type = b.readUInt32LE(off);
-    const len = b.readUInt32LE(off + 4);
-    const body = b.subarray(off + 8, off + 8 + len);
-    out.push([type, type === T.DATA_EXIT_CODE ? String(body.readInt32LE(0)) : body.toString()]);
-    off += 8 + len;
-  }
-  return out;
-}
-
-function within<V>(p: Promise<V>, what: string, ms = PATIENCE_MS): Promise<V> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: nothing after ${ms} ms`)), ms);
-  });
-  return Promise.race([p, late]).finally(() => clearTimeout(timer));
-}
+const within = <V>(p: Promise<V>, what: string, ms = PATIENCE_MS): Promise<V> => withinMs(p, what, ms);
 
 /**
  * A socket service at `<dir>/<SERVICE>` whose connection is handed to
@@ -88,11 +69,11 @@ async function socketCall(
   try {
     await caller(
       (b) => theirs.write(b),
-      () => decode(Buffer.concat(chunks)),
+      () => decodeMessages(Buffer.concat(chunks)),
     );
     const r = await within(run, 'the call did not end');
     await within(closed, 'the vchan was not closed');
-    return { msgs: decode(Buffer.concat(chunks)).slice(1), status: r.status, logs };
+    return { msgs: decodeMessages(Buffer.concat(chunks)).slice(1), status: r.status, logs };
   } finally {
     server.close();
     theirs.destroy();
@@ -273,7 +254,7 @@ void test('a plain command in dom0 runs through bash, as the reference qrexec-cl
   // `read` without a name and [[ ]] are bash, not POSIX sh
   await within(runDom0Service(ours, 'read; [[ $REPLY == x ]] && echo "got $REPLY"', [dir], () => undefined, cfgDir), 'command');
   await within(closed, 'vchan close');
-  assert.deepEqual(decode(Buffer.concat(chunks)).slice(1), [
+  assert.deepEqual(decodeMessages(Buffer.concat(chunks)).slice(1), [
     [T.DATA_STDERR, ''],
     [T.DATA_STDOUT, 'got x\n'],
     [T.DATA_STDOUT, ''],

@@ -22,7 +22,7 @@ import { fileURLToPath } from 'node:url';
 import { runDom0Service } from '../../src/daemon/index.js';
 import { parseTcpTarget } from '../../src/agent/index.js';
 import { memoryPair } from '../../src/vchan/index.js';
-import { T, msg, u32 } from './peer.js';
+import { T, decodeMessages, msg, u32, within as withinMs } from './peer.js';
 import { Fixture, T as AT, msg as amsg } from '../agent/peer.js';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../../..');
@@ -42,13 +42,7 @@ after(async () => {
 
 type Msg = [number, string];
 
-function within<V>(p: Promise<V>, what: string): Promise<V> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: nothing after ${PATIENCE_MS} ms`)), PATIENCE_MS);
-  });
-  return Promise.race([p, late]).finally(() => clearTimeout(timer));
-}
+const within = <V>(p: Promise<V>, what: string): Promise<V> => withinMs(p, what, PATIENCE_MS);
 
 /** Plays the calling qube on a memory vchan: HELLO v3, `stdin` then EOF; every message it got, and the result. */
 async function call(cmd: string, stdin = ''): Promise<{ msgs: Msg[]; status: number; started: boolean; logs: string[] }> {
@@ -61,15 +55,7 @@ async function call(cmd: string, stdin = ''): Promise<{ msgs: Msg[]; status: num
   try {
     const r = await within(runDom0Service(ours, cmd, [dir], (m) => logs.push(m), cfgDir), `call ${cmd}`);
     await within(closed, 'vchan close');
-    const all = Buffer.concat(chunks);
-    const msgs: Msg[] = [];
-    for (let off = 0; off + 8 <= all.length; ) {
-      const type = all.readUInt32LE(off);
-      const len = all.readUInt32LE(off + 4);
-      const body = all.subarray(off + 8, off + 8 + len);
-      msgs.push([type, type === T.DATA_EXIT_CODE ? String(body.readInt32LE(0)) : body.toString('latin1')]);
-      off += 8 + len;
-    }
+    const msgs: Msg[] = decodeMessages(Buffer.concat(chunks), 'latin1');
     assert.equal(msgs[0]?.[0], T.HELLO);
     return { msgs: msgs.slice(1), status: r.status, started: r.started, logs };
   } finally {

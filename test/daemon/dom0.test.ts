@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runDom0Service } from '../../src/daemon/index.js';
 import { memoryPair } from '../../src/vchan/index.js';
-import { T, u32 } from './peer.js';
+import { T, decodeMessages, u32 } from './peer.js';
 
 let dir: string;
 let cfgDir: string;
@@ -32,14 +32,7 @@ async function call(cmd: string, stdin?: string, logs: string[] = []): Promise<{
   }
   const r = await runDom0Service(ours, cmd, [dir], (m) => logs.push(m), cfgDir);
   await closed;
-  const msgs: [number, string][] = [];
-  for (let off = 0; off + 8 <= got.length; ) {
-    const type = got.readUInt32LE(off);
-    const len = got.readUInt32LE(off + 4);
-    const body = got.subarray(off + 8, off + 8 + len);
-    msgs.push([type, type === 0x193 ? String(body.readInt32LE(0)) : body.toString()]);
-    off += 8 + len;
-  }
+  const msgs = decodeMessages(got);
   theirs.destroy();
   return { msgs, started: r.started, status: r.status };
 }

@@ -33,6 +33,31 @@ export const pad = (s: string | Buffer, n: number): Buffer => {
 export const trigger4 = (target: string, ident: string | Buffer, service: string | Buffer, source = ''): Buffer =>
   msg(T.TRIGGER_SERVICE4, Buffer.concat([pad(source, 64), pad(target, 64), pad(ident, 32), typeof service === 'string' ? Buffer.from(`${service}\0`, 'latin1') : service]));
 
+/**
+ * Every message in `b` as [type, payload text] (the exit code as its number);
+ * `b` may start with the peer's MSG_HELLO.
+ */
+export function decodeMessages(b: Buffer, encoding: BufferEncoding = 'utf8'): [number, string][] {
+  const out: [number, string][] = [];
+  for (let off = 0; off + 8 <= b.length; ) {
+    const type = b.readUInt32LE(off);
+    const len = b.readUInt32LE(off + 4);
+    const body = b.subarray(off + 8, off + 8 + len);
+    out.push([type, type === T.DATA_EXIT_CODE ? String(body.readInt32LE(0)) : body.toString(encoding)]);
+    off += 8 + len;
+  }
+  return out;
+}
+
+/** `p`, or a rejection naming `what` after `ms`: a call that never ends fails instead of hanging the test. */
+export function within<V>(p: Promise<V>, what: string, ms: number): Promise<V> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: nothing after ${ms} ms`)), ms);
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}
+
 /** Reads exact byte counts / whole messages from a socket. */
 export class Reader {
   private buf = Buffer.alloc(0);
