@@ -26,6 +26,30 @@ function framesAfterHello(chunks: Buffer[]): [number, string][] {
   return frames;
 }
 
+/**
+ * A paused connection to a unix socket server at `path` that sent `data` and
+ * closed: its data and hang-up are queued on our side, unread.
+ */
+async function closedPeer(path: string, data: Buffer): Promise<net.Socket> {
+  const closed = new Promise<void>((resolve) => {
+    const srv = net.createServer((c) => {
+      c.write(data, () => {
+        c.destroy();
+        srv.close();
+        resolve();
+      });
+    });
+    srv.listen(path);
+  });
+  await new Promise((r) => setTimeout(r, 20));
+  const sock = net.connect({ path, allowHalfOpen: true });
+  sock.pause();
+  sock.on('error', () => undefined);
+  await closed;
+  await new Promise((r) => setTimeout(r, 20));
+  return sock;
+}
+
 void test('socket path and environment as qubes-core-vchan-socket', () => {
   assert.equal(vchanPath('/d', 3, 0, 512), '/d/vchan.3.0.512.sock');
   assert.deepEqual(vchanEnvFrom({ VCHAN_DOMAIN: '7', VCHAN_SOCKET_DIR: '/x' }), { dir: '/x', ownDomain: 7 });
@@ -194,22 +218,7 @@ void test('a socket service that closed without reading its input: its output is
   const dir = await mkdtemp(join(tmpdir(), 'vchan-'));
   try {
     for (let round = 0; round < 20; round++) {
-      const path = join(dir, `svc${round}.sock`);
-      const closed = new Promise<void>((resolve) => {
-        const srv = net.createServer((c) => {
-          c.write('stdout data', () => {
-            c.destroy();
-            srv.close();
-            resolve();
-          });
-        });
-        srv.listen(path);
-      });
-      await new Promise((r) => setTimeout(r, 20));
-      const svcSock = net.connect({ path, allowHalfOpen: true });
-      svcSock.pause();
-      await closed;
-      await new Promise((r) => setTimeout(r, 20)); // output and hang-up queued on our side
+      const svcSock = await closedPeer(join(dir, `svc${round}.sock`), Buffer.from('stdout data'));
       const [a, b] = memoryPair();
       const got: Buffer[] = [];
       a.on('data', (d: Buffer) => got.push(d));
@@ -271,23 +280,7 @@ void test('a data vchan peer that sent its input and closed: the input still arr
   // frames still queued for reading; the vchan is written through a dup now.
   const dir = await mkdtemp(join(tmpdir(), 'vchan-'));
   try {
-    const path = join(dir, 'peer.sock');
-    const peerGone = new Promise<void>((resolve) => {
-      const srv = net.createServer((c) => {
-        c.write(Buffer.concat([u32(0x300, 4, 3), u32(0x190, 4), Buffer.from('data'), u32(0x190, 0)]), () => {
-          c.destroy();
-          srv.close();
-          resolve();
-        });
-      });
-      srv.listen(path);
-    });
-    await new Promise((r) => setTimeout(r, 20));
-    const ch = net.connect({ path, allowHalfOpen: true });
-    ch.pause();
-    ch.on('error', () => undefined);
-    await peerGone;
-    await new Promise((r) => setTimeout(r, 20));
+    const ch = await closedPeer(join(dir, 'peer.sock'), Buffer.concat([u32(0x300, 4, 3), u32(0x190, 4), Buffer.from('data'), u32(0x190, 0)]));
     // start the pump from an I/O callback: its first write (flushed at the end
     // of this loop turn) then comes before the next read of the vchan
     const received = new PassThrough();
