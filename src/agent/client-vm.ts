@@ -5,7 +5,7 @@
  * passes the accepted connection as `--x-resume=FD:DOMAIN:PORT`). It can also
  * be run directly: `node dist/src/cli/qrexec-client-vm.js`.
  */
-import { spawn } from 'node:child_process';
+import { spawnHeld } from '../node/spawn-held.js';
 import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -205,7 +205,8 @@ export async function runClientVmCli(args: string[]): Promise<number> {
       switchAsked = true;
       if (pump && stdinSock) pump.useStdinSocket(stdinSock);
     });
-    const child = spawn(file, rest, { argv0: path.basename(file), env, stdio: [theirs, 'pipe', 'inherit', ...extra] });
+    // its stdout is held until the data vchan's handshake is done (spawnHeld)
+    const { child, stdout: childOut } = spawnHeld(file, rest, { argv0: path.basename(file), env, stdio: [theirs, 'pipe', 'inherit', ...extra] });
     theirs.destroy();
     localExit = new Promise((resolve) => {
       child.once('error', (e) => {
@@ -215,7 +216,7 @@ export async function runClientVmCli(args: string[]): Promise<number> {
       child.once('exit', (code, sig) => resolve(sig ? 128 : (code ?? 255)));
     });
     sink = stdinSock;
-    source = child.stdout as Readable;
+    source = childOut as Readable;
     const ours = stdinSock;
     ours.on('error', () => undefined);
     release.push(() => ours.destroy());

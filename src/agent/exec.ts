@@ -4,7 +4,7 @@
  * its argument and QREXEC_* environment, a unix-socket or /dev/tcp service
  * with its descriptor header, or a plain command through `/bin/sh -c`.
  */
-import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -22,7 +22,8 @@ import {
   warnIgnoredOptions,
   type ServiceTarget,
 } from './lookup.js';
-import { loadNative, nativePipe, nativeSocketpair } from '../node/native.js';
+import { loadNative, nativeSocketpair } from '../node/native.js';
+import { spawnHeld } from '../node/spawn-held.js';
 import { decodeVmExecArg, VMEXEC_SERVICES, VmExecDecodeError } from './vmexec.js';
 
 /** What the agent needs to know about its environment to run services. */
@@ -372,16 +373,17 @@ export async function startService(call: PreparedCall, ctx: ExecContext, dataRea
     if (typeof plan === 'string') return failedChild(plan, ExitCode.PROBLEM, what);
     if (target.program && !execFormatOk(target.program)) return failedChild('execve: Exec format error', ExitCode.PROBLEM, what);
   }
-  const errPipe = nativePipe();
   // stdin: a socketpair as the reference's do_fork_exec. Node's 'pipe' is one
   // too, but its stream for our end cannot be read; ours can, after a SIGUSR1.
+  // stdout/stderr: pipes that are ours, not Node's (spawnHeld): the service may
+  // write and exit before the data vchan's handshake is done, and Node would
+  // discard output nobody reads yet.
   const inPair = nativeSocketpair();
-  const stdio: StdioOptions = [inPair ? inPair[1] : 'pipe', 'pipe', errPipe ? errPipe[1] : 'pipe'];
   let spawnError = '';
-  const child = spawn(plan.file, plan.args, {
+  const { child, stdin, stdout, stderr } = spawnHeld(plan.file, plan.args, {
     argv0: plan.argv0,
     env: plan.env,
-    stdio,
+    stdio: [inPair ? inPair[1] : 'pipe', 'pipe', 'pipe'],
     ...(plan.uid !== undefined ? { uid: plan.uid } : {}),
     ...(plan.gid !== undefined ? { gid: plan.gid } : {}),
     ...(plan.cwd !== undefined ? { cwd: plan.cwd } : {}),
@@ -398,22 +400,15 @@ export async function startService(call: PreparedCall, ctx: ExecContext, dataRea
     // nothing is read until a switch (then through stdinReadFd)
     stdinSink = new net.Socket({ fd: inPair[0], readable: false, writable: true });
   }
-  let errSource: Readable | null;
-  if (errPipe) {
-    fs.closeSync(errPipe[1]);
-    errSource = new net.Socket({ fd: errPipe[0], readable: true, writable: false });
-  } else {
-    errSource = child.stderr;
-  }
   const localExit = exitStatusOf(child, (e) => {
     spawnError = `execve: ${e.message}`;
     ctx.log(`${spawnError}: ${what}`);
   });
   void spawnError;
   return {
-    sink: stdinSink ?? child.stdin,
-    source: child.stdout,
-    errSource,
+    sink: stdinSink ?? stdin,
+    source: stdout,
+    errSource: stderr,
     single: false,
     localExit,
     exitOnClientEof: false,

@@ -1,6 +1,6 @@
 import type * as net from 'node:net';
-import { spawn, type ChildProcessByStdio } from 'node:child_process';
-import type { Readable, Writable } from 'node:stream';
+import { spawn } from 'node:child_process';
+import type { Writable } from 'node:stream';
 import {
   connectService,
   DEFAULT_CONFIG_PATH,
@@ -14,6 +14,7 @@ import {
 } from '../agent/index.js';
 import { ExitCode, parseCommand, ProtocolError, type RpcCommand } from '../protocol/index.js';
 import { startPump, type Channel, type PumpOptions } from '../vchan/index.js';
+import { spawnHeld, type HeldChild } from '../node/spawn-held.js';
 
 export { DEFAULT_SERVICE_PATH };
 
@@ -53,9 +54,9 @@ export async function runDom0Service(
   if (!rpc) {
     // a plain command, through bash as the reference's qrexec-client does (not
     // /bin/sh: commands may use bash's syntax); its stderr stays ours
-    const child = spawn('/bin/bash', ['-c', parsed.command], { stdio: ['pipe', 'pipe', 'inherit'] });
-    log(`executed: ${parsed.command} (pid ${child.pid ?? '?'})`);
-    return run(channel, child, log);
+    const held = spawnHeld('/bin/bash', ['-c', parsed.command], { stdio: ['pipe', 'pipe', 'inherit'] });
+    log(`executed: ${parsed.command} (pid ${held.child.pid ?? '?'})`);
+    return run(channel, held, log);
   }
   if (rpc.rest.length !== 0 && rpc.rest.length !== 2) {
     // the reference's exec step wants SERVICE+ARG SOURCE [name|keyword TARGET]
@@ -116,9 +117,10 @@ export async function runDom0Service(
   if (rpc.arg !== undefined) env['QREXEC_SERVICE_ARGUMENT'] = rpc.arg;
   const args = rpc.arg ? [rpc.arg] : [];
   // the service's stderr is not sent to the caller: it goes to our stderr (the reference's log)
-  const child = spawn(found.path, args, { env, stdio: ['pipe', 'pipe', 'inherit'] });
-  log(`executed: ${cmd} (pid ${child.pid ?? '?'})`);
-  return run(channel, child, log);
+  // its stdout is held until the data vchan's handshake is done (spawnHeld)
+  const held = spawnHeld(found.path, args, { env, stdio: ['pipe', 'pipe', 'inherit'] });
+  log(`executed: ${cmd} (pid ${held.child.pid ?? '?'})`);
+  return run(channel, held, log);
 }
 
 /**
@@ -174,7 +176,9 @@ function serve(channel: Channel, io: Omit<PumpOptions, 'channel' | 'role' | 'sin
   return startPump({ channel, role: 'service', single: false, ...io, log }).done;
 }
 
-async function run(channel: Channel, child: ChildProcessByStdio<Writable, Readable, null>, log: (m: string) => void): Promise<Dom0ServiceResult> {
+async function run(channel: Channel, held: HeldChild, log: (m: string) => void): Promise<Dom0ServiceResult> {
+  const { child } = held;
+  const stdin = held.stdin as Writable;
   const exitStatus = new Promise<number>((resolve) => {
     child.on('error', (e: NodeJS.ErrnoException) => {
       log(`exec: ${e.message}`);
@@ -182,8 +186,8 @@ async function run(channel: Channel, child: ChildProcessByStdio<Writable, Readab
     });
     child.on('exit', (code, sig) => resolve(code ?? 128 + (sig ? (osSignal(sig) ?? 0) : 0)));
   });
-  child.stdin.on('error', () => undefined);
-  const sent = await serve(channel, { sink: child.stdin, source: child.stdout, localExit: exitStatus }, log);
+  stdin.on('error', () => undefined);
+  const sent = await serve(channel, { sink: stdin, source: held.stdout, localExit: exitStatus }, log);
   // the pump waits for the process: its status is known even when the vchan broke
   return { status: sent < 0 ? await exitStatus : sent, started: true };
 }

@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { spawnHeld } from '../node/spawn-held.js';
 import type { Readable, Writable } from 'node:stream';
 import * as net from 'node:net';
 import { fstatSync, type Stats } from 'node:fs';
@@ -323,10 +324,11 @@ async function runInVm(
   let output: Writable = o.stdinSocket || o.local !== undefined ? stdout : callerStdout();
   let localExit: Promise<number> | undefined;
   if (o.local !== undefined) {
-    const child = spawn('/bin/bash', ['-c', o.local], { stdio: ['pipe', 'pipe', 'inherit'] });
-    input = child.stdout;
-    output = child.stdin;
-    child.stdin.on('error', () => undefined);
+    // its stdout is held until the handshake is done (spawnHeld)
+    const { child, stdin: childIn, stdout: childOut } = spawnHeld('/bin/bash', ['-c', o.local], { stdio: ['pipe', 'pipe', 'inherit'] });
+    input = childOut as Readable;
+    output = childIn as Writable;
+    output.on('error', () => undefined);
     localExit = new Promise((r) => child.on('exit', (c) => r(c ?? 255)));
   }
   // the pump ends its output; exiting before that is flushed would drop the tail
