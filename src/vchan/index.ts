@@ -13,6 +13,7 @@ export {
   type ConnectOptions,
   vchanEnvFrom,
   vchanPath,
+  vchanDirFor,
   vchanListen,
   vchanConnect,
   connectOnce,

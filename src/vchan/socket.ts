@@ -7,21 +7,39 @@ import { loadNative } from '../node/native.js';
 /** Default directory of vchan sockets (qubes-core-vchan-socket). */
 export const DEFAULT_VCHAN_SOCKET_DIR = '/var/run/vchan';
 
-/** Where vchan sockets live and which domain we are, from VCHAN_SOCKET_DIR / VCHAN_DOMAIN. */
+/**
+ * Where vchan sockets live and which domain we are, from VCHAN_SOCKET_DIR /
+ * VCHAN_DOMAIN / VCHAN_SOCKET_LAYOUT.
+ *
+ * Layouts: `flat` (the reference's: every socket in `dir`) and `per-domain`,
+ * used by a host whose qubes are sandboxes: dom0's sockets with qube N live in
+ * `dir/N/`, the directory that is qube N's whole vchan directory (its
+ * VCHAN_SOCKET_DIR inside the sandbox, flat), so a qube sees only the sockets
+ * of its own channels. Only dom0 (ownDomain 0) uses `per-domain`; a qube's
+ * view is always flat.
+ */
 export interface VchanEnv {
   readonly dir: string;
   readonly ownDomain: number;
+  readonly layout?: 'flat' | 'per-domain';
 }
 
-/** Reads VCHAN_SOCKET_DIR (default /var/run/vchan) and VCHAN_DOMAIN (default 0, like atoi). */
+/** Reads VCHAN_SOCKET_DIR (default /var/run/vchan), VCHAN_DOMAIN (default 0, like atoi) and VCHAN_SOCKET_LAYOUT (flat or per-domain). */
 export function vchanEnvFrom(env: NodeJS.ProcessEnv = process.env): VchanEnv {
   const d = Number.parseInt(env['VCHAN_DOMAIN'] ?? '0', 10);
-  return { dir: env['VCHAN_SOCKET_DIR'] || DEFAULT_VCHAN_SOCKET_DIR, ownDomain: Number.isFinite(d) ? d : 0 };
+  const ownDomain = Number.isFinite(d) ? d : 0;
+  const layout = env['VCHAN_SOCKET_LAYOUT'] === 'per-domain' && ownDomain === 0 ? 'per-domain' : 'flat';
+  return { dir: env['VCHAN_SOCKET_DIR'] || DEFAULT_VCHAN_SOCKET_DIR, ownDomain, ...(layout === 'per-domain' ? { layout } : {}) };
 }
 
 /** `<dir>/vchan.<server>.<client>.<port>.sock` */
 export function vchanPath(dir: string, serverDomain: number, clientDomain: number, port: number): string {
   return join(dir, `vchan.${serverDomain}.${clientDomain}.${port}.sock`);
+}
+
+/** The directory holding the vchan sockets between us and `peerDomain` in `env`'s layout. */
+export function vchanDirFor(env: VchanEnv, peerDomain: number): string {
+  return env.layout === 'per-domain' && env.ownDomain === 0 && peerDomain !== 0 ? join(env.dir, String(peerDomain)) : env.dir;
 }
 
 export class VchanError extends QrexecError {
@@ -53,7 +71,7 @@ export interface VchanListener {
  * would against the reference's listener.
  */
 export async function vchanListen(env: VchanEnv, remoteDomain: number, port: number): Promise<VchanListener> {
-  const path = vchanPath(env.dir, env.ownDomain, remoteDomain, port);
+  const path = vchanPath(vchanDirFor(env, remoteDomain), env.ownDomain, remoteDomain, port);
   // synchronous: one cheap system call, instead of a thread-pool round trip on every call
   try {
     fs.unlinkSync(path);
@@ -132,7 +150,8 @@ export interface ConnectOptions {
  * doubling from 1 ms to 50 ms.
  */
 export async function vchanConnect(env: VchanEnv, remoteDomain: number, port: number, opts: ConnectOptions = {}): Promise<net.Socket> {
-  const path = vchanPath(env.dir, remoteDomain, env.ownDomain, port);
+  const dir = vchanDirFor(env, remoteDomain);
+  const path = vchanPath(dir, remoteDomain, env.ownDomain, port);
   const name = basename(path);
   const deadline = opts.timeoutMs === undefined ? Infinity : Date.now() + opts.timeoutMs;
   let watcher: fs.FSWatcher | undefined;
@@ -169,7 +188,7 @@ export async function vchanConnect(env: VchanEnv, remoteDomain: number, port: nu
       }
       if (!watcher) {
         try {
-          watcher = fs.watch(env.dir, { persistent: false }, (_ev, f) => {
+          watcher = fs.watch(dir, { persistent: false }, (_ev, f) => {
             if (f === null || f === name) poke();
           });
           watcher.on('error', () => poke());

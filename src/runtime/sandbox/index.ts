@@ -1,0 +1,24 @@
+/**
+ * The sandbox layer of the bwrap runtime: a qube as a bubblewrap sandbox
+ * with its own filesystems, network namespace, cgroup and vchan directory.
+ */
+export { SandboxError } from './errors.js';
+export { type MountOp, type SandboxBind, type SandboxPlan, SANDBOX_CAPS, bwrapArgs, launchCommand, planCheck } from './plan.js';
+export {
+  type QubeClass,
+  type QubeVolumes,
+  type TemplateSource,
+  type VolumeInfo,
+  QUBE_USER_UID,
+  ensurePrivate,
+  ensureStandalone,
+  ensureTemplate,
+  privateDir,
+  qubeDir,
+  readVolumeInfo,
+  volumeMounts,
+} from './volumes.js';
+export { type Limits, type CgroupMode, SandboxCgroup, detectCgroups } from './cgroup.js';
+export { type QubeNetwork, type NetworkOptions, cleanStaleNetns, connectUplink, createNetns, destroyNetwork, linkAddresses, makeNetvm, networkAvailable } from './netvm.js';
+export { INSIDE_AGENT_SOCKET, INSIDE_PROJECT, INSIDE_VCHAN_DIR, Sandbox, type SandboxSpec, type SandboxTools, sandboxPlan, sandboxSupport, waitAgentReady } from './sandbox.js';
+export { VchanLinks } from './vchan-links.js';

@@ -1,0 +1,339 @@
+/**
+ * A qube as a bubblewrap sandbox: its filesystems (volumes.ts), its network
+ * namespace (netvm.ts), its cgroup (cgroup.ts) and one command, by default
+ * the qube's qrexec-agent, with the project's dist/ and the Node binary bound
+ * read-only at /run/qrexec-ts. See docs/RUNTIME.md for what it protects.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { SandboxError } from './errors.js';
+import { launchCommand, type MountOp, type SandboxBind, type SandboxPlan } from './plan.js';
+import { volumeMounts, type QubeVolumes } from './volumes.js';
+import { SandboxCgroup, type Limits } from './cgroup.js';
+import type { QubeNetwork } from './netvm.js';
+
+/** The project's root (dist/src/runtime/sandbox -> ../../../..). */
+const PROJECT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../..');
+/** Where the project and Node appear inside a sandbox. */
+export const INSIDE_PROJECT = '/run/qrexec-ts';
+/** The qube's vchan directory inside (the reference's default VCHAN_SOCKET_DIR, /var/run -> /run). */
+export const INSIDE_VCHAN_DIR = '/run/vchan';
+/** The agent socket inside (the reference's default). */
+export const INSIDE_AGENT_SOCKET = '/run/qubes/qrexec-agent';
+
+/** The programs a sandbox start uses, found once. */
+export interface SandboxTools {
+  readonly bwrap: string;
+  readonly unshare: string;
+  readonly nsenter: string;
+  readonly sh: string;
+}
+
+function which(name: string): string | undefined {
+  for (const d of (process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':')) {
+    const p = path.join(d || '.', name);
+    try {
+      fs.accessSync(p, fs.constants.X_OK);
+      return p;
+    } catch {
+      /* next */
+    }
+  }
+  return undefined;
+}
+
+let toolsCache: SandboxTools | { error: string } | undefined;
+
+/**
+ * Whether bwrap sandboxes can run here, and with what: bwrap, unshare and
+ * nsenter on PATH, root (the mount step mounts overlayfs on the host side),
+ * and a trial bwrap with new namespaces. The reason when not.
+ */
+export function sandboxSupport(): { ok: true; tools: SandboxTools } | { ok: false; reason: string } {
+  if (toolsCache === undefined) toolsCache = probe();
+  return 'error' in toolsCache ? { ok: false, reason: toolsCache.error } : { ok: true, tools: toolsCache };
+}
+
+function probe(): SandboxTools | { error: string } {
+  const bwrap = which('bwrap');
+  if (!bwrap) return { error: 'bwrap (bubblewrap) is not installed' };
+  const unshare = which('unshare');
+  const nsenter = which('nsenter');
+  if (!unshare || !nsenter) return { error: 'unshare/nsenter (util-linux) not found' };
+  if (process.geteuid?.() !== 0) return { error: 'the bwrap backend needs root on the host (overlayfs and veths are mounted/made by the host; see docs/RUNTIME.md)' };
+  const r = spawnSync(bwrap, ['--unshare-all', '--die-with-parent', '--ro-bind', '/', '/', '--proc', '/proc', '--dev', '/dev', 'true'], { encoding: 'utf8', timeout: 10_000 });
+  if (r.status !== 0) return { error: `bwrap cannot make namespaces here: ${(r.stderr || r.error?.message || `exit ${r.status}`).trim()}` };
+  return { bwrap, unshare, nsenter, sh: '/bin/sh' };
+}
+
+/** One qube to sandbox. */
+export interface SandboxSpec {
+  readonly name: string;
+  readonly domid: number;
+  readonly volumes: QubeVolumes;
+  readonly dataDir: string;
+  /** A directory of this sandbox's own on the host (scratch mount point, small files); made and removed here. */
+  readonly runDir: string;
+  /** The host directory holding only this qube's vchan sockets (bound at /run/vchan). */
+  readonly vchanDir: string;
+  /** Command inside; default the qrexec-agent. */
+  readonly command?: readonly string[];
+  /** Environment added inside. */
+  readonly env?: Readonly<Record<string, string>>;
+  readonly limits?: Limits;
+  /** A prepared network namespace; none: loopback only. */
+  readonly network?: QubeNetwork;
+  /** Size of the tmpfs holding throw-away layers (default 50% of RAM, the tmpfs default). */
+  readonly scratchSize?: string;
+  /** Extra binds (tests). */
+  readonly binds?: readonly SandboxBind[];
+  /** Where the sandbox's stdout and stderr go (default: discarded, stderr to `log`). */
+  readonly log?: (line: string) => void;
+}
+
+/** The plan of a qube's sandbox: pure but for reading the template's volume info. */
+export function sandboxPlan(spec: SandboxSpec, cgroupProcs: readonly string[] = []): SandboxPlan {
+  const scratch = path.join(spec.runDir, 'mnt');
+  const vm = volumeMounts(spec.dataDir, spec.volumes, scratch, spec.scratchSize);
+  const mounts: MountOp[] = [...cgroupProcs.map((procs) => ({ op: 'cgroup' as const, procs })), ...vm.mounts];
+  const project: SandboxBind[] = [
+    { source: path.join(PROJECT, 'package.json'), dest: `${INSIDE_PROJECT}/package.json`, readOnly: true },
+    { source: path.join(PROJECT, 'dist'), dest: `${INSIDE_PROJECT}/dist`, readOnly: true },
+    { source: path.join(PROJECT, 'bin'), dest: `${INSIDE_PROJECT}/bin`, readOnly: true },
+    ...(fs.existsSync(path.join(PROJECT, 'native', 'build')) ? [{ source: path.join(PROJECT, 'native', 'build'), dest: `${INSIDE_PROJECT}/native/build`, readOnly: true }] : []),
+    { source: process.execPath, dest: `${INSIDE_PROJECT}/node`, readOnly: true },
+  ];
+  return {
+    name: spec.name,
+    mounts,
+    root: vm.root,
+    binds: [...vm.binds, { source: spec.vchanDir, dest: INSIDE_VCHAN_DIR, readOnly: false }, ...project, ...(spec.binds ?? [])],
+    files: [{ source: path.join(spec.runDir, 'hostname'), dest: '/etc/hostname', readOnly: true }],
+    dirs: ['/run/qubes', '/run/qubes-rpc', INSIDE_PROJECT, `${INSIDE_PROJECT}/native`],
+    ...(spec.network ? { netns: spec.network.path } : {}),
+    env: {
+      PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+      HOME: '/root',
+      LANG: 'C.UTF-8',
+      VCHAN_SOCKET_DIR: INSIDE_VCHAN_DIR,
+      VCHAN_DOMAIN: String(spec.domid),
+      ...(spec.env ?? {}),
+    },
+    command: spec.command ?? [`${INSIDE_PROJECT}/node`, `${INSIDE_PROJECT}/bin/qrexec-agent`, `--agent-socket=${INSIDE_AGENT_SOCKET}`],
+    infoFd: 3,
+  };
+}
+
+type State = 'starting' | 'running' | 'paused' | 'stopped';
+
+/** A started sandbox. */
+export class Sandbox {
+  private state: State = 'starting';
+  private stderrTail = '';
+  /** Resolves when the sandbox's bwrap has exited (its exit code or signal). */
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+
+  private constructor(
+    readonly spec: SandboxSpec,
+    private readonly proc: ChildProcess,
+    /** Host pid of the sandbox's pid 1 (bwrap's child in the new pid namespace). */
+    readonly initPid: number,
+    readonly cgroup: SandboxCgroup | undefined,
+  ) {
+    this.exited = new Promise((resolve) => {
+      if (proc.exitCode !== null || proc.signalCode !== null) resolve({ code: proc.exitCode, signal: proc.signalCode });
+      else proc.once('exit', (code, signal) => resolve({ code, signal }));
+    });
+    void this.exited.then(() => {
+      if (this.state !== 'stopped') this.state = 'stopped';
+    });
+  }
+
+  /** The host pid of bwrap (the sandbox's outermost process). */
+  get pid(): number {
+    return this.proc.pid ?? -1;
+  }
+
+  get running(): boolean {
+    return this.state === 'running' || this.state === 'paused';
+  }
+
+  get paused(): boolean {
+    return this.state === 'paused';
+  }
+
+  /**
+   * Starts the sandbox; resolves once its pid namespace exists (bwrap's info
+   * with the child pid). Readiness of the command is the caller's business
+   * (for the agent: its control vchan socket, see {@link waitAgentListening}).
+   */
+  static async start(spec: SandboxSpec): Promise<Sandbox> {
+    const support = sandboxSupport();
+    if (!support.ok) throw new SandboxError('UNAVAILABLE', support.reason);
+    fs.mkdirSync(spec.runDir, { recursive: true, mode: 0o700 });
+    fs.writeFileSync(path.join(spec.runDir, 'hostname'), `${spec.name}\n`);
+    fs.mkdirSync(spec.vchanDir, { recursive: true, mode: 0o700 });
+    const cgroup = spec.limits ? SandboxCgroup.create(`${path.basename(spec.runDir)}`, spec.limits) : undefined;
+    const plan = sandboxPlan(spec, cgroup?.procsFiles ?? []);
+    const cmd = launchCommand(plan, support.tools);
+    const proc = spawn(cmd.file, cmd.args, { stdio: ['ignore', 'pipe', 'pipe', 'pipe'], env: { PATH: process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin' } });
+    const log = spec.log;
+    let tail = '';
+    const onOut = (d: Buffer): void => {
+      const s = d.toString();
+      tail = (tail + s).slice(-2000);
+      if (log) for (const l of s.split('\n')) if (l) log(l);
+    };
+    proc.stdout?.on('data', onOut);
+    proc.stderr?.on('data', onOut);
+    try {
+      const initPid = await readInfo(proc, () => tail);
+      const sb = new Sandbox(spec, proc, initPid, cgroup);
+      sb.state = 'running';
+      proc.stderr?.on('data', () => {
+        sb.stderrTail = tail;
+      });
+      return sb;
+    } catch (e) {
+      proc.kill('SIGKILL');
+      await new Promise((r) => (proc.exitCode !== null || proc.signalCode !== null ? r(null) : proc.once('exit', r)));
+      await cgroup?.destroy().catch(() => undefined);
+      fs.rmSync(spec.runDir, { recursive: true, force: true });
+      throw e;
+    }
+  }
+
+  /** What the sandbox printed last (for error messages). */
+  get output(): string {
+    return this.stderrTail;
+  }
+
+  /** Host pids of every process of the sandbox (from its cgroup, else by its pid namespace). */
+  pids(): number[] {
+    if (this.cgroup) return this.cgroup.pids();
+    return pidsInNamespaceOf(this.initPid, this.pid);
+  }
+
+  /** Pause: the cgroup freezer, else SIGSTOP of every process of the pid namespace. */
+  async pause(): Promise<void> {
+    if (this.state !== 'running') throw new SandboxError('STATE', `${this.spec.name} is ${this.state}, not running`);
+    if (this.cgroup?.canFreeze) await this.cgroup.freeze(true);
+    else for (const p of this.pids()) signal(p, 'SIGSTOP');
+    this.state = 'paused';
+  }
+
+  async unpause(): Promise<void> {
+    if (this.state !== 'paused') throw new SandboxError('STATE', `${this.spec.name} is ${this.state}, not paused`);
+    if (this.cgroup?.canFreeze) await this.cgroup.freeze(false);
+    else for (const p of this.pids()) signal(p, 'SIGCONT');
+    this.state = 'running';
+  }
+
+  /**
+   * Ends the sandbox: SIGKILL of its pid 1 (the kernel then kills everything
+   * in the pid namespace) and of bwrap; waits for bwrap, removes the cgroup
+   * and the run directory. Throw-away layers go with the mount namespace.
+   * Resolves with how long it took (ms).
+   */
+  async stop(): Promise<number> {
+    const t0 = performance.now();
+    if (this.cgroup && this.state === 'paused') await this.cgroup.freeze(false).catch(() => undefined);
+    this.state = 'stopped';
+    signal(this.initPid, 'SIGKILL');
+    signal(this.pid, 'SIGKILL');
+    await this.exited;
+    // processes of the namespace may take a moment to be reaped
+    for (let i = 0; i < 200 && pidAlive(this.initPid); i++) await sleep(2);
+    if (this.cgroup) await this.cgroup.destroy();
+    fs.rmSync(this.spec.runDir, { recursive: true, force: true });
+    return performance.now() - t0;
+  }
+}
+
+function signal(pid: number, sig: NodeJS.Signals): void {
+  if (pid <= 0) return;
+  try {
+    process.kill(pid, sig);
+  } catch {
+    /* gone */
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return !/\) Z /.test(st);
+  } catch {
+    return false;
+  }
+}
+
+/** Pids whose pid namespace is that of `initPid` (plus `outer`, bwrap itself). */
+function pidsInNamespaceOf(initPid: number, outer: number): number[] {
+  let ns: string;
+  try {
+    ns = fs.readlinkSync(`/proc/${initPid}/ns/pid`);
+  } catch {
+    return [];
+  }
+  const out = outer > 0 ? [outer] : [];
+  for (const e of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      if (fs.readlinkSync(`/proc/${e}/ns/pid`) === ns) out.push(Number(e));
+    } catch {
+      /* exited */
+    }
+  }
+  return out;
+}
+
+/** bwrap's --info-fd JSON: the child pid; rejects when bwrap exits first. */
+function readInfo(proc: ChildProcess, tail: () => string): Promise<number> {
+  const info = proc.stdio[3] as Readable | null | undefined;
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const fail = (why: string): void => reject(new SandboxError('START', `${why}${tail() ? `: ${tail().trim()}` : ''}`));
+    const onExit = (code: number | null, sig: string | null): void => {
+      setTimeout(() => fail(`sandbox exited during start (${sig ?? `exit ${code}`})`), 20);
+    };
+    proc.once('exit', onExit);
+    proc.once('error', (e) => fail(`cannot start ${e.message}`));
+    if (!info) {
+      fail('no info descriptor');
+      return;
+    }
+    info.on('data', (d: Buffer) => {
+      buf += d.toString();
+      const m = /"child-pid"\s*:\s*(\d+)/.exec(buf);
+      if (m) {
+        proc.off('exit', onExit);
+        // keep reading (and dropping) the rest: closing our end would SIGPIPE bwrap on its next write
+        info.removeAllListeners('data');
+        info.resume();
+        resolve(Number(m[1]));
+      }
+    });
+  });
+}
+
+/**
+ * Resolves once the sandbox's agent has done its handshake with the host
+ * (it then opens its agent socket, which we see through /proc/PID/root), or
+ * rejects when the sandbox exits or after `timeoutMs`.
+ */
+export async function waitAgentReady(sb: Sandbox, timeoutMs: number): Promise<void> {
+  const f = `/proc/${sb.initPid}/root${INSIDE_AGENT_SOCKET}`;
+  const end = Date.now() + timeoutMs;
+  let exited = false;
+  void sb.exited.then(() => (exited = true));
+  for (let delay = 1; !fs.existsSync(f); delay = Math.min(delay * 2, 20)) {
+    const why = exited ? 'exited before its agent was ready' : Date.now() > end ? `agent not ready after ${timeoutMs} ms` : undefined;
+    if (why) throw new SandboxError('START', `${sb.spec.name}: ${why}${sb.output ? `: ${sb.output.trim()}` : ''}`);
+    await sleep(delay);
+  }
+}

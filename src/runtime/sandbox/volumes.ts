@@ -1,0 +1,235 @@
+/**
+ * Qubes' filesystems on the host's disk, and the mounts that give each qube
+ * its view (see docs/RUNTIME.md):
+ *
+ *   <data>/qubes/<name>/private/          the private volume: /rw, with /home = /rw/home
+ *                                         and (AppVMs, DispVMs) /usr/local = /rw/usrlocal
+ *   <data>/qubes/<name>/root/             a TemplateVM's or StandaloneVM's own root (top level:
+ *                                         var, root, opt..., and the usr/etc mount points)
+ *   <data>/qubes/<name>/upper/{usr,etc}   its own layer over the host's /usr and /etc (base "host")
+ *   <data>/qubes/<name>/work/...          overlayfs work directories of those layers
+ *   <data>/qubes/<name>/volume.json       { base: "host" | "own" }
+ *
+ * A TemplateVM (and a StandaloneVM, which owns a copy) runs on its own root,
+ * writable. An AppVM sees its template's root read-only under a writable layer
+ * on a tmpfs that vanishes with the sandbox. A DispVM is an AppVM whose private
+ * volume is itself a throw-away overlay of its dispvm template's private volume.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { SandboxError } from './errors.js';
+import type { MountOp, SandboxBind } from './plan.js';
+
+export type QubeClass = 'TemplateVM' | 'AppVM' | 'StandaloneVM' | 'DispVM';
+
+/** Where a template's root comes from. */
+export type TemplateSource = { readonly kind: 'host' } | { readonly kind: 'dir'; readonly path: string } | { readonly kind: 'tarball'; readonly path: string };
+
+/** The uid and gid of `user` (default_user) inside every qube, as on Qubes. */
+export const QUBE_USER_UID = 1000;
+
+/** Top-level directories of the host that a "host" base layers under a template's own (read-only below it). */
+export const HOST_LAYERED_DIRS = ['usr', 'etc'] as const;
+
+/** Host files a "host"-based template hides (overlayfs whiteouts in its own layer). */
+export const HIDDEN_HOST_FILES = ['etc/shadow', 'etc/shadow-', 'etc/gshadow', 'etc/gshadow-', 'etc/sudoers', 'etc/ssh/ssh_host_rsa_key', 'etc/ssh/ssh_host_ecdsa_key', 'etc/ssh/ssh_host_ed25519_key', 'etc/machine-id'];
+
+export interface VolumeInfo {
+  readonly base: 'host' | 'own';
+}
+
+export function qubeDir(dataDir: string, name: string): string {
+  return path.join(dataDir, 'qubes', name);
+}
+
+export function privateDir(dataDir: string, name: string): string {
+  return path.join(qubeDir(dataDir, name), 'private');
+}
+
+/** Makes a private volume if missing: /rw with home/user (owned by user), usrlocal/etc/qubes-rpc, config. */
+export function ensurePrivate(dataDir: string, name: string): string {
+  const p = privateDir(dataDir, name);
+  const home = path.join(p, 'home', 'user');
+  if (!fs.existsSync(home)) {
+    fs.mkdirSync(path.join(p, 'home'), { recursive: true, mode: 0o755 });
+    fs.chmodSync(p, 0o755);
+    fs.chmodSync(path.join(p, 'home'), 0o755);
+    fs.mkdirSync(home, { mode: 0o700 });
+    chownIfRoot(home, QUBE_USER_UID);
+  }
+  fs.mkdirSync(path.join(p, 'usrlocal', 'etc', 'qubes-rpc'), { recursive: true });
+  fs.mkdirSync(path.join(p, 'config'), { recursive: true });
+  return p;
+}
+
+function chownIfRoot(p: string, uid: number): void {
+  if (process.geteuid?.() === 0) fs.chownSync(p, uid, uid);
+}
+
+export function readVolumeInfo(dataDir: string, name: string): VolumeInfo | undefined {
+  try {
+    const j = JSON.parse(fs.readFileSync(path.join(qubeDir(dataDir, name), 'volume.json'), 'utf8')) as { base?: unknown };
+    return j.base === 'host' || j.base === 'own' ? { base: j.base } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function run(cmd: string, args: string[], what: string): void {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  if (r.status !== 0) throw new SandboxError('STORAGE', `${what}: ${cmd} ${args.join(' ')}: ${(r.stderr || r.error?.message || `exit ${r.status}`).trim()}`);
+}
+
+/** The top-level entries every root gets (mount points and the usual directories). */
+const ROOT_DIRS = ['dev', 'proc', 'sys', 'tmp', 'run', 'rw', 'home', 'var', 'var/tmp', 'var/lib', 'var/log', 'var/cache', 'root', 'opt', 'srv', 'mnt', 'media'];
+
+/**
+ * Creates the TemplateVM `name` (once): its own root directory from `source`.
+ * "host": a small top level of its own, with the host's /usr and /etc as the
+ * read-only layers under its own upper layers; the host's top-level links
+ * (bin -> usr/bin...) copied; users: `user` (uid 1000) replaces whatever held
+ * uid 1000 on the host; the host's secrets (shadow, ssh host keys...) hidden
+ * by whiteouts. "dir": a copy of the directory. "tarball": unpacked.
+ */
+export function ensureTemplate(dataDir: string, name: string, source: TemplateSource): VolumeInfo {
+  const existing = readVolumeInfo(dataDir, name);
+  if (existing) return existing;
+  const q = qubeDir(dataDir, name);
+  const root = path.join(q, 'root');
+  const tmpRoot = path.join(q, 'root.new');
+  fs.rmSync(tmpRoot, { recursive: true, force: true });
+  fs.mkdirSync(tmpRoot, { recursive: true, mode: 0o755 });
+  const base = source.kind === 'host' ? 'host' : 'own';
+  if (source.kind === 'dir') run('cp', ['-a', '--', `${source.path}/.`, tmpRoot], `template ${name}`);
+  else if (source.kind === 'tarball') run('tar', ['-x', '-f', source.path, '-C', tmpRoot, '--numeric-owner'], `template ${name}`);
+  for (const d of ROOT_DIRS) fs.mkdirSync(path.join(tmpRoot, d), { recursive: true });
+  fs.chmodSync(path.join(tmpRoot, 'tmp'), 0o1777);
+  fs.chmodSync(path.join(tmpRoot, 'root'), 0o700);
+  if (!fs.existsSync(path.join(tmpRoot, 'var', 'run'))) fs.symlinkSync('../run', path.join(tmpRoot, 'var', 'run'));
+  if (base === 'host') {
+    for (const d of HOST_LAYERED_DIRS) {
+      fs.mkdirSync(path.join(tmpRoot, d), { recursive: true });
+      fs.mkdirSync(path.join(q, 'upper', d), { recursive: true });
+      fs.mkdirSync(path.join(q, 'work', d), { recursive: true });
+    }
+    for (const e of fs.readdirSync('/', { withFileTypes: true })) {
+      // merged-/usr links (bin -> usr/bin, lib64 -> usr/lib64...), as on the host
+      if (e.isSymbolicLink()) {
+        const to = fs.readlinkSync(path.join('/', e.name));
+        if (/^\/?usr\//.test(to) && !fs.existsSync(path.join(tmpRoot, e.name))) fs.symlinkSync(to.replace(/^\//, ''), path.join(tmpRoot, e.name));
+      }
+    }
+    const etc = path.join(q, 'upper', 'etc');
+    writeUsers(etc);
+    for (const f of HIDDEN_HOST_FILES) {
+      if (!fs.existsSync(path.join('/', f))) continue;
+      const w = path.join(q, 'upper', f);
+      fs.mkdirSync(path.dirname(w), { recursive: true });
+      run('mknod', [w, 'c', '0', '0'], `template ${name}: hiding /${f}`);
+    }
+  }
+  fs.writeFileSync(path.join(q, 'volume.json'), `${JSON.stringify({ base })}\n`);
+  fs.rmSync(root, { recursive: true, force: true });
+  fs.renameSync(tmpRoot, root);
+  ensurePrivate(dataDir, name);
+  return { base };
+}
+
+/** /etc/passwd and /etc/group of a host-based template: the host's, with `user` as uid/gid 1000 and no other holder of 1000. */
+function writeUsers(etcUpper: string): void {
+  const fix = (file: string, line: string): void => {
+    let lines: string[] = [];
+    try {
+      lines = fs.readFileSync(path.join('/etc', file), 'utf8').split('\n').filter((l) => l !== '');
+    } catch {
+      /* no host file */
+    }
+    lines = lines.filter((l) => {
+      const f = l.split(':');
+      return f[0] !== 'user' && f[2] !== String(QUBE_USER_UID);
+    });
+    lines.push(line);
+    fs.writeFileSync(path.join(etcUpper, file), `${lines.join('\n')}\n`, { mode: 0o644 });
+  };
+  fix('passwd', `user:x:${QUBE_USER_UID}:${QUBE_USER_UID}:user:/home/user:/bin/bash`);
+  fix('group', `user:x:${QUBE_USER_UID}:`);
+}
+
+/** A StandaloneVM `name`: its own copy of `template` (root and layers), made once. */
+export function ensureStandalone(dataDir: string, name: string, template: string): VolumeInfo {
+  const existing = readVolumeInfo(dataDir, name);
+  if (existing) return existing;
+  const t = readVolumeInfo(dataDir, template);
+  if (!t) throw new SandboxError('STORAGE', `standalone ${name}: template ${template} has no volume`);
+  const from = qubeDir(dataDir, template);
+  const q = qubeDir(dataDir, name);
+  fs.mkdirSync(q, { recursive: true });
+  for (const d of ['root', 'upper', 'work']) {
+    if (fs.existsSync(path.join(from, d))) run('cp', ['-a', '--', path.join(from, d), path.join(q, d)], `standalone ${name}`);
+  }
+  if (!fs.existsSync(path.join(q, 'private'))) {
+    if (fs.existsSync(path.join(from, 'private'))) run('cp', ['-a', '--', path.join(from, 'private'), path.join(q, 'private')], `standalone ${name}`);
+  }
+  ensurePrivate(dataDir, name);
+  fs.writeFileSync(path.join(q, 'volume.json'), `${JSON.stringify(t)}\n`);
+  return t;
+}
+
+/** What a qube's filesystem view is made of. */
+export interface QubeVolumes {
+  readonly klass: QubeClass;
+  readonly name: string;
+  /** AppVM and DispVM: the TemplateVM whose root they see. */
+  readonly template?: string;
+  /** DispVM: the AppVM (template_for_dispvms) whose private volume it starts from. */
+  readonly dispvmTemplate?: string;
+}
+
+/** The host-side mounts and the binds of a qube's filesystems. `scratch` is a per-sandbox empty directory. */
+export interface VolumeMounts {
+  readonly mounts: MountOp[];
+  /** The assembled root (a host path inside the mount step's namespace). */
+  readonly root: string;
+  readonly binds: SandboxBind[];
+}
+
+/**
+ * The mounts of a qube's view. Throw-away layers live on a tmpfs mounted at
+ * `scratch` in the sandbox's private mount namespace: they vanish with it.
+ */
+export function volumeMounts(dataDir: string, v: QubeVolumes, scratch: string, tmpfsSize?: string): VolumeMounts {
+  const mounts: MountOp[] = [{ op: 'tmpfs', target: scratch, ...(tmpfsSize !== undefined ? { size: tmpfsSize } : {}) }];
+  const root = path.join(scratch, 'root');
+  const binds: SandboxBind[] = [];
+  const ownsRoot = v.klass === 'TemplateVM' || v.klass === 'StandaloneVM';
+  const rootOwner = ownsRoot ? v.name : v.template;
+  if (rootOwner === undefined) throw new SandboxError('BAD_SPEC', `${v.klass} ${v.name} has no template`);
+  const info = readVolumeInfo(dataDir, rootOwner);
+  if (!info) throw new SandboxError('STORAGE', `${rootOwner}: no root volume (template not created)`);
+  const tq = qubeDir(dataDir, rootOwner);
+  const layered = info.base === 'host' ? HOST_LAYERED_DIRS : [];
+  if (ownsRoot) {
+    mounts.push({ op: 'bind', source: path.join(tq, 'root'), target: root, readOnly: false });
+    for (const d of layered) {
+      mounts.push({ op: 'overlay', target: path.join(root, d), lower: [path.join('/', d)], upper: { dir: path.join(tq, 'upper', d), work: path.join(tq, 'work', d) } });
+    }
+  } else {
+    const up = (n: string): { dir: string; work: string } => ({ dir: path.join(scratch, 'upper', n), work: path.join(scratch, 'work', n) });
+    mounts.push({ op: 'overlay', target: root, lower: [path.join(tq, 'root')], upper: up('root') });
+    for (const d of layered) mounts.push({ op: 'overlay', target: path.join(root, d), lower: [path.join(tq, 'upper', d), path.join('/', d)], upper: up(d) });
+  }
+  let priv: string;
+  if (v.klass === 'DispVM') {
+    if (v.dispvmTemplate === undefined) throw new SandboxError('BAD_SPEC', `DispVM ${v.name} has no dispvm template`);
+    const from = privateDir(dataDir, v.dispvmTemplate);
+    if (!fs.existsSync(from)) throw new SandboxError('STORAGE', `${v.dispvmTemplate}: no private volume`);
+    priv = path.join(scratch, 'private');
+    mounts.push({ op: 'overlay', target: priv, lower: [from], upper: { dir: path.join(scratch, 'upper', 'private'), work: path.join(scratch, 'work', 'private') } });
+  } else {
+    priv = ensurePrivate(dataDir, v.name);
+  }
+  binds.push({ source: priv, dest: '/rw', readOnly: false }, { source: path.join(priv, 'home'), dest: '/home', readOnly: false });
+  if (!ownsRoot) binds.push({ source: path.join(priv, 'usrlocal'), dest: '/usr/local', readOnly: false });
+  return { mounts, root, binds };
+}
