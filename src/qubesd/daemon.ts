@@ -1,0 +1,82 @@
+/**
+ * qubesd assembled: the registry on its store, the power lifecycle over a
+ * runtime backend, and the three sockets in RUN_DIR: qubesd.sock (Admin
+ * API), qubesd.internal.sock (internal.GetSystemInfo) and qubesd.misc.sock
+ * (qubes.FeaturesRequest, qubes.NotifyTools, qubes.NotifyUpdates).
+ *
+ * In-process users (the host: policy daemon, qrexec daemons) call the
+ * registry, {@link Qubesd.systemInfo} and {@link Qubesd.lifecycle} directly,
+ * without a socket round trip.
+ */
+import * as path from 'node:path';
+import type { Runtime } from '../runtime/types.js';
+import { ADMIN_METHODS, type ApiContext, type PermissionHook } from './admin-api.js';
+import { SystemInfoCache, internalMethods } from './internal-api.js';
+import { Lifecycle } from './lifecycle.js';
+import { miscMethods } from './misc-api.js';
+import { Registry } from './registry.js';
+import { serveApi, type ApiServer, type ServerLog } from './server.js';
+import { SqliteStore } from './store.js';
+
+export const ADMIN_SOCKET = 'qubesd.sock';
+export const INTERNAL_SOCKET = 'qubesd.internal.sock';
+export const MISC_SOCKET = 'qubesd.misc.sock';
+export const REGISTRY_FILE = 'qubes.db';
+
+export interface QubesdOptions {
+  /** Directory of the registry (qubes.db). */
+  readonly dataDir: string;
+  /** Directory of the sockets; null: serve none (in-process use only). */
+  readonly runDir: string | null;
+  readonly runtime: Runtime | null;
+  readonly log?: ServerLog;
+  /** Filters and refusals for calls from qubes (policy-based, §C). */
+  readonly hook?: PermissionHook;
+  readonly synchronous?: 'FULL' | 'NORMAL';
+}
+
+export interface Qubesd {
+  readonly registry: Registry;
+  readonly lifecycle: Lifecycle;
+  readonly systemInfo: SystemInfoCache;
+  readonly ctx: ApiContext;
+  readonly servers: readonly ApiServer[];
+  /** Stop serving, stop every qube it started, close the store. */
+  close(): Promise<void>;
+}
+
+export async function startQubesd(opts: QubesdOptions): Promise<Qubesd> {
+  const log: ServerLog = opts.log ?? (() => undefined);
+  const store = new SqliteStore(path.join(opts.dataDir, REGISTRY_FILE), opts.synchronous ? { synchronous: opts.synchronous } : {});
+  const registry = new Registry(store);
+  const lifecycle = new Lifecycle(registry, opts.runtime, (m) => log('error', m));
+  const systemInfo = new SystemInfoCache(registry);
+  const ctx: ApiContext = { registry, power: lifecycle, ...(opts.hook ? { hook: opts.hook } : {}) };
+  const servers: ApiServer[] = [];
+  try {
+    if (opts.runDir !== null) {
+      servers.push(await serveApi(path.join(opts.runDir, ADMIN_SOCKET), ctx, ADMIN_METHODS, log));
+      servers.push(await serveApi(path.join(opts.runDir, INTERNAL_SOCKET), ctx, internalMethods(systemInfo), log));
+      servers.push(await serveApi(path.join(opts.runDir, MISC_SOCKET), ctx, miscMethods(), log));
+    }
+  } catch (e) {
+    await Promise.all(servers.map((s) => s.close()));
+    store.close();
+    throw e;
+  }
+  let closing: Promise<void> | null = null;
+  return {
+    registry,
+    lifecycle,
+    systemInfo,
+    ctx,
+    servers,
+    close: () =>
+      (closing ??= (async () => {
+        await Promise.all(servers.map((s) => s.close()));
+        await lifecycle.close();
+        systemInfo.close();
+        store.close();
+      })()),
+  };
+}
