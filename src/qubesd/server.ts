@@ -37,7 +37,7 @@ export async function serveApi(socketPath: string, ctx: ApiContext, table: Metho
     server.once('error', reject);
     const old = process.umask(0o117);
     try {
-      server.listen(socketPath, () => {
+      server.listen({ path: socketPath, backlog: 4096 }, () => {
         server.off('error', reject);
         resolve();
       });
