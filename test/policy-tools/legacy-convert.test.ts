@@ -23,9 +23,9 @@ import {
 } from '../../src/policy/index.js';
 import { diskSource } from '../../src/node/policy-loader.js';
 import { INFO } from '../policy/helpers.js';
+import { corpusDir } from '../conformance/corpus.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../../..');
-const CONFORMANCE = path.resolve(ROOT, '../shared/conformance/policy');
 
 /** A decision without the rule label (which must differ: the rules moved). */
 function outcome(p: Policy, req: PolicyRequest, info: SystemInfo): string {
@@ -69,10 +69,7 @@ function copyDir(from: string, to: string): void {
 }
 
 test('equivalence on every conformance case with a 4.0 directory', { timeout: 120_000 }, (t) => {
-  if (!fs.existsSync(CONFORMANCE)) {
-    t.skip('no conformance corpus');
-    return;
-  }
+  const CONFORMANCE = corpusDir();
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'legacy-conv-'));
   let compared = 0;
   let cases = 0;

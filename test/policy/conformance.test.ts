@@ -1,7 +1,7 @@
 /**
  * The acceptance test: every public case produced by the Qubes reference
  * engine, run through bin/qrexec-policy-eval, compared as
- * ../shared/conformance/policy/compare.py compares (JSON types strict,
+ * the corpus's compare.py compares (JSON types strict,
  * targets_for_ask as a set).
  */
 import { test } from 'node:test';
@@ -11,9 +11,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { corpusDir } from '../conformance/corpus.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
-const CASES = path.resolve(ROOT, '../shared/conformance/policy');
 const EVAL = path.join(ROOT, 'bin/qrexec-policy-eval');
 
 function run(caseDir: string): Promise<{ code: number | null; out: string; err: string }> {
@@ -47,7 +47,7 @@ const jsonl = (p: string): unknown[] =>
   fs.readFileSync(p, 'utf8').split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as unknown);
 
 test('policy conformance: every public case agrees with the Qubes reference', { timeout: 15 * 60_000 }, async () => {
-  assert.ok(fs.existsSync(CASES), `conformance cases not found at ${CASES}`);
+  const CASES = corpusDir();
   const cases = fs.readdirSync(CASES).filter((c) => c.startsWith('case-')).sort();
   assert.ok(cases.length >= 420, `only ${cases.length} cases`);
   let passed = 0;

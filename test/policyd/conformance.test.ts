@@ -1,6 +1,7 @@
 /**
  * Differential test against the reference qrexec-policy-daemon: replays
- * every exchange of ../shared/conformance/policy/<case>/daemon-expected.jsonl
+ * every exchange of <case>/daemon-expected.jsonl in the vendored corpus
+ * (test/conformance/policy.tar.gz)
  * against bin/qrexec-policy-daemon started as the README says, and compares
  * replies as qrexec-daemon reads them (lines split at \n, one trailing \n
  * dropped, order free). Where the reference closed without a reply (it
@@ -10,21 +11,21 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CONFORMANCE, exchange, pool, replyLines, replyResult, spawnDaemon, tmpDir } from './helpers.js';
+import { corpusDir } from '../conformance/corpus.js';
+import { exchange, pool, replyLines, replyResult, spawnDaemon, tmpDir } from './helpers.js';
 
 interface Exchange {
   request: string;
   reply: string;
 }
 
-const cases = fs.existsSync(CONFORMANCE)
-  ? fs
-      .readdirSync(CONFORMANCE)
-      .filter((c) => c.startsWith('case-') && fs.existsSync(path.join(CONFORMANCE, c, 'daemon-expected.jsonl')))
-      .sort()
-  : [];
-
-test('conformance: every daemon-expected.jsonl exchange', { skip: cases.length === 0 ? 'no conformance corpus' : false, timeout: 600_000 }, async () => {
+test('conformance: every daemon-expected.jsonl exchange', { timeout: 600_000 }, async () => {
+  const CONFORMANCE = corpusDir();
+  const cases = fs
+    .readdirSync(CONFORMANCE)
+    .filter((c) => c.startsWith('case-') && fs.existsSync(path.join(CONFORMANCE, c, 'daemon-expected.jsonl')))
+    .sort();
+  assert.ok(cases.length >= 275, `only ${cases.length} cases with daemon vectors`);
   const dir = tmpDir('policyd-conf-');
   let total = 0;
   const failures: string[] = [];

@@ -13,7 +13,6 @@ import { fileURLToPath } from 'node:url';
 /** Repository root (this file runs from dist/test/policyd/). */
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 export const BIN = (name: string): string => path.join(ROOT, 'bin', name);
-export const CONFORMANCE = path.resolve(ROOT, '..', 'shared', 'conformance', 'policy');
 
 export function tmpDir(prefix = 'policyd-test-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
