@@ -42,7 +42,7 @@ import {
   type Frame,
   type LengthRules,
 } from '../protocol/index.js';
-import { startPump, vchanConnect, vchanListen, type Pump, type VchanEnv } from '../vchan/index.js';
+import { DEFAULT_DATA_LIMITS, startPump, vchanConnect, vchanListen, type DataLimits, type Pump, type VchanEnv } from '../vchan/index.js';
 import {
   justExec,
   prepareCall,
@@ -58,8 +58,6 @@ import { openLocal, type LocalStream } from './local.js';
 
 /** The reference's default agent socket. */
 export const DEFAULT_AGENT_SOCKET = '/var/run/qubes/qrexec-agent';
-/** How long a data vchan may take to appear (the reference's connection_timeout). */
-const DATA_CONNECT_TIMEOUT_MS = 120_000;
 /** How long a local caller may take to send its request. */
 const REQUEST_TIMEOUT_MS = 10_000;
 
@@ -80,6 +78,8 @@ export interface AgentOptions {
   readonly vchan: VchanEnv;
   readonly exec: ExecContext;
   readonly log: (msg: string) => void;
+  /** Data vchan set-up and idle timeouts (default DEFAULT_DATA_LIMITS). */
+  readonly limits?: DataLimits;
 }
 
 interface LauncherOptions {
@@ -98,6 +98,7 @@ interface PendingCaller {
 /** The agent. `start()` waits for dom0, then serves until the control vchan closes. */
 export class Agent {
   private readonly log: (msg: string) => void;
+  private readonly limits: DataLimits;
   private ctrl: net.Socket | undefined;
   private version = 0;
   private readonly pending = new Map<number, PendingCaller>();
@@ -114,6 +115,7 @@ export class Agent {
 
   constructor(private readonly opts: AgentOptions) {
     this.log = opts.log;
+    this.limits = opts.limits ?? DEFAULT_DATA_LIMITS;
     this.done = new Promise((r) => (this.resolveDone = r));
   }
 
@@ -280,6 +282,9 @@ export class Agent {
 
   private runCall(type: number, call: PreparedCall | null, cmdline: string, domain: number, port: number): void {
     const log = (m: string): void => this.log(m);
+    const peer = `domain ${domain}${call?.cmd.rpc ? ` (${call.cmd.rpc.sourceDomain})` : ''} port ${port}`;
+    const limits = this.limits;
+    const setupMs = limits.setupTimeoutMs > 0 ? limits.setupTimeoutMs : undefined;
     let dataUp: (ok: boolean) => void = () => undefined;
     const dataReady = new Promise<boolean>((r) => (dataUp = r));
     // started at once: a socket service connects while the data vchan does; executables wait for it
@@ -292,7 +297,7 @@ export class Agent {
     void (async () => {
       let ch: net.Socket;
       try {
-        ch = await vchanConnect(this.opts.vchan, domain, port, { timeoutMs: DATA_CONNECT_TIMEOUT_MS, allowHalfOpen: true });
+        ch = await vchanConnect(this.opts.vchan, domain, port, { ...(setupMs === undefined ? {} : { timeoutMs: setupMs }), allowHalfOpen: true });
       } catch (e) {
         dataUp(false);
         void started?.then((s) => {
@@ -306,7 +311,7 @@ export class Agent {
       ch.setNoDelay?.(true);
       // nothing runs on this vchan: only the exit code is sent
       const exitOnly = (code: Promise<{ code: number; eofs: boolean }>): Pump =>
-        startPump({ channel: ch, role: 'service', sink: null, source: null, single: false, log, exitOnly: code });
+        startPump({ channel: ch, role: 'service', sink: null, source: null, single: false, log, peer, limits, exitOnly: code });
       let pump: Pump;
       if (started === undefined) {
         const code = call ? justExec(call, this.opts.exec).catch(() => ExitCode.PROBLEM) : Promise.resolve(ExitCode.PROBLEM);
@@ -334,6 +339,8 @@ export class Agent {
             exitOnClientEof: s.exitOnClientEof,
             exitOnServiceEof: s.exitOnServiceEof,
             log,
+            peer,
+            limits,
           });
           const pid = s.child?.pid;
           if (s.stdinReadFd !== undefined && pid !== undefined) {
@@ -616,7 +623,8 @@ export class Agent {
       return;
     }
     record(LauncherRecord.ACCEPTED, 0);
-    const timer = setTimeout(() => listener.close(), DATA_CONNECT_TIMEOUT_MS);
+    const setupMs = this.limits.setupTimeoutMs;
+    const timer = setupMs > 0 ? setTimeout(() => listener.close(), setupMs) : undefined;
     const onGone = (): void => listener.close();
     sock.once('close', onGone);
     let ch: net.Socket;
@@ -658,6 +666,8 @@ export class Agent {
       replaceStdout: (flags & LauncherFlag.REPLACE_STDOUT) !== 0,
       replaceStderr: (flags & LauncherFlag.REPLACE_STDERR) !== 0,
       log: (m) => this.log(m),
+      peer: `domain ${domain} port ${port}`,
+      limits: this.limits,
     });
     // records from the launcher
     let pendingRec: Buffer = Buffer.alloc(0);

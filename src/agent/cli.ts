@@ -1,6 +1,6 @@
 /** Command-line front ends of the agent programs (kept here so src/cli stays thin). */
 import * as os from 'node:os';
-import { vchanEnvFrom } from '../vchan/index.js';
+import { DataLimitError, IDLE_TIMEOUT_ENV, SETUP_TIMEOUT_ENV, dataLimitsFromEnv, parseSeconds, vchanEnvFrom, type DataLimits } from '../vchan/index.js';
 import { Agent, DEFAULT_AGENT_SOCKET } from './agent.js';
 import { execContextFromEnv } from './exec.js';
 import { watchSignalSender } from '../node/native.js';
@@ -15,7 +15,9 @@ function agentUsage(argv0: string): string {
     `  --agent-socket=PATH - path to listen at, default: ${DEFAULT_AGENT_SOCKET}\n` +
     `  --fork-server-socket=PATH - where to find the fork server, default: ${FORK_SERVER_SOCKET}\n` +
     '    (set empty to disable, use %s as username)\n' +
-    "  --no-fork-server - don't try to connect to fork server\n"
+    "  --no-fork-server - don't try to connect to fork server\n" +
+    `  --data-setup-timeout=SECONDS - each set-up step of a call's data vchan (connect, peer's hello), 0: none (default: $${SETUP_TIMEOUT_ENV} or 120)\n` +
+    `  --data-idle-timeout=SECONDS - close a call after this long without any frame either way, 0: never (default: $${IDLE_TIMEOUT_ENV} or 0)\n`
   );
 }
 
@@ -35,6 +37,14 @@ export function stderrLogger(name: string): (msg: string) => void {
 export async function runAgentCli(args: string[]): Promise<number> {
   let agentSocket = DEFAULT_AGENT_SOCKET;
   const argv0 = 'qrexec-agent';
+  let limits: DataLimits;
+  try {
+    limits = dataLimitsFromEnv(process.env);
+  } catch (e) {
+    if (!(e instanceof DataLimitError)) throw e;
+    process.stderr.write(`${argv0}: ${e.message}\n`);
+    return 2;
+  }
   for (let i = 0; i < args.length; i++) {
     const a = args[i] as string;
     const takeValue = (name: string): string | undefined => {
@@ -60,6 +70,20 @@ export async function runAgentCli(args: string[]): Promise<number> {
       continue;
     }
     if (a === '--no-fork-server' || a === '-S') continue;
+    const limit = (['--data-setup-timeout', '--data-idle-timeout'] as const).find((n) => a === n || a.startsWith(`${n}=`));
+    if (limit !== undefined) {
+      const v = takeValue(limit);
+      try {
+        if (v === undefined) throw new DataLimitError(`option '${limit}' requires an argument`);
+        const ms = parseSeconds(limit, v);
+        limits = limit === '--data-setup-timeout' ? { ...limits, setupTimeoutMs: ms } : { ...limits, idleTimeoutMs: ms };
+      } catch (e) {
+        if (!(e instanceof DataLimitError)) throw e;
+        process.stderr.write(`${argv0}: ${e.message}\n${agentUsage(argv0)}`);
+        return 2;
+      }
+      continue;
+    }
     process.stderr.write(`${argv0}: unrecognized option '${a}'\n${agentUsage(argv0)}`);
     return 2;
   }
@@ -69,6 +93,7 @@ export async function runAgentCli(args: string[]): Promise<number> {
     vchan: vchanEnvFrom(process.env),
     exec: execContextFromEnv(process.env, log),
     log,
+    limits,
   });
   let terminated = false;
   process.on('SIGTERM', () => {

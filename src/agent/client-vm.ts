@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { isatty } from 'node:tty';
 import type { Readable, Writable } from 'node:stream';
 import { ExitCode } from '../protocol/index.js';
-import { connectStream, vchanEnvFrom, type Pump } from '../vchan/index.js';
+import { DataLimitError, connectStream, dataLimitsFromEnv, vchanEnvFrom, type DataLimits, type Pump } from '../vchan/index.js';
 import { DEFAULT_AGENT_SOCKET } from './agent.js';
 import { encodeClientRequest, requestCall, serveCall } from './client.js';
 import { openLocal } from './local.js';
@@ -153,6 +153,14 @@ export async function runClientVmCli(args: string[]): Promise<number> {
     return parsed.status;
   }
   const [target, service, ...program] = parsed.rest as [string, string, ...string[]];
+  let limits: DataLimits;
+  try {
+    limits = dataLimitsFromEnv(process.env);
+  } catch (e) {
+    if (!(e instanceof DataLimitError)) throw e;
+    process.stderr.write(`qrexec-client-vm: ${e.message}\n`);
+    return 2;
+  }
   const local = program.length > 0;
   if (!local && parsed.replaceOut === -1 && isatty(1)) parsed.replaceOut = 1;
   if (parsed.replaceErr === -1 && isatty(2)) parsed.replaceErr = 1;
@@ -237,6 +245,7 @@ export async function runClientVmCli(args: string[]): Promise<number> {
     replaceStdout: parsed.replaceOut > 0,
     replaceStderr: parsed.replaceErr > 0,
     log: (m) => process.stderr.write(`qrexec-client-vm: ${m}\n`),
+    limits,
     onPump: (p) => {
       pump = p;
       if (switchAsked && stdinSock) p.useStdinSocket(stdinSock);

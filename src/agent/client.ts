@@ -7,11 +7,9 @@
 import * as net from 'node:net';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { ExitCode, MsgType, TRIGGER_SERVICE_PARAMS4_SIZE } from '../protocol/index.js';
-import { connectUnixNow, startPump, vchanEnvFrom, vchanListen, type Pump, type PumpOptions, type VchanEnv } from '../vchan/index.js';
+import { DEFAULT_DATA_LIMITS, connectUnixNow, startPump, vchanEnvFrom, vchanListen, type Pump, type PumpOptions, type VchanEnv } from '../vchan/index.js';
 import { DEFAULT_AGENT_SOCKET } from './agent.js';
 
-/** How long the data vchan may take to be connected (the reference's connection timeout). */
-const DATA_CONNECT_TIMEOUT_MS = 120_000;
 
 /** Options of a call. */
 export interface CallOptions {
@@ -109,7 +107,8 @@ export type ServeCallIo = Omit<PumpOptions, 'channel' | 'role' | 'single'> & {
  */
 export async function serveCall(env: VchanEnv, params: { domain: number; port: number }, io: ServeCallIo): Promise<number> {
   const listener = await vchanListen(env, params.domain, params.port);
-  const timer = setTimeout(() => listener.close(), DATA_CONNECT_TIMEOUT_MS);
+  const setupMs = (io.limits ?? DEFAULT_DATA_LIMITS).setupTimeoutMs;
+  const timer = setupMs > 0 ? setTimeout(() => listener.close(), setupMs) : undefined;
   let ch: net.Socket;
   try {
     ch = await listener.accepted;
@@ -118,7 +117,7 @@ export async function serveCall(env: VchanEnv, params: { domain: number; port: n
   }
   ch.setNoDelay?.(true);
   const { onPump, single, ...rest } = io;
-  const pump = startPump({ channel: ch, role: 'client', single: single ?? false, ...rest });
+  const pump = startPump({ channel: ch, role: 'client', single: single ?? false, peer: `domain ${params.domain} port ${params.port}`, ...rest });
   onPump?.(pump);
   return pump.done;
 }

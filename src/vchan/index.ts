@@ -21,4 +21,14 @@ export {
   connectUnixNow,
 } from './socket.js';
 export { startPump, type Pump, type PumpOptions, type LocalSink, type LocalSource } from './pump.js';
+export {
+  COMPLAINTS_LOGGED_PER_CALL,
+  DEFAULT_DATA_LIMITS,
+  DataLimitError,
+  IDLE_TIMEOUT_ENV,
+  SETUP_TIMEOUT_ENV,
+  dataLimitsFromEnv,
+  parseSeconds,
+  type DataLimits,
+} from './limits.js';
 export { isSocketStream, onPeerHangup } from './local-socket.js';

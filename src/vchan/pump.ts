@@ -15,7 +15,11 @@
  *   status when that failed).
  *
  * Memory stays bounded: local reads pause while the vchan cannot take more,
- * and the vchan is paused while a local writer is slow.
+ * and the vchan is paused while a local writer (the sink, or a client's
+ * stderr) is slow. Beyond the reference: the peer's MSG_HELLO must come within
+ * the set-up timeout, an established call may be closed after an idle
+ * timeout, an exit code outside 0-255 is a failure (255), and one call logs
+ * at most COMPLAINTS_LOGGED_PER_CALL protocol complaints.
  */
 import type * as net from 'node:net';
 import type { Readable, Writable } from 'node:stream';
@@ -38,6 +42,7 @@ import {
   replaceUnsafeBytes,
 } from '../protocol/index.js';
 import type { Channel } from './channel.js';
+import { COMPLAINTS_LOGGED_PER_CALL, DEFAULT_DATA_LIMITS, type DataLimits } from './limits.js';
 import { isSocketStream, onPeerHangup, socketWriter } from './local-socket.js';
 
 /** A local stream we write to; `end()` signals EOF (shutdown for sockets). */
@@ -73,6 +78,10 @@ export interface PumpOptions {
   readonly replaceStdout?: boolean;
   readonly replaceStderr?: boolean;
   readonly log?: (msg: string) => void;
+  /** Who is at the other end, for log lines (e.g. `domain 3 (work)`). */
+  readonly peer?: string;
+  /** Set-up and idle timeouts (default: DEFAULT_DATA_LIMITS). */
+  readonly limits?: DataLimits;
   /** Invoked with the negotiated version once the handshake is done. */
   readonly onHandshake?: (version: number) => void;
   /**
@@ -109,6 +118,16 @@ export function startPump(o: PumpOptions): Pump {
   const out: Channel = socketWriter(ch) ?? ch;
   if (out !== ch) (ch as net.Socket).allowHalfOpen = true;
   const log = o.log ?? (() => undefined);
+  const peer = o.peer ?? 'the peer';
+  const limits = o.limits ?? DEFAULT_DATA_LIMITS;
+  // a hostile peer must not be able to fill the log: past the first few, a
+  // call's complaints are only counted
+  let complaints = 0;
+  const complain = (m: string): void => {
+    complaints++;
+    if (complaints <= COMPLAINTS_LOGGED_PER_CALL) log(m);
+    else if (complaints === COMPLAINTS_LOGGED_PER_CALL + 1) log(`${peer}: more protocol complaints in this call are only counted`);
+  };
   const isService = o.role === 'service';
   const outType = isService ? MsgType.DATA_STDOUT : MsgType.DATA_STDIN;
   const inType = isService ? MsgType.DATA_STDIN : MsgType.DATA_STDOUT;
@@ -137,10 +156,38 @@ export function startPump(o: PumpOptions): Pump {
   let localStatus: number | undefined;
   let remoteStatus: number | undefined;
   let warnedDirection = false;
+  let errEnded = false;
   let resolveDone: (n: number) => void = () => undefined;
   const done = new Promise<number>((r) => (resolveDone = r));
   const sources = new Set<LocalSource>();
   let stopHangupWatch: () => void = () => undefined;
+
+  // Set-up and idle timeouts (the reference has neither). `active`: a frame
+  // went either way since the idle check last looked; the check runs four
+  // times per timeout and closes after four quiet looks, so a call is closed
+  // after between 1 and 1.25 timeouts without a frame, never sooner.
+  let active = false;
+  let setupTimer: NodeJS.Timeout | undefined;
+  let idleTimer: NodeJS.Timeout | undefined;
+  const stopTimers = (): void => {
+    clearTimeout(setupTimer);
+    clearInterval(idleTimer);
+  };
+  const startIdleTimer = (): void => {
+    const ms = limits.idleTimeoutMs;
+    if (ms <= 0 || finished) return;
+    let quiet = 0;
+    idleTimer = setInterval(() => {
+      if (active) {
+        active = false;
+        quiet = 0;
+      } else if (++quiet >= 4) {
+        log(`${peer}: no frame either way for ${ms / 1000} s: closing the data vchan`);
+        finish(-1, false);
+      }
+    }, ms / 4);
+    idleTimer.unref();
+  };
 
   // Small messages written to the vchan in one turn of the event loop go out
   // in one writev: a service's last data, EOF and exit code reach the peer in
@@ -154,6 +201,7 @@ export function startPump(o: PumpOptions): Pump {
     corkable?.uncork();
   };
   const send = (b: Uint8Array): void => {
+    active = true;
     if (corkable && !batching && !corkable.writableEnded) {
       batching = true;
       corkable.cork();
@@ -162,6 +210,7 @@ export function startPump(o: PumpOptions): Pump {
     out.write(b);
   };
   const sendData = (type: number, data: Buffer): void => {
+    active = true;
     if (data.length === 0) {
       send(encodeDataHeader(type, 0));
       return;
@@ -185,11 +234,12 @@ export function startPump(o: PumpOptions): Pump {
   };
 
   const closeSink = (): void => {
+    flushQueued();
     if (sink === null) return;
     const s = sink;
     sink = null;
     // a stream that is ending never emits 'drain': stop waiting for it
-    ch.resume();
+    unblock(s);
     if ((single && source !== null) || sinkIsSocket) {
       // shutdown(SHUT_WR): reading goes on (a shared socket), or may start (SIGUSR1)
       s.end();
@@ -211,12 +261,13 @@ export function startPump(o: PumpOptions): Pump {
   /** The reference's close_stdin(). */
   const closeInput = (): void => {
     if (o.exitOnClientEof) {
+      flushQueued();
       if (source !== null) send(encodeDataHeader(outType, 0));
       const s = source;
       source = null;
       stopSource(s);
+      unblock(sink);
       sink = null;
-      ch.resume();
       return;
     }
     closeSink();
@@ -234,8 +285,13 @@ export function startPump(o: PumpOptions): Pump {
 
   const finish = (status: number, sendExit: boolean): void => {
     if (finished) return;
+    flushQueued();
     finished = true;
     stopHangupWatch();
+    stopTimers();
+    if (complaints > COMPLAINTS_LOGGED_PER_CALL) {
+      log(`${peer}: ${complaints - COMPLAINTS_LOGGED_PER_CALL} more protocol complaints in this call were not logged`);
+    }
     if (sendExit) send(encodeExitCode(status));
     for (const r of sources) {
       r.removeAllListeners('data');
@@ -390,26 +446,53 @@ export function startPump(o: PumpOptions): Pump {
     checkDone();
   };
 
-  // the sink a 'drain' listener is waiting for (one listener, however many
-  // frames of one read were written meanwhile)
-  let drainOf: LocalSink | null = null;
-  const writeSink = (data: Buffer): void => {
-    const s = sink;
-    if (s === null) return;
-    if (!s.write(data) && !finished && drainOf !== s) {
-      drainOf = s;
+  // Local writers (the sink, the client's stderr) that are full: the vchan is
+  // not read while any of them is, so a peer that floods a stream nobody
+  // reads fills its own vchan, not our memory. One listener per writer,
+  // however many frames of one read were written meanwhile.
+  const blocked = new Set<Writable>();
+  const unblock = (s: Writable | null): void => {
+    if (s !== null && blocked.delete(s) && blocked.size === 0) ch.resume();
+  };
+  const writeLocal = (s: Writable, data: Buffer): void => {
+    if (!s.write(data) && !finished && !blocked.has(s)) {
+      blocked.add(s);
       ch.pause();
-      s.once('drain', () => {
-        drainOf = null;
-        ch.resume();
-      });
+      // a writer that is ending or destroyed never emits 'drain'
+      const go = (): void => {
+        s.off('drain', go);
+        s.off('close', go);
+        unblock(s);
+      };
+      s.on('drain', go);
+      s.on('close', go);
+    }
+  };
+  const writeSink = (data: Buffer): void => {
+    if (sink !== null) writeLocal(sink, data);
+  };
+  // The payloads of one vchan read, written to each local stream at once: a
+  // peer sending a million one-byte frames costs one write per read, not a
+  // million (each a buffered chunk with its own overhead).
+  let queued: Buffer[] = [];
+  let queuedErr: Buffer[] = [];
+  const joined = (q: Buffer[]): Buffer => (q.length === 1 ? (q[0] as Buffer) : Buffer.concat(q));
+  const flushQueued = (): void => {
+    if (queued.length > 0) {
+      const q = queued;
+      queued = [];
+      writeSink(joined(q));
+    }
+    if (queuedErr.length > 0) {
+      const q = queuedErr;
+      queuedErr = [];
+      if (o.errSink && !o.errSink.destroyed) writeLocal(o.errSink, joined(q));
     }
   };
   const attachSinkErrors = (s: LocalSink | null): void => {
     s?.on('error', (e: NodeJS.ErrnoException) => {
       if (e.code !== 'EPIPE' && e.code !== 'ECONNRESET') log(`local write error: ${e.message}`);
       if (s === sink) {
-        ch.resume();
         closeInput();
         checkDone();
       }
@@ -429,6 +512,8 @@ export function startPump(o: PumpOptions): Pump {
       }
       chunk = maxDataChunk(version);
       decoder.setRules(dataRules(version));
+      clearTimeout(setupTimer);
+      startIdleTimer();
       o.onHandshake?.(version);
       start();
       return;
@@ -438,38 +523,56 @@ export function startPump(o: PumpOptions): Pump {
       case MsgType.DATA_STDOUT:
         if (f.type !== inType && !warnedDirection) {
           warnedDirection = true;
-          log(isService ? 'client sent MSG_DATA_STDOUT' : 'service sent MSG_DATA_STDIN');
+          complain(isService ? 'client sent MSG_DATA_STDOUT' : 'service sent MSG_DATA_STDIN');
         }
-        if (sink === null) return;
+        if (sink === null) {
+          if (f.payload.length > 0) complain(`${peer}: data after EOF (${f.payload.length} bytes) dropped`);
+          return;
+        }
         if (f.payload.length === 0) {
           closeInput();
           checkDone();
           return;
         }
-        writeSink(!isService && o.replaceStdout ? replaceUnsafeBytes(Buffer.from(f.payload)) : f.payload);
+        queued.push(!isService && o.replaceStdout ? replaceUnsafeBytes(Buffer.from(f.payload)) : f.payload);
         return;
       case MsgType.DATA_STDERR:
         if (isService) {
-          log('client sent MSG_DATA_STDERR');
+          complain('client sent MSG_DATA_STDERR');
           return;
         }
-        if (f.payload.length > 0 && o.errSink && !o.errSink.destroyed) {
-          o.errSink.write(o.replaceStderr ? replaceUnsafeBytes(Buffer.from(f.payload)) : f.payload);
+        if (f.payload.length === 0) {
+          errEnded = true; // stderr's EOF: later stderr data is dropped
+        } else if (errEnded) {
+          complain(`${peer}: stderr data after EOF (${f.payload.length} bytes) dropped`);
+        } else if (o.errSink && !o.errSink.destroyed) {
+          queuedErr.push(o.replaceStderr ? replaceUnsafeBytes(Buffer.from(f.payload)) : f.payload);
         }
         return;
       case MsgType.DATA_EXIT_CODE:
         if (isService) {
-          log('client sent MSG_DATA_EXIT_CODE');
+          complain('client sent MSG_DATA_EXIT_CODE');
+          return;
+        }
+        if (remoteStatus !== undefined) {
+          complain(`${peer}: second exit code ignored`);
           return;
         }
         if (f.payload.length < 4) {
-          log(`MSG_DATA_EXIT_CODE too short: ${f.payload.length} < 4`);
+          complain(`MSG_DATA_EXIT_CODE too short: ${f.payload.length} < 4`);
           remoteStatus = 255;
         } else {
           remoteStatus = f.payload.readInt32LE(0);
+          if (remoteStatus < 0 || remoteStatus > 255) {
+            // the reference passes it on, and its low byte often reads as success (256 -> 0)
+            complain(`${peer} sent exit code ${remoteStatus}, outside 0-255: the call fails with 255`);
+            remoteStatus = 255;
+          }
         }
         if (source !== null) send(encodeDataHeader(outType, 0));
         closeOutput();
+        // nothing the service sends after its exit code counts (the reference stops reading)
+        closeInput();
         checkDone();
         return;
       default:
@@ -482,8 +585,10 @@ export function startPump(o: PumpOptions): Pump {
     try {
       for (const f of decoder.push(buf)) {
         if (finished) break;
+        active = true;
         onFrame(f);
       }
+      flushQueued();
     } catch (e) {
       if (!(e instanceof ProtocolError)) throw e;
       log(`data vchan: ${e.message}`);
@@ -503,6 +608,14 @@ export function startPump(o: PumpOptions): Pump {
   ch.on('error', (e: Error) => log(`data vchan error: ${e.message}`));
   if (out !== ch) out.on('error', (e: Error) => log(`data vchan error: ${e.message}`));
   send(encodeHello(QREXEC_PROTOCOL_VERSION));
+  if (limits.setupTimeoutMs > 0) {
+    setupTimer = setTimeout(() => {
+      if (version >= 0) return;
+      log(`${peer}: no MSG_HELLO within ${limits.setupTimeoutMs / 1000} s: closing the data vchan`);
+      finish(-1, false);
+    }, limits.setupTimeoutMs);
+    setupTimer.unref();
+  }
 
   return {
     done,
