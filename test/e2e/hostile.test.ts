@@ -12,6 +12,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Writable } from 'node:stream';
 import {
+  EVIL,
   HostileWorld,
   T,
   childrenOf,
@@ -335,6 +336,9 @@ const scenarios: Scenario[] = [
       await hello(c);
       c.send(Buffer.concat([msg(T.DATA_STDOUT), msg(T.DATA_STDERR), exitCode(code)]));
       await untilClosed(c, `exit code ${code}`);
+      // a failure, and a log line naming the peer (beyond the reference, which passes 256 on as 0)
+      await within(call.status, `exit code ${code}`, 10000);
+      assert.match(h.agentLog.get('work') ?? '', new RegExp(`domain ${EVIL} port [0-9]+ sent exit code ${code}, outside 0-255: the call fails with 255`));
     }, 255),
   ),
   asTarget('an exit code sent twice (the first counts)', async (c, call) => {
