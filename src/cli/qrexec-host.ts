@@ -5,6 +5,7 @@ import { DAEMON_OPTIONS, daemonConfig, StartupError } from '../policyd/daemon.js
 import { startHost } from '../host/index.js';
 import { vchanEnvFrom } from '../vchan/index.js';
 import { DEFAULT_QUBESD_SOCKET } from '../node/qubesd.js';
+import { DEFAULT_POLICY_API_SOCKET } from '../policyapi/server.js';
 
 const prog = 'qrexec-host';
 const USAGE = `usage: qrexec-host --qube DOMID:NAME:UUID[:USER] [--qube ...] [--qrexec-socket-dir DIR]
@@ -30,6 +31,13 @@ options:
                              ${DEFAULT_QUBESD_SOCKET}; "none": refuse such
                              calls). --qubesd-socket is the policy daemon's
                              internal socket for system info.
+  --policy-api-socket PATH   the Policy API socket for dom0's qubes-policy
+                             and qubes-policy-editor (default
+                             /var/run/qubes/policy-admin.sock without
+                             --policy-path, else none; "none": not served)
+  --policy-api-dir DIR       the directory the Policy API edits (default:
+                             the last --policy-path, /etc/qubes/policy.d);
+                             "none": no Policy API (policy.* not served)
   every option of qrexec-policy-daemon (see qrexec-policy-daemon --help)
 
 environment: VCHAN_SOCKET_DIR and VCHAN_DOMAIN (the vchan transport),
@@ -37,7 +45,7 @@ QREXEC_SERVICE_PATH (dom0 services, default ${DEFAULT_SERVICE_PATH})
 `;
 
 try {
-  const parsed = parseArgs(process.argv.slice(2), [...DAEMON_OPTIONS, { name: 'qube', value: true, repeat: true }, { name: 'qrexec-socket-dir', value: true }, { name: 'qubesd-admin-socket', value: true }], { argparse: true });
+  const parsed = parseArgs(process.argv.slice(2), [...DAEMON_OPTIONS, { name: 'qube', value: true, repeat: true }, { name: 'qrexec-socket-dir', value: true }, { name: 'qubesd-admin-socket', value: true }, { name: 'policy-api-socket', value: true }, { name: 'policy-api-dir', value: true }], { argparse: true });
   if (parsed.help) {
     process.stdout.write(HELP);
     process.exit(0);
@@ -51,6 +59,8 @@ try {
   if (qubes.length === 0) throw new UsageError('the following arguments are required: --qube');
   const cfg = daemonConfig(parsed);
   const qubesdAdmin = last(parsed, 'qubesd-admin-socket') ?? DEFAULT_QUBESD_SOCKET;
+  const apiDir = last(parsed, 'policy-api-dir');
+  const apiSock = last(parsed, 'policy-api-socket') ?? (parsed.options.has('policy-path') ? 'none' : DEFAULT_POLICY_API_SOCKET);
   process.umask(0o007);
   const host = await startHost({
     policy: cfg,
@@ -59,6 +69,7 @@ try {
     vchan: vchanEnvFrom(process.env),
     servicePath: (process.env['QREXEC_SERVICE_PATH'] ?? DEFAULT_SERVICE_PATH).split(':').filter((x) => x),
     ...(qubesdAdmin !== 'none' ? { qubesdSocket: qubesdAdmin } : {}),
+    ...(apiDir === 'none' ? {} : { policyApi: { socketPath: apiSock === 'none' ? null : apiSock, ...(apiDir !== undefined ? { dir: apiDir } : {}) } }),
   });
   let stopping = false;
   const stop = (): void => {

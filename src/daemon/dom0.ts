@@ -1,6 +1,6 @@
 import type * as net from 'node:net';
 import { spawn } from 'node:child_process';
-import type { Writable } from 'node:stream';
+import { PassThrough, Writable } from 'node:stream';
 import {
   connectService,
   DEFAULT_CONFIG_PATH,
@@ -36,6 +36,7 @@ export async function runDom0Service(
   servicePath: readonly string[],
   log: (m: string) => void,
   configPath: string = process.env['QUBES_RPC_CONFIG_PATH'] ?? DEFAULT_CONFIG_PATH,
+  inProcess?: InProcessServices,
 ): Promise<Dom0ServiceResult> {
   // a call that could not start: stderr and stdout EOF, then the status (reference handle_failed_exec)
   const failed = async (status: number): Promise<Dom0ServiceResult> => {
@@ -63,6 +64,8 @@ export async function runDom0Service(
     log(`invalid number of arguments: ${rpc.rest.length + 3}`);
     return failed(ExitCode.PROBLEM);
   }
+  const handler = inProcess?.get(rpc.serviceName);
+  if (handler) return runInProcess(channel, rpc, handler, log);
   // the per-service configuration, before anything runs (reference wait_for_session_maybe)
   const config = loadDom0ServiceConfig(configPath, rpc, log);
   if (typeof config === 'string') {
@@ -161,6 +164,63 @@ async function waitForSession(servicePath: readonly string[], source: string, lo
       resolve();
     });
   });
+}
+
+/**
+ * A dom0 service served by this process instead of an executable (the
+ * Policy API): it gets the argument ('' when none), the calling qube and all
+ * of stdin, and answers with an exit status, stdout and stderr, which the
+ * caller receives as from a process.
+ */
+export type InProcessService = (call: { readonly service: string; readonly arg: string; readonly source: string; readonly payload: Buffer }) => InProcessReply | Promise<InProcessReply>;
+export interface InProcessReply {
+  readonly code: number;
+  readonly stdout: Buffer;
+  readonly stderr: string;
+}
+/** In-process services by service name (without argument). */
+export type InProcessServices = ReadonlyMap<string, InProcessService>;
+
+/** Largest stdin an in-process service takes; more ends the call with status 1. */
+export const IN_PROCESS_MAX_PAYLOAD = 64 * 1024 * 1024;
+
+async function runInProcess(channel: Channel, rpc: RpcCommand, handler: InProcessService, log: (m: string) => void): Promise<Dom0ServiceResult> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  const stdout = new PassThrough();
+  const stderr = new PassThrough();
+  let resolveExit: (code: number) => void = () => undefined;
+  const exit = new Promise<number>((r) => (resolveExit = r));
+  let answered = false;
+  const answer = (r: InProcessReply): void => {
+    if (answered) return;
+    answered = true;
+    stderr.end(Buffer.from(r.stderr, 'utf8'));
+    stdout.end(r.stdout);
+    resolveExit(r.code);
+  };
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      size += chunk.length;
+      if (size > IN_PROCESS_MAX_PAYLOAD) answer({ code: 1, stdout: Buffer.alloc(0), stderr: `payload larger than ${IN_PROCESS_MAX_PAYLOAD} bytes` });
+      else chunks.push(chunk);
+      cb();
+    },
+    final(cb) {
+      cb();
+      if (answered) return;
+      Promise.resolve()
+        .then(() => handler({ service: rpc.serviceName, arg: rpc.arg ?? '', source: rpc.sourceDomain, payload: Buffer.concat(chunks) }))
+        .then(answer, (e: unknown) => {
+          log(`${rpc.descriptor}: ${e instanceof Error ? e.message : String(e)}`);
+          answer({ code: 2, stdout: Buffer.alloc(0), stderr: 'Internal error.' });
+        });
+    },
+  });
+  sink.on('error', () => undefined);
+  log(`served in process: ${rpc.descriptor} from ${rpc.sourceDomain}`);
+  const sent = await serve(channel, { sink, source: stdout, errSource: stderr, localExit: exit }, log);
+  return { status: sent < 0 ? (answered ? await exit : ExitCode.PROBLEM) : sent, started: true };
 }
 
 /** What happened to a dom0 service call. */

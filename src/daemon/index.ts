@@ -19,5 +19,5 @@ export {
 } from './policy.js';
 export { PortAllocator } from './ports.js';
 export { DaemonClient, DaemonClientError, DEFAULT_SOCKET_DIR, type DataEndpoint } from './client.js';
-export { runDom0Service, DEFAULT_SERVICE_PATH } from './dom0.js';
+export { runDom0Service, DEFAULT_SERVICE_PATH, type InProcessService, type InProcessServices, type InProcessReply } from './dom0.js';
 export { QubeHost, createQubeDaemons, parseQubeSpec, type QubeSpec, type SharedQubeOptions } from './host.js';

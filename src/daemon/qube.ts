@@ -36,7 +36,7 @@ import { vchanConnect, type Channel, type VchanEnv } from '../vchan/index.js';
 import { qubesdCall, QubesdError } from '../node/qubesd.js';
 import { DaemonClient, DaemonClientError, type DataEndpoint } from './client.js';
 import type { QubeHost } from './host.js';
-import { runDom0Service } from './dom0.js';
+import { runDom0Service, type InProcessServices } from './dom0.js';
 import { askPolicy, type PolicyAllow, type PolicyOutcome, type PolicyQuery } from './policy.js';
 import { PortAllocator } from './ports.js';
 
@@ -72,6 +72,8 @@ export interface QubeDaemonOptions {
    * Without it such calls are refused.
    */
   readonly qubesdSocket?: string;
+  /** dom0 services this process serves itself (the Policy API), before the service path. */
+  readonly inProcessServices?: InProcessServices;
   /** How long qubesd may take to start a qube, and the started qube to connect its agent (default 120 s). */
   readonly autostartTimeoutMs?: number;
 }
@@ -361,7 +363,7 @@ export class QubeDaemon {
       p.state = 'allowed';
       this.sendControl(encodeServiceConnect(0, port, p.identRaw));
       const ch = await vchanConnect(this.opts.vchan, this.opts.domid, port, { timeoutMs: 5000 });
-      await runDom0Service(ch, cmd, this.opts.servicePath, (m) => this.log('info', `${this.opts.name}: ${m}`));
+      await runDom0Service(ch, cmd, this.opts.servicePath, (m) => this.log('info', `${this.opts.name}: ${m}`), undefined, this.opts.inProcessServices);
       return;
     }
     const target = d.targetUuid ?? d.target;

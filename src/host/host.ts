@@ -9,6 +9,7 @@
 import { createQubeDaemons, parsePolicyResponse, formatPolicyRequest, type PolicyOutcome, type PolicyQuery, type QubeDaemon, type QubeSpec } from '../daemon/index.js';
 import { createLogger, startDaemon, type DaemonConfig, type RunningDaemon, type GuiServiceCaller, type Logger } from '../policyd/index.js';
 import type { VchanEnv } from '../vchan/index.js';
+import { startPolicyApi, type PolicyApiConfig, type RunningPolicyApi } from '../policyapi/host.js';
 
 export interface HostConfig {
   /** The policy daemon's configuration (its command line). */
@@ -22,10 +23,13 @@ export interface HostConfig {
   readonly servicePath: readonly string[];
   /** qubesd's Admin API socket for autostart and DispVMs; undefined: such calls are refused. */
   readonly qubesdSocket?: string;
+  /** The Policy API (policy.List/Get/Replace/...); undefined: not served. */
+  readonly policyApi?: PolicyApiConfig;
 }
 
 export interface RunningHost {
   readonly policyDaemon: RunningDaemon;
+  readonly policyApi: RunningPolicyApi | null;
   readonly qubes: readonly QubeDaemon[];
   /** Resolves once every qube's agent has connected (waits as long as it takes). */
   readonly connected: Promise<void>;
@@ -46,7 +50,9 @@ export async function startHost(cfg: HostConfig, hooks: { log?: Logger; gui?: Gu
   const policyDaemon = await startDaemon(cfg.policy, { log: hooks.log ?? createLogger('qrexec-host', { level: cfg.policy.logLevel }), ...(hooks.gui !== undefined ? { gui: hooks.gui } : {}) });
   const log = policyDaemon.log;
   let qubes: QubeDaemon[];
+  let policyApi: RunningPolicyApi | null = null;
   try {
+    if (cfg.policyApi) policyApi = await startPolicyApi(policyDaemon, cfg.policy.policyDirs, cfg.policy.legacyDir, cfg.policyApi);
     qubes = createQubeDaemons(cfg.qubes, {
       socketDir: cfg.socketDir,
       vchan: cfg.vchan,
@@ -57,8 +63,10 @@ export async function startHost(cfg: HostConfig, hooks: { log?: Logger; gui?: Gu
       log: (level, msg) => log[level](msg),
       policy: inProcessPolicy(policyDaemon, log),
       ...(cfg.qubesdSocket !== undefined ? { qubesdSocket: cfg.qubesdSocket } : {}),
+      ...(policyApi ? { inProcessServices: policyApi.services } : {}),
     });
   } catch (e) {
+    await policyApi?.close();
     await policyDaemon.close();
     throw e;
   }
@@ -66,10 +74,12 @@ export async function startHost(cfg: HostConfig, hooks: { log?: Logger; gui?: Gu
   connected.catch((e: Error) => log.error(`qube startup: ${e.message}`));
   return {
     policyDaemon,
+    policyApi,
     qubes,
     connected,
     close: async () => {
       await Promise.all(qubes.map((d) => d.stop()));
+      await policyApi?.close();
       await policyDaemon.close();
     },
   };

@@ -103,6 +103,18 @@ export class PolicyStore {
     return this.state;
   }
 
+  /**
+   * Swap in a policy already loaded from the files as they are now (the
+   * Policy API loads the whole policy to validate a change before writing
+   * it): the daemon decides by it at once, without waiting for the watch.
+   */
+  adopt(policy: Policy): PolicyState {
+    this.state = { ok: true, policy, generation: ++this.generation };
+    this.lastErrorLog = 0;
+    for (const fn of this.listeners) fn(this.state);
+    return this.state;
+  }
+
   private build(): PolicyState {
     const generation = ++this.generation;
     const t0 = performance.now();

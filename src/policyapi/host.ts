@@ -1,0 +1,78 @@
+/**
+ * The Policy API in the host process: a PolicyAdmin over the policy the
+ * daemon loads, whose accepted changes are audited and adopted by the daemon
+ * at once; its services for qubes (in-process dom0 services) and dom0 (the
+ * socket).
+ */
+import type { AuditLog } from '../audit/index.js';
+import type { InProcessServices } from '../daemon/index.js';
+import type { RunningDaemon } from '../policyd/index.js';
+import { PolicyAdmin, type ChangeCheck, type ExtraService, type PolicyChange } from './admin.js';
+import { inProcessServices, PolicyApiSocket } from './server.js';
+
+export interface PolicyApiConfig {
+  /** The directory edited (default: the last policy directory, /etc/qubes/policy.d). */
+  readonly dir?: string;
+  /** dom0 clients' socket; null: none. */
+  readonly socketPath: string | null;
+  readonly checks?: readonly ChangeCheck[];
+  readonly extra?: ReadonlyMap<string, ExtraService>;
+  readonly onChange?: (c: PolicyChange) => void;
+}
+
+export interface RunningPolicyApi {
+  readonly admin: PolicyAdmin;
+  readonly services: InProcessServices;
+  close(): Promise<void>;
+}
+
+/** The audit record of a change: mode `policy_admin`, the file as rule, the tokens as reason. */
+export function auditChange(audit: AuditLog, c: PolicyChange, log: (m: string) => void): void {
+  audit.append(
+    {
+      timeMs: c.timeMs,
+      client: c.caller,
+      mode: 'policy_admin',
+      source: c.caller,
+      requestedSource: null,
+      intendedTarget: 'dom0',
+      target: null,
+      service: c.service,
+      argument: '+' + c.name,
+      action: 'allow',
+      result: 'allow',
+      rule: c.file,
+      askAnswer: null,
+      reason: `old=${c.oldToken ?? 'none'} new=${c.newToken ?? 'removed'}`,
+      durationUs: 0,
+    },
+    (err) => {
+      if (err) log(`cannot audit the policy change of ${c.file}: ${err.message}`);
+    },
+  );
+}
+
+export async function startPolicyApi(daemon: RunningDaemon, policyDirs: readonly string[], legacyDir: string, cfg: PolicyApiConfig): Promise<RunningPolicyApi> {
+  const log = daemon.log;
+  const dir = cfg.dir ?? policyDirs[policyDirs.length - 1];
+  if (dir === undefined) throw new Error('the Policy API needs a policy directory');
+  const admin = new PolicyAdmin({
+    dir,
+    policyDirs,
+    legacyDir,
+    log: (level, m) => log[level](`policy API: ${m}`),
+    ...(cfg.checks ? { checks: cfg.checks } : {}),
+    ...(cfg.extra ? { extra: cfg.extra } : {}),
+    onChange: (c, policy) => {
+      daemon.store.adopt(policy);
+      if (daemon.audit) auditChange(daemon.audit, c, (m) => log.error(m));
+      cfg.onChange?.(c);
+    },
+  });
+  let sock: PolicyApiSocket | null = null;
+  if (cfg.socketPath !== null) {
+    sock = new PolicyApiSocket(admin, (m) => log.warning(m));
+    await sock.listen(cfg.socketPath);
+  }
+  return { admin, services: inProcessServices(admin), close: async () => sock?.close() };
+}
