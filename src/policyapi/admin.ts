@@ -78,13 +78,17 @@ export interface PolicyAdminOptions {
   readonly onChange?: (c: PolicyChange, policy: Policy) => void;
   /** Services beyond the reference's nine (ours: policy.Eval, policy.Diff...). */
   readonly extra?: ReadonlyMap<string, ExtraService>;
+  /** Awaited by serve() before a change or a dry run (e.g. fetching system info for the checks). */
+  readonly beforeWrite?: () => Promise<void>;
+  /** The policy in force (the daemon's), when loaded; else it is loaded from disk. */
+  readonly current?: () => Policy | null;
 }
 
 /** A service of ours served next to the reference's. */
 export interface ExtraService {
   readonly noArg: boolean;
   readonly noPayload: boolean;
-  handle(arg: string, payload: Buffer, caller: string): Buffer;
+  handle(arg: string, payload: Buffer, caller: string): Buffer | Promise<Buffer>;
 }
 
 export class PolicyAdmin {
@@ -104,20 +108,42 @@ export class PolicyAdmin {
     removeStaleTemps(this.dir);
   }
 
-  /** Serves one call: `service` without argument, the argument ('' when none), stdin. */
+  /**
+   * Serves one call of the reference's services, synchronously: `service`
+   * without argument, the argument ('' when none), stdin.
+   */
   handle(service: string, arg: string, payload: Buffer, caller: string): Reply {
     try {
       const out = this.dispatch(service, arg, payload, caller);
-      this.log('info', `${service}+${arg} (${caller})`);
-      return { code: 0, stdout: out, stderr: '' };
+      if (out instanceof Promise) throw new Error(`${service} is asynchronous: use serve()`);
+      return this.ok(service, arg, caller, out);
     } catch (e) {
-      if (e instanceof PolicyAdminException) {
-        this.log('warning', `${service}+${arg} (${caller}): error: ${e.message}`);
-        return { code: 1, stdout: Buffer.alloc(0), stderr: `${e.name} ${e.message}` };
-      }
-      this.log('error', `${service}+${arg} (${caller}): exception: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
-      return { code: 2, stdout: Buffer.alloc(0), stderr: `Internal error. See '${this.opts.logName ?? 'the qrexec-host log'}' in dom0 for details.` };
+      return this.failed(service, arg, caller, e);
     }
+  }
+
+  /** Serves one call of any service (ours may wait for system info). */
+  async serve(service: string, arg: string, payload: Buffer, caller: string): Promise<Reply> {
+    try {
+      if (METHODS.get(service)?.writes || service.endsWith('.Diff')) await this.opts.beforeWrite?.();
+      return this.ok(service, arg, caller, await this.dispatch(service, arg, payload, caller));
+    } catch (e) {
+      return this.failed(service, arg, caller, e);
+    }
+  }
+
+  private ok(service: string, arg: string, caller: string, out: Buffer): Reply {
+    this.log('info', `${service}+${arg} (${caller})`);
+    return { code: 0, stdout: out, stderr: '' };
+  }
+
+  private failed(service: string, arg: string, caller: string, e: unknown): Reply {
+    if (e instanceof PolicyAdminException) {
+      this.log('warning', `${service}+${arg} (${caller}): error: ${e.message}`);
+      return { code: 1, stdout: Buffer.alloc(0), stderr: `${e.name} ${e.message}` };
+    }
+    this.log('error', `${service}+${arg} (${caller}): exception: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+    return { code: 2, stdout: Buffer.alloc(0), stderr: `Internal error. See '${this.opts.logName ?? 'the qrexec-host log'}' in dom0 for details.` };
   }
 
   /** Every service served (the reference's and ours). */
@@ -125,7 +151,7 @@ export class PolicyAdmin {
     return [...METHODS.keys(), ...(this.opts.extra?.keys() ?? [])];
   }
 
-  private dispatch(service: string, arg: string, payload: Buffer, caller: string): Buffer {
+  private dispatch(service: string, arg: string, payload: Buffer, caller: string): Buffer | Promise<Buffer> {
     checkArgument(arg);
     const method: Method | ExtraService | undefined = METHODS.get(service) ?? this.opts.extra?.get(service);
     if (!method) throw new PolicyAdminProtocolException(`unrecognized method: ${service}`);
@@ -184,8 +210,11 @@ export class PolicyAdmin {
     return data === null ? null : computeToken(data);
   }
 
-  /** Replace (content) or remove (null) a file, after every check. */
-  private change(service: string, kind: Kind, name: string, token: Token, content: Buffer | null, caller: string): void {
+  /**
+   * Every check of a Replace (content) or Remove (null), without writing:
+   * the token, the file's existence, loading, the extra checks.
+   */
+  propose(kind: Kind, name: string, token: Token, content: Buffer | null, caller: string): ProposedChange & { readonly oldToken: string | null } {
     const file = this.pathOf(name, kind);
     const oldToken = this.tokenOf(file);
     checkToken(token, oldToken);
@@ -193,6 +222,12 @@ export class PolicyAdmin {
     const { policy, rulesOfFile } = this.validate(file, content);
     const proposed: ProposedChange = { caller, kind, name, file, content, policy, rulesOfFile };
     for (const check of this.opts.checks ?? []) check(proposed);
+    return { ...proposed, oldToken };
+  }
+
+  /** Replace (content) or remove (null) a file, after every check. */
+  change(service: string, kind: Kind, name: string, token: Token, content: Buffer | null, caller: string): void {
+    const { file, oldToken, policy } = this.propose(kind, name, token, content, caller);
     if (content === null) removeDurably(file);
     else writeAtomic(file, content, this.dir);
     const change: PolicyChange = {
@@ -230,6 +265,11 @@ export class PolicyAdmin {
       throw e;
     }
     return { policy: new Policy(rules), rulesOfFile: rulesFrom(rules, file) };
+  }
+
+  /** The policy as the files are now. */
+  currentPolicy(): Policy {
+    return this.opts.current?.() ?? new Policy(loadRules(diskSource, { policyDirs: this.policyDirs, legacyDir: this.legacyDir }));
   }
 
   private getFiles(service: string): Buffer {

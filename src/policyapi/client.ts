@@ -10,6 +10,7 @@ import * as net from 'node:net';
 import { spawn } from 'node:child_process';
 import { exceptionFromStderr, type PolicyAdminException } from './errors.js';
 import type { Reply } from './admin.js';
+import type { ImpactDiff } from './diff.js';
 import { decodeReply, DEFAULT_POLICY_API_SOCKET } from './server.js';
 
 /** A call that failed without a Policy API error: the reference's CalledProcessError. */
@@ -113,6 +114,17 @@ export class PolicyClient {
 
   async remove(name: string, token = 'any', include = false): Promise<void> {
     await this.call('Remove', name, token, include);
+  }
+
+  /** Ours: the impact of replacing (content) or removing (null) a file; nothing is changed. */
+  async diff(name: string, content: string | null, token = 'any', include = false): Promise<ImpactDiff> {
+    const out = await this.call('Diff', name, content === null ? token : `${token}\n${content}`, include);
+    return JSON.parse(out.toString('utf8')) as ImpactDiff;
+  }
+
+  /** Ours: how the policy decides a call (qrexec-policy-explain --json's object). */
+  async eval(serviceAndArg: string, source: string, target: string): Promise<unknown> {
+    return JSON.parse((await this.call('Eval', serviceAndArg, `${source} ${target}`)).toString('utf8')) as unknown;
   }
 
   async getFiles(service: string): Promise<string[]> {

@@ -12,8 +12,11 @@ import { UsageError } from '../common/args.js';
 import { formatDiagnostic, lintPolicyText } from '../policy/index.js';
 import { PolicyAdminException, PolicyAdminFileNotFoundException } from './errors.js';
 import { PolicyCallFailed, PolicyClient } from './client.js';
+import { formatImpactDiff } from './diff.js';
 
-export const QUBES_POLICY_USAGE = 'usage: qubes-policy {[-l]|-g|-r|-d} [include/][RPCNAME[+ARGUMENT]]';
+export const QUBES_POLICY_USAGE = `usage: qubes-policy {[-l]|-g|-r|-d} [include/][RPCNAME[+ARGUMENT]]
+       qubes-policy {-r|-d} --diff [include/]NAME
+       qubes-policy --eval SERVICE[+ARG] SOURCE TARGET`;
 export const QUBES_POLICY_HELP = `${QUBES_POLICY_USAGE}
 
 List, print, replace or remove policy files through the Policy API (dom0
@@ -29,6 +32,14 @@ options:
   -g, --get         print the content of the policy file
   -r, --replace     replace the file with standard input (token "any")
   -d, --remove      remove the file
+
+ours (not in the reference):
+  --diff            with -r or -d: change nothing, print every decision the
+                    change would change for the qubes that exist now
+                    (service, argument, source -> target: old => new),
+                    grouped and counted (policy.Diff)
+  --eval            explain how the policy decides SERVICE[+ARG] from SOURCE
+                    to TARGET, as qrexec-policy-explain --json (policy.Eval)
 
 In dom0 the calls go to the host's policy API socket
 ($QUBES_POLICY_API_SOCKET, default /var/run/qubes/policy-admin.sock); in a
@@ -69,13 +80,27 @@ export async function qubesPolicyMain(argv: readonly string[], client: PolicyCli
   type MethodName = 'list' | 'get' | 'replace' | 'remove';
   let method = 'list' as MethodName;
   const pos: string[] = [];
+  let diff = false;
+  let evalCall = false;
   const flags: Record<string, MethodName> = { '-l': 'list', '--list': 'list', '-g': 'get', '--get': 'get', '-r': 'replace', '--replace': 'replace', '-d': 'remove', '--remove': 'remove' };
   for (const a of argv) {
     const f = flags[a];
     if (f) method = f;
+    else if (a === '--diff') diff = true;
+    else if (a === '--eval') evalCall = true;
     else if (a.startsWith('-') && a !== '-') throw new UsageError(`unrecognized arguments: ${a}`);
     else pos.push(a);
   }
+  if (evalCall) {
+    if (pos.length !== 3) throw new UsageError('--eval needs SERVICE[+ARG] SOURCE TARGET');
+    try {
+      io.stdout(JSON.stringify(await client.eval(pos[0] as string, pos[1] as string, pos[2] as string), null, 2) + '\n');
+    } catch (e) {
+      return reportFailure(e, io);
+    }
+    return 0;
+  }
+  if (diff && method !== 'replace' && method !== 'remove') throw new UsageError('--diff works with -r or -d');
   if (pos.length > 1) throw new UsageError(`unrecognized arguments: ${pos.slice(1).join(' ')}`);
   const { name, include } = pos[0] ? splitName(pos[0]) : { name: '', include: false };
   if (method === 'list' && name) throw new UsageError("--list doesn't work with a file name");
@@ -91,10 +116,12 @@ export async function qubesPolicyMain(argv: readonly string[], client: PolicyCli
         break;
       }
       case 'replace':
-        await client.replace(name, io.stdin(), 'any', include);
+        if (diff) io.stdout(formatImpactDiff(await client.diff(name, io.stdin(), 'any', include)));
+        else await client.replace(name, io.stdin(), 'any', include);
         break;
       case 'remove':
-        await client.remove(name, 'any', include);
+        if (diff) io.stdout(formatImpactDiff(await client.diff(name, null, 'any', include)));
+        else await client.remove(name, 'any', include);
         break;
     }
   } catch (e) {

@@ -41,6 +41,11 @@ export class PolicyAdminAccessException extends PolicyAdminException {
   override name = 'PolicyAdminAccessException';
 }
 
+/** Ours: the change breaks a policy test (tests/*.test). */
+export class PolicyAdminTestFailedException extends PolicyAdminException {
+  override name = 'PolicyAdminTestFailedException';
+}
+
 const CLASSES: readonly (new (m: string) => PolicyAdminException)[] = [
   PolicyAdminException,
   PolicyAdminTokenException,
@@ -50,6 +55,7 @@ const CLASSES: readonly (new (m: string) => PolicyAdminException)[] = [
   PolicyAdminInvalidFileNameException,
   PolicyAdminInvalidFilePathException,
   PolicyAdminAccessException,
+  PolicyAdminTestFailedException,
 ];
 
 /** The exception a service's stderr names (`ClassName message`), or null when it names none. */

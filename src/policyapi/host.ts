@@ -9,6 +9,10 @@ import type { InProcessServices } from '../daemon/index.js';
 import type { RunningDaemon } from '../policyd/index.js';
 import { PolicyAdmin, type ChangeCheck, type ExtraService, type PolicyChange } from './admin.js';
 import { inProcessServices, PolicyApiSocket } from './server.js';
+import { diffService, evalService } from './extra.js';
+import { delegationCheck } from './delegation.js';
+import { policyTestsCheck } from './policy-tests.js';
+import type { SystemInfo } from '../policy/index.js';
 
 export interface PolicyApiConfig {
   /** The directory edited (default: the last policy directory, /etc/qubes/policy.d). */
@@ -56,19 +60,36 @@ export async function startPolicyApi(daemon: RunningDaemon, policyDirs: readonly
   const log = daemon.log;
   const dir = cfg.dir ?? policyDirs[policyDirs.length - 1];
   if (dir === undefined) throw new Error('the Policy API needs a policy directory');
-  const admin = new PolicyAdmin({
+  const extra = new Map<string, ExtraService>(cfg.extra ?? []);
+  const info = (): SystemInfo | Promise<SystemInfo> => daemon.systemInfo.get();
+  let latestInfo: SystemInfo | null = null;
+  const admin: PolicyAdmin = new PolicyAdmin({
     dir,
+    extra,
+    checks: [delegationCheck(dir), policyTestsCheck(dir, () => latestInfo), ...(cfg.checks ?? [])],
+    beforeWrite: async () => {
+      try {
+        latestInfo = await info();
+      } catch (e) {
+        log.warning(`policy API: no system info for the policy tests: ${(e as Error).message}`);
+      }
+    },
+    current: () => {
+      const s = daemon.store.current;
+      return s.ok ? s.policy : null;
+    },
     policyDirs,
     legacyDir,
     log: (level, m) => log[level](`policy API: ${m}`),
-    ...(cfg.checks ? { checks: cfg.checks } : {}),
-    ...(cfg.extra ? { extra: cfg.extra } : {}),
     onChange: (c, policy) => {
       daemon.store.adopt(policy);
       if (daemon.audit) auditChange(daemon.audit, c, (m) => log.error(m));
       cfg.onChange?.(c);
     },
   });
+  extra.set('policy.Eval', evalService(admin, info));
+  extra.set('policy.Diff', diffService(admin, 'policy', info));
+  extra.set('policy.include.Diff', diffService(admin, 'include', info));
   let sock: PolicyApiSocket | null = null;
   if (cfg.socketPath !== null) {
     sock = new PolicyApiSocket(admin, (m) => log.warning(m));

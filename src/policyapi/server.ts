@@ -19,7 +19,7 @@ const MAX_REQUEST = 64 * 1024 * 1024;
 
 /** The API as dom0 services of this process. */
 export function inProcessServices(admin: PolicyAdmin): InProcessServices {
-  const handler = (c: { service: string; arg: string; source: string; payload: Buffer }): Reply => admin.handle(c.service, c.arg, c.payload, c.source);
+  const handler = (c: { service: string; arg: string; source: string; payload: Buffer }): Promise<Reply> => admin.serve(c.service, c.arg, c.payload, c.source);
   return new Map(admin.serviceNames().map((n) => [n, handler]));
 }
 
@@ -75,7 +75,11 @@ export class PolicyApiSocket {
       }
       chunks.push(c);
     });
-    sock.on('end', () => {
+    sock.on('end', () => void this.answer(sock, chunks));
+  }
+
+  private async answer(sock: net.Socket, chunks: Buffer[]): Promise<void> {
+    {
       const buf = Buffer.concat(chunks);
       const nul = buf.indexOf(0);
       if (nul < 0) {
@@ -89,10 +93,10 @@ export class PolicyApiSocket {
       const arg = plus < 0 ? '' : desc.slice(plus + 1);
       const known = this.admin.serviceNames().includes(service);
       const reply: Reply = known
-        ? this.admin.handle(service, arg, buf.subarray(nul + 1), 'dom0')
+        ? await this.admin.serve(service, arg, buf.subarray(nul + 1), 'dom0')
         : { code: 127, stdout: Buffer.alloc(0), stderr: `Service not found: ${service}` };
       sock.end(encodeReply(reply));
-    });
+    }
   }
 
   close(): Promise<void> {

@@ -182,6 +182,8 @@ export interface RunningDaemon {
   readonly server: PolicyServer;
   readonly audit: AuditLog | null;
   readonly log: Logger;
+  /** The qubes (qubesd's GetSystemInfo or the system-info file). */
+  readonly systemInfo: SystemInfoSource;
   close(): Promise<void>;
 }
 
@@ -277,5 +279,5 @@ export async function startDaemon(
       log.warning(`${name} not served: cannot listen on ${sock[0]} (${(e as Error).message})`);
     }
   }
-  return { store, server, audit, log, close: cleanup };
+  return { store, server, audit, log, systemInfo, close: cleanup };
 }
