@@ -1,0 +1,4 @@
+/** qubes-prefs (src/qvm). */
+import { toolMain, QUBES_PREFS } from '../qvm/index.js';
+
+toolMain(QUBES_PREFS);

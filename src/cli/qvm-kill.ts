@@ -1,0 +1,4 @@
+/** qvm-kill (src/qvm). */
+import { toolMain, QVM_KILL } from '../qvm/index.js';
+
+toolMain(QVM_KILL);

@@ -1,0 +1,4 @@
+/** qvm-ls (src/qvm). */
+import { toolMain, QVM_LS } from '../qvm/index.js';
+
+toolMain(QVM_LS);

@@ -1,0 +1,202 @@
+/**
+ * A client of the Admin API for tools (our qvm-* commands), with the two
+ * transports qubesadmin has (qubesadmin/app.py):
+ *
+ * - local (dom0): the qubesd socket, src `dom0`, one connection per call;
+ * - qrexec (inside a qube): `qrexec-client-vm DEST METHOD[+ARG]` with the
+ *   payload on stdin and the reply on stdout; qubesd then sees the calling
+ *   qube as the source, as the qrexec daemon knows it.
+ *
+ * The socket is QUBESD_SOCKET if set, else the one `npm start`'s host
+ * serves if it exists, else /var/run/qubesd.sock; if no socket exists and
+ * `qrexec-client-vm` is on PATH (or QREXEC_CLIENT_VM names it), calls go
+ * through qrexec.
+ *
+ * Replies are parsed as qubesadmin's _parse_qubesd_response does; an
+ * exception's message gets the `%` formatting the Python client applies
+ * (`%%` → `%`).
+ */
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { QrexecError } from '../common/errors.js';
+
+/** The socket `npm start` (bin/qrexec-demo) serves qubesd on. */
+export const DEMO_QUBESD_SOCKET = path.join(os.tmpdir(), 'qrexec-demo', 'run', 'qubesd.sock');
+export const SYSTEM_QUBESD_SOCKET = '/var/run/qubesd.sock';
+
+/** qubesd raised an exception. */
+export class AdminError extends QrexecError {
+  override name = 'AdminError';
+  constructor(
+    readonly excType: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** No valid answer (cannot connect, empty reply, the qrexec call failed). */
+export class AdminTransportError extends QrexecError {
+  override name = 'AdminTransportError';
+  constructor(
+    message: string,
+    /** qrexec-client-vm's exit status, when the call went through qrexec. */
+    readonly exitCode: number | null = null,
+  ) {
+    super(message);
+  }
+}
+
+export interface AdminTransport {
+  /** One call; resolves with the reply's data, rejects with AdminError / AdminTransportError. */
+  call(dest: string, method: string, arg?: string, payload?: Buffer | string): Promise<string>;
+  /** Where calls go, for messages. */
+  readonly describe: string;
+}
+
+/** The reply's data (`0\0...`), or the exception it carries. */
+export function parseAdminReply(reply: Buffer): string {
+  if (reply.length === 0) throw new AdminTransportError('Got empty response from qubesd. See journalctl in dom0 for details.');
+  if (reply.length >= 2 && reply[1] === 0 && reply[0] === 0x30) return reply.subarray(2).toString('utf8');
+  if (reply.length >= 2 && reply[1] === 0 && reply[0] === 0x32) {
+    const fields = reply.subarray(2).toString('utf8').split('\0');
+    return throwIt(new AdminError(fields[0] ?? 'QubesException', (fields[2] ?? '').replace(/%%/g, '%')));
+  }
+  return throwIt(new AdminTransportError('Invalid response format'));
+}
+
+function throwIt(e: Error): never {
+  throw e;
+}
+
+export class SocketTransport implements AdminTransport {
+  constructor(
+    readonly socketPath: string,
+    private readonly src = 'dom0',
+  ) {}
+
+  get describe(): string {
+    return this.socketPath;
+  }
+
+  call(dest: string, method: string, arg = '', payload: Buffer | string = ''): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      const s = net.connect({ path: this.socketPath, allowHalfOpen: true });
+      let failed = false;
+      s.on('connect', () => {
+        s.write(`${method}+${arg} ${this.src} name ${dest}\0`);
+        s.end(payload);
+      });
+      s.on('data', (c: Buffer) => chunks.push(c));
+      s.on('error', (e) => {
+        failed = true;
+        reject(new AdminTransportError(`Failed to connect to qubesd service: ${e.message}`));
+      });
+      s.on('close', () => {
+        if (failed) return;
+        try {
+          resolve(parseAdminReply(Buffer.concat(chunks)));
+        } catch (e) {
+          reject(e as Error);
+        }
+      });
+    });
+  }
+
+  /** admin.Events: calls `onEvent` per event until `signal` aborts or qubesd goes. */
+  events(dest: string, onEvent: (subject: string, event: string, kwargs: Map<string, string>) => void, signal?: AbortSignal): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect({ path: this.socketPath, allowHalfOpen: true });
+      let buf: Buffer = Buffer.alloc(0);
+      signal?.addEventListener('abort', () => s.destroy());
+      s.on('connect', () => s.end(`admin.Events+ ${this.src} name ${dest}\0`));
+      s.on('data', (c: Buffer) => {
+        buf = buf.length ? Buffer.concat([buf, c]) : c;
+        for (;;) {
+          const end = frameEnd(buf);
+          if (end < 0) break;
+          const fields = buf.subarray(2, end - 1).toString('latin1').split('\0');
+          buf = buf.subarray(end);
+          const kw = new Map<string, string>();
+          for (let i = 2; i + 1 < fields.length; i += 2) kw.set(fields[i] as string, fields[i + 1] as string);
+          onEvent(fields[0] ?? '', fields[1] ?? '', kw);
+        }
+      });
+      s.on('error', (e) => reject(new AdminTransportError(e.message)));
+      s.on('close', () => resolve());
+    });
+  }
+}
+
+/** Index after one complete event frame `1\0S\0E\0(K\0V\0)*\0`, or -1. */
+function frameEnd(b: Buffer): number {
+  if (b.length < 2) return -1;
+  let i = 2;
+  let fields = 0;
+  for (;;) {
+    const z = b.indexOf(0, i);
+    if (z < 0) return -1;
+    if (z === i && fields >= 2 && (fields - 2) % 2 === 0) return z + 1;
+    fields++;
+    i = z + 1;
+  }
+}
+
+/** Calls through `qrexec-client-vm DEST METHOD[+ARG]` (qubesadmin QubesRemote). */
+export class QrexecTransport implements AdminTransport {
+  constructor(readonly program: string) {}
+
+  get describe(): string {
+    return `${this.program} (qrexec)`;
+  }
+
+  call(dest: string, method: string, arg = '', payload: Buffer | string = ''): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const p = spawn(this.program, [dest, arg ? `${method}+${arg}` : method], { stdio: ['pipe', 'pipe', 'inherit'] });
+      const out: Buffer[] = [];
+      p.stdout.on('data', (c: Buffer) => out.push(c));
+      p.stdin.on('error', () => undefined);
+      p.stdin.end(payload);
+      p.on('error', (e) => reject(new AdminTransportError(`Service call error: ${e.message}`)));
+      p.on('close', (code) => {
+        if (code !== 0) {
+          reject(new AdminTransportError(`Service call error: ${method}: qrexec-client-vm exited with ${code}`, code));
+          return;
+        }
+        try {
+          resolve(parseAdminReply(Buffer.concat(out)));
+        } catch (e) {
+          reject(e as Error);
+        }
+      });
+    });
+  }
+}
+
+function onPath(prog: string, env: NodeJS.ProcessEnv): string | null {
+  for (const dir of (env['PATH'] ?? '').split(':')) {
+    if (!dir) continue;
+    const p = path.join(dir, prog);
+    try {
+      fs.accessSync(p, fs.constants.X_OK);
+      return p;
+    } catch {
+      // next
+    }
+  }
+  return null;
+}
+
+/** The transport our tools use (see the module comment). */
+export function defaultTransport(env: NodeJS.ProcessEnv = process.env): AdminTransport {
+  const explicit = env['QUBESD_SOCKET'];
+  if (explicit) return new SocketTransport(explicit);
+  for (const s of [DEMO_QUBESD_SOCKET, SYSTEM_QUBESD_SOCKET]) if (fs.existsSync(s)) return new SocketTransport(s);
+  const vm = env['QREXEC_CLIENT_VM'] ?? onPath('qrexec-client-vm', env);
+  if (vm) return new QrexecTransport(vm);
+  return new SocketTransport(SYSTEM_QUBESD_SOCKET);
+}
