@@ -6,7 +6,7 @@
  * caller (test/agent/peer.ts) frame everything themselves.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, describe, it } from 'node:test';
@@ -56,6 +56,24 @@ void describe('data vchan set-up timeout', () => {
     assert.deepEqual(got.map((m) => m.type), [T.HELLO]);
     await f.expectTerminated(port);
     assert.match(f.agentLog, new RegExp(`domain ${TARGET_DOMAIN} .*port ${port}: no MSG_HELLO within 0.5 s`));
+  });
+
+  void it("the caller's side: a data vchan nobody connects to ends the launcher's call after the set-up timeout", async () => {
+    const f = await agentWith({ QREXEC_DATA_SETUP_TIMEOUT: '0.5' });
+    const t0 = Date.now();
+    const launcher = spawn(path.join(ROOT, 'bin', 'qrexec-client-vm'), [`--agent-socket=${f.agentSocket}`, 'vault', 'test.Nobody'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    launcher.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const status = new Promise<number | null>((r) => launcher.on('close', (c) => r(c)));
+    const trigger = await f.dom0?.recv();
+    assert.equal(trigger?.type, T.TRIGGER_SERVICE4);
+    const port = f.nextPort();
+    // the call is allowed, but its target never connects to the caller's data vchan
+    f.dom0?.send(msg(T.SERVICE_CONNECT, Buffer.concat([u32(TARGET_DOMAIN), u32(port), (trigger?.data as Buffer).subarray(128, 160)])));
+    assert.notEqual(await status, 0, err);
+    assert.ok(Date.now() - t0 < 10_000, 'the call ended after the set-up timeout, not the default 120 s');
+    await f.expectTerminated(port);
+    assert.match(f.agentLog, /Data vchan connection failed/);
   });
 
   void it('a bad limit is a usage error', () => {
