@@ -149,18 +149,19 @@ function randomFrames(seed: number): Buffer[] {
 
 const scenarios: Scenario[] = [
   // ----- evil calls vault: vault's agent is attacked
-  asCaller('stdout flood into a caller that does not read', 'test.Yes', async (c, n) => {
-    await hello(c);
-    c.sock.pause();
-    await new Promise((r) => setTimeout(r, 1000));
-    await concurrentCall(n);
-  }),
-  asCaller('stderr flood into a caller that does not read', 'test.YesErr', async (c, n) => {
-    await hello(c);
-    c.sock.pause();
-    await new Promise((r) => setTimeout(r, 1000));
-    await concurrentCall(n);
-  }),
+  ...(
+    [
+      ['stdout', 'test.Yes'],
+      ['stderr', 'test.YesErr'],
+    ] as const
+  ).map(([stream, service]) =>
+    asCaller(`${stream} flood into a caller that does not read`, service, async (c, n) => {
+      await hello(c);
+      c.sock.pause();
+      await new Promise((r) => setTimeout(r, 1000));
+      await concurrentCall(n);
+    }),
+  ),
   asCaller('stdin flood into a service that does not read', 'test.Sleep', async (c, n) => {
     await hello(c);
     const took = await floodUntilStalled(c.sock, () => STDIN64, FLOOD_LIMIT);
@@ -256,26 +257,23 @@ const scenarios: Scenario[] = [
   ),
 
   // ----- work calls evil: work's agent (running the launcher's call) is attacked
-  asTarget('stdout flood into a caller that does not read its stdout', async (c, call, n) => {
-    await hello(c);
-    const took = await floodUntilStalled(c.sock, () => STDOUT64, FLOOD_LIMIT);
-    note(n, 'flood_accepted_bytes', took);
-    await concurrentCall(n);
-    assert.ok(took < FLOOD_BOUND, `${n}: the agent took ${took} bytes`);
-    // the reader reads at last: the stalled call goes on, and ends
-    call.proc.stdout?.resume();
-    call.proc.stderr?.resume();
-  }),
-  asTarget('stderr flood into a caller that does not read its stderr (issue 15 §1)', async (c, call, n) => {
-    await hello(c);
-    const took = await floodUntilStalled(c.sock, () => STDERR64, FLOOD_LIMIT);
-    note(n, 'flood_accepted_bytes', took);
-    await concurrentCall(n);
-    assert.ok(took < FLOOD_BOUND, `${n}: the agent took ${took} bytes`);
-    // the reader reads at last: the stalled call goes on, and ends
-    call.proc.stdout?.resume();
-    call.proc.stderr?.resume();
-  }),
+  ...(
+    [
+      ['stdout flood into a caller that does not read its stdout', STDOUT64],
+      ['stderr flood into a caller that does not read its stderr (issue 15 §1)', STDERR64],
+    ] as const
+  ).map(([name, frame]) =>
+    asTarget(name, async (c, call, n) => {
+      await hello(c);
+      const took = await floodUntilStalled(c.sock, () => frame, FLOOD_LIMIT);
+      note(n, 'flood_accepted_bytes', took);
+      await concurrentCall(n);
+      assert.ok(took < FLOOD_BOUND, `${n}: the agent took ${took} bytes`);
+      // the reader reads at last: the stalled call goes on, and ends
+      call.proc.stdout?.resume();
+      call.proc.stderr?.resume();
+    }),
+  ),
   asTarget('stdin flood from the caller into a target that does not read', async (c, call, n) => {
     await hello(c);
     c.sock.pause();
