@@ -54,7 +54,7 @@ import {
   type StartedService,
 } from './exec.js';
 import { loadNative, type NativeHelper } from '../node/native.js';
-import { openLocal, type LocalStream } from './local.js';
+import { flushed, openLocal, type LocalStream } from './local.js';
 
 /** The reference's default agent socket. */
 export const DEFAULT_AGENT_SOCKET = '/var/run/qubes/qrexec-agent';
@@ -682,13 +682,19 @@ export class Agent {
       }
       if (pendingRec.length > 64) sock.destroy();
     });
+    // the launcher closing before the call is over ends it; after, it is the normal end
+    let over = false;
     sock.on('close', () => {
       resolveLocal(255);
-      pump.abort('qrexec-client-vm went away');
+      if (!over) pump.abort('qrexec-client-vm went away');
     });
     sock.resume();
     const status = await pump.done;
+    over = true;
     for (const s of new Set([sinkS, sourceS, errS])) s.release();
+    // the exit status only once the output is written: whoever waits for the
+    // launcher's exit (a shell redirecting to a file) then finds all of it
+    await Promise.all([sinkS, errS].map((s) => flushed(s.stream as Writable)));
     record(LauncherRecord.EXIT, status & 0xff);
     sock.end();
   }

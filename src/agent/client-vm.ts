@@ -15,7 +15,7 @@ import { ExitCode } from '../protocol/index.js';
 import { DataLimitError, connectStream, dataLimitsFromEnv, vchanEnvFrom, type DataLimits, type Pump } from '../vchan/index.js';
 import { DEFAULT_AGENT_SOCKET } from './agent.js';
 import { encodeClientRequest, requestCall, serveCall } from './client.js';
-import { openLocal } from './local.js';
+import { flushed, openLocal } from './local.js';
 
 function usage(argv0: string): string {
   return (
@@ -255,6 +255,9 @@ export async function runClientVmCli(args: string[]): Promise<number> {
     return 1;
   });
   for (const r of release) r();
+  // the pump ended our output: exiting before it (and the remote's stderr) is
+  // flushed would drop what a slow reader has not taken yet
+  await Promise.all([flushed(sink), flushed(process.stderr)]);
   sock.destroy();
   return status & 0xff;
 }

@@ -16,6 +16,26 @@ export interface LocalStream {
   release(): void;
 }
 
+/**
+ * Resolves once everything written to `w` so far has left the process (or
+ * `w` failed or closed): a process must not exit before that, or it drops
+ * what a slow reader of its stdout or stderr has not taken yet (writes to a
+ * full pipe are queued in the process). An ended stream is waited for until
+ * 'finish'; any other, such as process.stderr, until an empty write behind
+ * the queued ones is done. Events, not stream.finished(): process.stdout
+ * never reports writableFinished.
+ */
+export function flushed(w: Writable): Promise<void> {
+  if (w.destroyed || w.writableFinished) return Promise.resolve();
+  return new Promise((resolve) => {
+    w.once('close', resolve);
+    w.once('error', () => resolve());
+    if (w.writableEnded) w.once('finish', resolve);
+    else if (w.writableLength === 0) resolve();
+    else w.write(Buffer.alloc(0), () => resolve());
+  });
+}
+
 export function openLocal(fd: number, mode: 'read' | 'write' | 'duplex'): LocalStream {
   const native = loadNative();
   let st: fs.Stats | undefined;

@@ -4,7 +4,7 @@ import type { Readable, Writable } from 'node:stream';
 import * as net from 'node:net';
 import { fstatSync, type Stats } from 'node:fs';
 import { findQrexecService } from '../agent/index.js';
-import { openLocal } from '../agent/local.js';
+import { flushed, openLocal } from '../agent/local.js';
 import { parseCommand, targetRefersToDom0, ExitCode, MsgType } from '../protocol/index.js';
 import { startPump, vchanConnect, vchanEnvFrom, vchanListen, type VchanEnv } from '../vchan/index.js';
 import { DaemonClient, DEFAULT_SOCKET_DIR } from './client.js';
@@ -55,18 +55,6 @@ function parseIntArg(s: string, what: string): number {
   const v = Number(s);
   if (!Number.isInteger(v) || v < 0 || v > 0x7fffffff) die(1, `invalid ${what} '${s}'`);
   return v;
-}
-
-/**
- * Resolves once `w` has flushed everything after end(), or failed. Events, not
- * stream.finished(): process.stdout never reports writableFinished.
- */
-function settled(w: Writable): Promise<void> {
-  return new Promise((resolve) => {
-    w.once('finish', resolve);
-    w.once('close', resolve);
-    w.once('error', () => resolve());
-  });
 }
 
 /** Our stdout as a stream that closes fd 1 when ended, when it is a pipe or a socket; else process.stdout. */
@@ -331,8 +319,6 @@ async function runInVm(
     output.on('error', () => undefined);
     localExit = new Promise((r) => child.on('exit', (c) => r(c ?? 255)));
   }
-  // the pump ends its output; exiting before that is flushed would drop the tail
-  const outputFlushed = settled(output);
   // the remote's status, or the local program's when the remote's is 0 (reference process_io)
   const status = await startPump({
     channel: ch,
@@ -347,7 +333,9 @@ async function runInVm(
     replaceStderr: o.T,
     log: (m) => process.stderr.write(`qrexec-client: ${m}\n`),
   }).done;
-  await outputFlushed;
+  // the pump ended its output; exiting before that (and the remote's stderr)
+  // is flushed would drop the tail
+  await Promise.all([flushed(output), flushed(process.stderr)]);
   client.close();
   return o.exitWithCode ? status & 0xff : 0;
 }

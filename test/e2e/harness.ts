@@ -10,6 +10,8 @@ export const BIN = (n: string): string => join(ROOT, 'bin', n);
 
 export class World {
   readonly procs: ChildProcess[] = [];
+  /** Everything the started processes wrote to stderr (their logs), in arrival order. */
+  readonly logs: string[] = [];
   constructor(readonly dir: string) {}
   static async create(): Promise<World> {
     const d = await mkdtemp(join(tmpdir(), 'qrexec-e2e-'));
@@ -31,6 +33,7 @@ export class World {
   start(cmd: string, args: string[], env: NodeJS.ProcessEnv): ChildProcess {
     const p = spawn(cmd, args, { env, stdio: ['ignore', 'ignore', 'pipe'] });
     p.stderr?.on('data', (d: Buffer) => {
+      this.logs.push(d.toString());
       if (process.env['E2E_DEBUG']) process.stderr.write(d);
     });
     this.procs.push(p);
