@@ -605,8 +605,27 @@ export function startPump(o: PumpOptions): Pump {
   };
   ch.on('end', onClose);
   ch.on('close', onClose);
-  ch.on('error', (e: Error) => log(`data vchan error: ${e.message}`));
-  if (out !== ch) out.on('error', (e: Error) => log(`data vchan error: ${e.message}`));
+  // A peer that sent everything and closed (the reference's agent closes at
+  // once) fails our next write with EPIPE, or ends our reading with a reset
+  // after its data: the normal end of a call, which the reference's clients do
+  // not report either. What was sent is still read; a call that really ended
+  // early is logged as such (onClose). We stop reading input the vchan can no
+  // longer take, as the reference's close_stdout after a failed send.
+  const onVchanError = (e: NodeJS.ErrnoException): void => {
+    if (e.code !== 'EPIPE' && e.code !== 'ECONNRESET') {
+      log(`data vchan error: ${e.message}`);
+      return;
+    }
+    if (e.syscall === 'write' && source !== null && !finished) {
+      const s = source;
+      source = null;
+      outputEnded = true;
+      stopSource(s);
+      checkDone();
+    }
+  };
+  ch.on('error', onVchanError);
+  if (out !== ch) out.on('error', onVchanError);
   send(encodeHello(QREXEC_PROTOCOL_VERSION));
   if (limits.setupTimeoutMs > 0) {
     setupTimer = setTimeout(() => {

@@ -226,8 +226,25 @@ export function connectUnixNow(path: string, allowHalfOpen: boolean): net.Socket
   return r;
 }
 
-/** Node's connect (unix path or TCP), resolved once connected; rejects with the connect error. */
-export function connectStream(opts: net.NetConnectOpts): Promise<net.Socket> {
+/**
+ * Node's connect (unix path or TCP), resolved once connected; rejects with the
+ * connect error. A unix socket whose listen backlog is full refuses a
+ * non-blocking connect with EAGAIN, where the reference's blocking connect(2)
+ * waits for room: we try again (1 ms, doubling to 50 ms) for up to a minute.
+ */
+export async function connectStream(opts: net.NetConnectOpts): Promise<net.Socket> {
+  const end = Date.now() + 60_000;
+  for (let delay = 1; ; delay = Math.min(delay * 2, 50)) {
+    try {
+      return await connectStreamOnce(opts);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN' || Date.now() + delay > end) throw e;
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+}
+
+function connectStreamOnce(opts: net.NetConnectOpts): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const s = net.connect(opts);
     const onErr = (e: Error): void => {
