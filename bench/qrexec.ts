@@ -4,7 +4,13 @@
 // an executable service (_cli, when bin/qrexec-client-vm exists), echo
 // throughput of 1 GiB through `cat`, raw unix-socket throughput with 64 KiB
 // writes measured in the same run, and host memory per connected qube.
-import { spawn, type ChildProcess } from 'node:child_process';
+// _cli_ext: whole qrexec-client-vm processes started by a small C driver
+// (compiled here with cc), so that Node's own spawn cost is not counted; its
+// baseline (_raw_ext) is the same driver starting a process that makes one
+// raw unix-socket request. Every figure also comes as a ratio to its raw
+// baseline of the same run (`*_x_raw`); lost_bytes counts output that did not
+// arrive over all measured calls (must be 0).
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, mkdir, writeFile, chmod, rm, access, readFile, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -72,6 +78,107 @@ const pct = (xs: number[], p: number): number => {
 };
 const median = (xs: number[]): number => pct(xs, 50);
 const r2 = (x: number): number => Math.round(x * 100) / 100;
+
+/**
+ * The C driver: `drv N exec PROGRAM ARGS...` runs PROGRAM N times (stdin and
+ * stderr /dev/null, stdout a pipe it drains), `drv N raw PATH` N processes
+ * (itself, re-executed) that each connect to the unix socket PATH, send a
+ * line and copy the reply to stdout. One line per run: ms, stdout bytes, status.
+ */
+const DRIVER_C = `#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+static double now_ms(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1e3 + t.tv_nsec / 1e6; }
+static int raw_call(const char *path) {
+  int s = socket(AF_UNIX, SOCK_STREAM, 0);
+  struct sockaddr_un a; memset(&a, 0, sizeof a); a.sun_family = AF_UNIX;
+  strncpy(a.sun_path, path, sizeof a.sun_path - 1);
+  if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof a) != 0) return 1;
+  if (write(s, "x\\n", 2) != 2) return 1;
+  char b[4096]; ssize_t n;
+  while ((n = read(s, b, sizeof b)) > 0) if (write(1, b, (size_t)n) != n) return 1;
+  return 0;
+}
+int main(int argc, char **argv) {
+  if (argc < 4) return 2;
+  if (!strcmp(argv[2], "rawclient")) return raw_call(argv[3]);
+  int n = atoi(argv[1]);
+  for (int i = 0; i < n; i++) {
+    int p[2]; if (pipe(p)) return 1;
+    double t0 = now_ms();
+    pid_t c = fork();
+    if (c == 0) {
+      int dn = open("/dev/null", O_RDWR);
+      dup2(dn, 0); dup2(dn, 2); dup2(p[1], 1); close(p[0]); close(p[1]);
+      if (!strcmp(argv[2], "raw")) execl("/proc/self/exe", "drv", "1", "rawclient", argv[3], (char *)0);
+      else execv(argv[3], argv + 3);
+      _exit(127);
+    }
+    close(p[1]);
+    long bytes = 0; char b[4096]; ssize_t r;
+    while ((r = read(p[0], b, sizeof b)) > 0) bytes += r;
+    close(p[0]);
+    int st = 0; waitpid(c, &st, 0);
+    printf("%.4f %ld %d\\n", now_ms() - t0, bytes, WIFEXITED(st) ? WEXITSTATUS(st) : 255);
+  }
+  return 0;
+}
+`;
+
+/** Compiles the driver into `dir`; null when there is no C compiler. */
+async function buildDriver(dir: string): Promise<string | null> {
+  const src = join(dir, 'drv.c');
+  const exe = join(dir, 'drv');
+  await writeFile(src, DRIVER_C);
+  const ok = await new Promise<boolean>((r) => execFile(process.env['CC'] ?? 'cc', ['-O2', '-o', exe, src], (e) => r(!e)));
+  return ok ? exe : null;
+}
+
+/** Runs the driver; one {ms, bytes, code} per run. */
+function runDriver(drv: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ ms: number; bytes: number; code: number }[]> {
+  return new Promise((resolve, reject) => {
+    execFile(drv, args, { env, maxBuffer: 1 << 24 }, (e, stdout) => {
+      if (e) return reject(e);
+      resolve(
+        stdout
+          .trim()
+          .split('\n')
+          .filter((l) => l)
+          .map((l) => {
+            const [ms, bytes, code] = l.split(' ').map(Number) as [number, number, number];
+            return { ms, bytes, code };
+          }),
+      );
+    });
+  });
+}
+
+/** A unix socket server answering "ok\n" to each connection's first data and closing, as bench.Sock does. */
+async function okServer(path: string): Promise<net.Server> {
+  const server = net.createServer((c) => {
+    c.on('error', () => undefined);
+    c.once('data', () => c.end('ok\n'));
+  });
+  await new Promise<void>((r) => server.listen(path, () => r()));
+  return server;
+}
+
+/** One raw request/reply on a fresh unix socket connection from this process (the _lib baseline). */
+function rawCall(path: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    let n = 0;
+    const c = net.createConnection(path, () => c.write('x\n'));
+    c.on('data', (d: Buffer) => (n += d.length));
+    c.on('end', () => resolve(n));
+    c.on('error', reject);
+  });
+}
 
 async function rawUnix(dir: string, total: number): Promise<number> {
   const path = join(dir, `raw-${Math.random().toString(36).slice(2)}.sock`);
@@ -196,6 +303,8 @@ async function main(): Promise<void> {
     // are reported too, as call_ms_p50_lib_cold.
     const lib: number[] = [];
     const cold: number[] = [];
+    // output that did not arrive, over every measured call (must be 0)
+    let lost = 0;
     const calls = Number(process.env['BENCH_CALLS'] ?? 200);
     const warmup = Number(process.env['BENCH_WARMUP'] ?? 2000);
     for (let i = 0; i < calls + warmup; i++) {
@@ -205,7 +314,17 @@ async function main(): Promise<void> {
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
       if (i >= warmup) lib.push(ms);
       else if (i < calls) cold.push(ms);
-      if (out.n !== 3) throw new Error(`bench.Sock returned ${out.n} bytes`);
+      if (i >= warmup) lost += Math.max(0, 3 - out.n);
+    }
+    // its baseline: the same request/reply on a raw unix socket from this process
+    const rawPath = join(dir, 'raw-ok.sock');
+    const rawServer = await okServer(rawPath);
+    const libRaw: number[] = [];
+    for (let i = 0; i < calls + 200; i++) {
+      const t0 = process.hrtime.bigint();
+      const n = await rawCall(rawPath);
+      if (i >= 200) libRaw.push(Number(process.hrtime.bigint() - t0) / 1e6);
+      if (n !== 3) throw new Error(`raw call returned ${n} bytes`);
     }
 
     // _cli: qrexec-client-vm as a process, if built
@@ -215,17 +334,39 @@ async function main(): Promise<void> {
       cli = [];
       for (let i = 0; i < calls + 20; i++) {
         const t0 = process.hrtime.bigint();
+        let got = 0;
         const code = await new Promise<number>((r) => {
-          const p = spawn(clientVm, [`--agent-socket=${agentWork}`, 'vault', 'bench.Exec'], { env: { ...env, VCHAN_DOMAIN: '1' }, stdio: ['ignore', 'ignore', 'ignore'] });
+          const p = spawn(clientVm, [`--agent-socket=${agentWork}`, 'vault', 'bench.Exec'], { env: { ...env, VCHAN_DOMAIN: '1' }, stdio: ['ignore', 'pipe', 'ignore'] });
+          p.stdout.on('data', (d: Buffer) => (got += d.length));
           p.on('close', (c) => r(c ?? -1));
         });
         if (code !== 0) {
           cli = null;
           break;
         }
-        if (i >= 20) cli.push(Number(process.hrtime.bigint() - t0) / 1e6);
+        if (i >= 20) {
+          cli.push(Number(process.hrtime.bigint() - t0) / 1e6);
+          lost += Math.max(0, 3 - got);
+        }
       }
     }
+
+    // _cli_ext: the same calls started by the C driver, and its raw baseline
+    let cliExt: number[] | null = null;
+    let rawExt: number[] | null = null;
+    const drv = process.env['BENCH_NO_CLI'] ? null : await buildDriver(dir);
+    if (drv && cli) {
+      const runs = await runDriver(drv, [String(calls + 20), 'exec', clientVm, `--agent-socket=${agentWork}`, 'vault', 'bench.Exec'], { ...env, VCHAN_DOMAIN: '1' });
+      const measured = runs.slice(20);
+      if (measured.every((r) => r.code === 0)) {
+        cliExt = measured.map((r) => r.ms);
+        for (const r of measured) lost += Math.max(0, 3 - r.bytes);
+      }
+      const raws = (await runDriver(drv, [String(calls + 20), 'raw', rawPath], env)).slice(20);
+      if (raws.some((r) => r.code !== 0 || r.bytes !== 3)) throw new Error('raw driver calls failed');
+      rawExt = raws.map((r) => r.ms);
+    }
+    rawServer.close();
 
     // throughput: 1 GiB through cat, and raw unix socket, 3 runs each, interleaved
     const total = Number(process.env['BENCH_BYTES'] ?? 1 << 30);
@@ -237,7 +378,7 @@ async function main(): Promise<void> {
       const t0 = process.hrtime.bigint();
       await call(agentWork, dir, 1, 'vault', 'bench.Cat', source(total), sink(out));
       const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-      if (out.n !== total) throw new Error(`echo returned ${out.n} of ${total} bytes`);
+      lost += Math.max(0, total - out.n);
       echo.push(total / 1e6 / secs);
     }
     // host memory per connected qube: a daemon process serving one qube, and one serving
@@ -256,15 +397,34 @@ async function main(): Promise<void> {
     const rssOne = await rssMb(one.pid as number);
     const rssMany = await rssMb(many.pid as number);
     for (const f of fakeAgents) f.close();
+    const ratio = (a: number | null, b: number | null): number | null => (a === null || b === null || b === 0 ? null : r2(a / b));
+    const rawP50 = median(libRaw);
+    const rawP99 = pct(libRaw, 99);
+    const rawExtP50 = rawExt ? median(rawExt) : null;
+    const rawExtP99 = rawExt ? pct(rawExt, 99) : null;
     const result = {
+      lost_bytes: lost,
       call_ms_p50_lib: r2(median(lib)),
       call_ms_p99_lib: r2(pct(lib, 99)),
+      call_ms_p50_lib_raw: r2(rawP50),
+      call_ms_p99_lib_raw: r2(rawP99),
+      call_ms_p50_lib_x_raw: ratio(median(lib), rawP50),
+      call_ms_p99_lib_x_raw: ratio(pct(lib, 99), rawP99),
       call_ms_p50_lib_cold: cold.length ? r2(median(cold)) : null,
       warmup_calls: warmup,
       call_ms_p50_cli: cli ? r2(median(cli)) : null,
       call_ms_p99_cli: cli ? r2(pct(cli, 99)) : null,
+      call_ms_p50_cli_x_raw: ratio(cli ? median(cli) : null, rawExtP50),
+      call_ms_p99_cli_x_raw: ratio(cli ? pct(cli, 99) : null, rawExtP99),
+      call_ms_p50_cli_ext: cliExt ? r2(median(cliExt)) : null,
+      call_ms_p99_cli_ext: cliExt ? r2(pct(cliExt, 99)) : null,
+      call_ms_p50_raw_ext: rawExtP50 === null ? null : r2(rawExtP50),
+      call_ms_p99_raw_ext: rawExtP99 === null ? null : r2(rawExtP99),
+      call_ms_p50_cli_ext_x_raw: ratio(cliExt ? median(cliExt) : null, rawExtP50),
+      call_ms_p99_cli_ext_x_raw: ratio(cliExt ? pct(cliExt, 99) : null, rawExtP99),
       mbps_echo: Math.round(median(echo)),
       mbps_unix_raw: Math.round(median(raw)),
+      mbps_echo_x_raw: ratio(median(echo), median(raw)),
       host_rss_mb_per_qube: r2(rssMany / N),
       host_rss_mb_per_qube_process: r2(rssOne),
       layout,
