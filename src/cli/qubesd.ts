@@ -3,7 +3,7 @@ import { parseArgs, last, runMain, UsageError } from '../common/args.js';
 import { startQubesd, ADMIN_SOCKET, INTERNAL_SOCKET, MISC_SOCKET } from '../qubesd/index.js';
 import { runtimeFromOptions, RUNTIME_HELP } from '../runtime/select.js';
 
-const USAGE = `usage: qubesd --data-dir DIR --run-dir RUN [--runtime none] [--debug]`;
+const USAGE = `usage: qubesd --data-dir DIR --run-dir RUN [--runtime process|none] [--debug]`;
 const HELP = `${USAGE}
 
 The Qubes registry daemon: qubes, their properties, tags, features and labels
@@ -37,7 +37,7 @@ runMain('qubesd', USAGE, async () => {
   if (!dataDir || !runDir) throw new UsageError('the following arguments are required: --data-dir, --run-dir');
   if (args.positional.length) throw new UsageError(`unrecognized arguments: ${args.positional.join(' ')}`);
   const debug = args.flags.has('debug');
-  const runtime = runtimeFromOptions(last(args, 'runtime') ?? 'none', { runDir });
+  const runtime = runtimeFromOptions(last(args, 'runtime') ?? 'process', { dataDir, runDir, debug, ...(process.env['QREXEC_POLICY_SOCKET'] ? { policySocket: process.env['QREXEC_POLICY_SOCKET'] } : {}) });
   let d;
   try {
     d = await startQubesd({

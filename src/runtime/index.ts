@@ -1,1 +1,2 @@
 export * from './types.js';
+export { ProcessRuntime, daemonProcessHostSide, type HostSide, type HostSideHandle, type ProcessRuntimeOptions } from './process.js';

@@ -1,14 +1,33 @@
 /** The runtime backend a command line names. */
+import * as path from 'node:path';
 import { UsageError } from '../common/args.js';
+import { ProcessRuntime } from './process.js';
 import type { Runtime } from './types.js';
 
-export const RUNTIME_HELP = '"none" (qubes cannot be started; the default for now)';
+export const RUNTIME_HELP = `"process" (default: each qube is its qrexec-agent as a child
+                     process, with a qrexec-daemon; state in DIR/qubes/NAME,
+                     vchan sockets in RUN/vchan, qrexec sockets in RUN/qrexec)
+                     or "none" (qubes cannot be started)`;
 
 export interface RuntimeChoiceOptions {
+  readonly dataDir: string;
   readonly runDir: string;
+  /** The policy daemon the qubes' qrexec daemons ask (default: theirs). */
+  readonly policySocket?: string;
+  /** Show the agents' and daemons' stderr (else discarded). */
+  readonly debug?: boolean;
 }
 
-export function runtimeFromOptions(name: string, _opts: RuntimeChoiceOptions): Runtime | null {
+export function runtimeFromOptions(name: string, o: RuntimeChoiceOptions): Runtime | null {
   if (name === 'none') return null;
-  throw new UsageError(`argument --runtime: invalid choice: '${name}' (choose from 'none')`);
+  if (name === 'process') {
+    return new ProcessRuntime({
+      stateDir: path.join(o.dataDir, 'qubes'),
+      vchanDir: path.join(o.runDir, 'vchan'),
+      socketDir: path.join(o.runDir, 'qrexec'),
+      logFd: o.debug ? 'inherit' : 'ignore',
+      daemon: { qubesdSocket: path.join(o.runDir, 'qubesd.sock'), ...(o.policySocket ? { policySocket: o.policySocket } : {}) },
+    });
+  }
+  throw new UsageError(`argument --runtime: invalid choice: '${name}' (choose from 'process', 'none')`);
 }

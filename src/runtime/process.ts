@@ -1,0 +1,243 @@
+/**
+ * The `process` backend: a qube is its qrexec-agent running as a child
+ * process of the host (no isolation: development and tests), with its own
+ * service directory (QREXEC_SERVICE_PATH), config directory
+ * (QUBES_RPC_CONFIG_PATH) and data directory, and a host-side qrexec daemon
+ * for it. The qube is ready once its agent has connected to that daemon.
+ *
+ * The host side is pluggable: by default a `bin/qrexec-daemon` child
+ * process (it reports the agent's connection on a pipe, as the reference
+ * daemon tells its parent); the host process instead registers an
+ * in-process daemon ({@link HostSide}), so qubesd, the policy daemon and
+ * every qrexec daemon share one event loop.
+ *
+ * Layout under `stateDir/NAME/`: `rpc/` (services), `config/` (service
+ * config), `home/` (the qube's data, its HOME), `agent.sock`.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { RuntimeError, type QubeExit, type QubeLaunch, type RunningQube, type Runtime } from './types.js';
+
+const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../bin');
+
+/** The host side of one qube's qrexec channel. */
+export interface HostSideHandle {
+  /** Resolves when the qube's agent has connected; rejects on failure or timeout. */
+  readonly connected: Promise<void>;
+  /** Stop serving the qube. */
+  stop(): Promise<void>;
+}
+/** Registers a started qube's host side (an in-process qrexec daemon, or a daemon process). */
+export type HostSide = (q: QubeLaunch, env: { vchanDir: string }) => HostSideHandle;
+
+export interface ProcessRuntimeOptions {
+  /** Per-qube directories live under here. */
+  readonly stateDir: string;
+  /** VCHAN_SOCKET_DIR of the host and every agent. */
+  readonly vchanDir: string;
+  /** Where the default host side's daemons put their qrexec.NAME sockets. */
+  readonly socketDir: string;
+  /** Options for the default host side (a qrexec-daemon child). */
+  readonly daemon?: {
+    readonly policySocket?: string;
+    readonly qubesdSocket?: string;
+    readonly servicePath?: string;
+  };
+  /** Replace the default host side (the host process does). */
+  readonly hostSide?: HostSide;
+  /** Where the agents' and daemons' stderr goes (default: inherited). */
+  readonly logFd?: number | 'ignore' | 'inherit';
+}
+
+/** The default host side: `bin/qrexec-daemon` as a child, connection reported on fd 3. */
+export function daemonProcessHostSide(opts: ProcessRuntimeOptions): HostSide {
+  return (q, env) => {
+    const args = [`--uuid=${q.uuid}`, `--socket-dir=${opts.socketDir}`];
+    if (opts.daemon?.policySocket) args.push(`--policy-socket=${opts.daemon.policySocket}`);
+    args.push(`--qubesd-socket=${opts.daemon?.qubesdSocket ?? 'none'}`);
+    args.push(String(q.domid), q.name, q.defaultUser);
+    const p = spawn(process.execPath, [path.join(BIN, 'qrexec-daemon'), ...args], {
+      stdio: ['ignore', 'ignore', opts.logFd ?? 'inherit', 'pipe'],
+      env: {
+        ...process.env,
+        VCHAN_SOCKET_DIR: env.vchanDir,
+        VCHAN_DOMAIN: '0',
+        QREXEC_DAEMON_NOTIFY_FD: '3',
+        QREXEC_STARTUP_TIMEOUT: String(Math.max(1, Math.ceil(q.timeoutMs / 1000))),
+        ...(opts.daemon?.servicePath ? { QREXEC_SERVICE_PATH: opts.daemon.servicePath } : {}),
+      },
+    });
+    const exited = new Promise<void>((r) => p.once('exit', () => r()));
+    const connected = new Promise<void>((resolve, reject) => {
+      const pipe = p.stdio[3] as NodeJS.ReadableStream;
+      pipe.once('data', (d: Buffer) => (d[0] === 0 ? resolve() : reject(new RuntimeError(`Cannot connect to '${q.name}' qrexec agent`))));
+      pipe.once('end', () => reject(new RuntimeError('qrexec daemon ended before the agent connected')));
+      p.once('error', (e) => reject(new RuntimeError(`qrexec daemon: ${e.message}`)));
+    });
+    connected.catch(() => undefined);
+    return {
+      connected,
+      stop: async () => {
+        if (p.exitCode === null && p.signalCode === null) p.kill('SIGTERM');
+        const t = setTimeout(() => p.kill('SIGKILL'), 2000);
+        await exited;
+        clearTimeout(t);
+      },
+    };
+  };
+}
+
+class ProcessQube implements RunningQube {
+  readonly ready: Promise<void>;
+  readonly exited: Promise<QubeExit>;
+  private readonly agent: ChildProcess;
+  private readonly host: HostSideHandle;
+
+  constructor(q: QubeLaunch, opts: ProcessRuntimeOptions, hostSide: HostSide) {
+    const dir = path.join(opts.stateDir, q.name);
+    for (const d of ['rpc', 'config', 'home']) fs.mkdirSync(path.join(dir, d), { recursive: true, mode: 0o700 });
+    const agentSock = path.join(dir, 'agent.sock');
+    fs.rmSync(agentSock, { force: true });
+    this.host = hostSide(q, { vchanDir: opts.vchanDir });
+    // its own process group, so pause/kill reach the services it runs too
+    this.agent = spawn(process.execPath, [path.join(BIN, 'qrexec-agent'), `--agent-socket=${agentSock}`, '--no-fork-server'], {
+      detached: true,
+      stdio: ['ignore', 'ignore', opts.logFd ?? 'inherit'],
+      cwd: path.join(dir, 'home'),
+      env: {
+        ...process.env,
+        HOME: path.join(dir, 'home'),
+        VCHAN_SOCKET_DIR: opts.vchanDir,
+        VCHAN_DOMAIN: String(q.domid),
+        QREXEC_SERVICE_PATH: path.join(dir, 'rpc'),
+        QUBES_RPC_CONFIG_PATH: path.join(dir, 'config'),
+        QUBES_QUBE_NAME: q.name,
+      },
+    });
+    const agent = this.agent;
+    // recorded so a qubesd killed with -9 cleans its qubes up at the next start
+    if (agent.pid !== undefined) fs.writeFileSync(path.join(dir, 'agent.pid'), `${agent.pid}\n${agentSock}\n`);
+    const agentExit = new Promise<QubeExit>((resolve) => {
+      agent.once('exit', (code, signal) => resolve({ code, signal }));
+      agent.once('error', () => resolve({ code: null, signal: null }));
+    });
+    this.exited = agentExit.then(async (x) => {
+      fs.rmSync(path.join(dir, 'agent.pid'), { force: true });
+      await this.host.stop();
+      return x;
+    });
+    let timer: NodeJS.Timeout | undefined;
+    this.ready = Promise.race([
+      this.host.connected,
+      agentExit.then((x) => {
+        throw new RuntimeError(`the qube's agent exited (${x.signal ?? `status ${x.code}`}) before it connected`);
+      }),
+      new Promise<never>((_r, reject) => {
+        timer = setTimeout(() => reject(new RuntimeError(`Cannot connect to qrexec agent for ${q.timeoutMs / 1000} seconds, see the qube's log`)), q.timeoutMs);
+      }),
+    ]).finally(() => clearTimeout(timer));
+    this.ready.catch(() => undefined);
+  }
+
+  private signal(sig: NodeJS.Signals): void {
+    const pid = this.agent.pid;
+    if (pid === undefined || this.agent.exitCode !== null || this.agent.signalCode !== null) return;
+    try {
+      process.kill(-pid, sig);
+    } catch {
+      try {
+        this.agent.kill(sig);
+      } catch {
+        // gone
+      }
+    }
+  }
+
+  shutdown(): void {
+    this.signal('SIGCONT');
+    this.signal('SIGTERM');
+  }
+  kill(): void {
+    this.signal('SIGKILL');
+  }
+  pause(): void {
+    this.signal('SIGSTOP');
+  }
+  unpause(): void {
+    this.signal('SIGCONT');
+  }
+}
+
+export class ProcessRuntime implements Runtime {
+  readonly name = 'process';
+  private readonly running = new Set<ProcessQube>();
+  private readonly hostSide: HostSide;
+
+  constructor(private readonly opts: ProcessRuntimeOptions) {
+    this.hostSide = opts.hostSide ?? daemonProcessHostSide(opts);
+    fs.mkdirSync(opts.vchanDir, { recursive: true });
+    fs.mkdirSync(opts.socketDir, { recursive: true });
+    this.reapLeftovers();
+  }
+
+  /**
+   * Agents a previous qubesd started and could not stop (it was killed):
+   * each qube's agent.pid names the process and its agent socket; a process
+   * that still runs with that socket on its command line (its process
+   * group: the services too) is killed. Their daemons end when the agent does.
+   */
+  private reapLeftovers(): void {
+    let names: string[];
+    try {
+      names = fs.readdirSync(this.opts.stateDir);
+    } catch {
+      return;
+    }
+    for (const n of names) {
+      const f = path.join(this.opts.stateDir, n, 'agent.pid');
+      let text: string;
+      try {
+        text = fs.readFileSync(f, 'utf8');
+      } catch {
+        continue;
+      }
+      const [pidText, sock] = text.split('\n');
+      const pid = Number(pidText);
+      if (Number.isSafeInteger(pid) && pid > 1 && sock) {
+        let cmdline = '';
+        try {
+          cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1');
+        } catch {
+          // gone
+        }
+        if (cmdline.includes(`--agent-socket=${sock}`)) {
+          try {
+            process.kill(-pid, 'SIGKILL');
+          } catch {
+            try {
+              process.kill(pid, 'SIGKILL');
+            } catch {
+              // gone meanwhile
+            }
+          }
+        }
+      }
+      fs.rmSync(f, { force: true });
+    }
+  }
+
+  start(q: QubeLaunch): RunningQube {
+    const r = new ProcessQube(q, this.opts, this.hostSide);
+    this.running.add(r);
+    void r.exited.then(() => this.running.delete(r));
+    return r;
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.running];
+    for (const r of all) r.kill();
+    await Promise.all(all.map((r) => r.exited));
+  }
+}
