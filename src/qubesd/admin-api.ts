@@ -195,6 +195,7 @@ function escapeGetAll(s: string): string {
   return s.replace(/\\/g, '\\\\').replace(/\n/g, '\\n');
 }
 
+const getAllCache = new WeakMap<object, { gen: number; text: string }>();
 const qubeItem = (q: Qube): PermitItem => ({ kind: 'qube', qube: q });
 const nameItem = (name: string): PermitItem => ({ kind: 'name', name });
 
@@ -216,8 +217,17 @@ for (const global of [false, true]) {
   });
   m(`${prefix}.GetAll`, { dest, arg: false, payload: false, scope: global ? 'global' : 'local' }, (c) => {
     const h = holderOf(c, global);
+    const filters = c.permit();
+    // the whole answer depends only on the registry: cached until anything changes (unfiltered callers)
+    const key: object = h ?? c.registry;
+    const hit = getAllCache.get(key);
+    if (filters.length === 0 && hit && hit.gen === c.registry.generation) return hit.text;
     let s = '';
-    for (const def of c.filter([...propList(h ? h.klass : null)], (d) => nameItem(d.name))) s += `${def.name} ${escapeGetAll(serializeProperty(c.registry, h, def))}\n`;
+    for (const def of propList(h ? h.klass : null)) {
+      if (filters.length && !filters.every((f) => f(nameItem(def.name)))) continue;
+      s += `${def.name} ${escapeGetAll(serializeProperty(c.registry, h, def))}\n`;
+    }
+    if (filters.length === 0) getAllCache.set(key, { gen: c.registry.generation, text: s });
     return s;
   });
   m(`${prefix}.GetDefault`, { dest, arg: true, payload: false, scope: global ? 'global' : 'local' }, (c) => {

@@ -53,13 +53,14 @@ export class Lifecycle implements PowerControl {
     return this.nextDomid++;
   }
 
-  async start(q: Qube): Promise<void> {
+  /** Start a qube (and first its netvm chain); `chain` holds the qubes already being started for it. */
+  async start(q: Qube, chain: ReadonlySet<Qube> = new Set()): Promise<void> {
     const pending = this.starting.get(q);
-    if (pending) return pending;
+    if (pending) return chain.has(q) ? undefined : pending;
     if (q.power !== 'Halted') return;
     if (q.klass === 'RemoteVM') throw new QubesNotImplementedError('A remote qube cannot be started from here');
     if (!this.runtime) throw new QubesException('Start failed: qubesd runs without a runtime backend (--runtime none)');
-    const p = this.doStart(q, this.runtime);
+    const p = this.doStart(q, this.runtime, new Set([...chain, q]));
     this.starting.set(q, p);
     try {
       await p;
@@ -68,11 +69,12 @@ export class Lifecycle implements PowerControl {
     }
   }
 
-  private async doStart(q: Qube, runtime: Runtime): Promise<void> {
+  private async doStart(q: Qube, runtime: Runtime, chain: ReadonlySet<Qube>): Promise<void> {
     const netvm = q.get('netvm');
     if (typeof netvm === 'string') {
       const n = this.registry.byName(netvm);
-      if (n) await this.start(n);
+      // a netvm that is this qube, or one already being started for it (default_netvm is itself), is not waited for
+      if (n && !chain.has(n)) await this.start(n, chain);
     }
     this.registry.fire(q, 'domain-pre-start', [['start_guid', 'True']]);
     const domid = this.allocDomid();

@@ -213,6 +213,8 @@ export class Registry {
   readonly labels = new Map<number, Label>();
   private readonly listeners = new Set<EventListener>();
   private readonly appView = new AppView(this);
+  /** Bumped on every change of the model (and power state): caches of derived text compare it. */
+  generation = 0;
   /** Set when a change inside write() touched the model. */
   private dirty = false;
   private inWrite = false;
@@ -224,6 +226,7 @@ export class Registry {
   /** (Re)build the model from the store; creates dom0 and the default labels when missing. */
   reload(): void {
     const snap = this.store.load();
+    this.generation++;
     const oldPower = new Map([...this.qubes.values()].map((q) => [q.name, [q.power, q.domid] as const]));
     this.qubes.clear();
     this.uuids.clear();
@@ -379,6 +382,7 @@ export class Registry {
   private touch(): void {
     if (!this.inWrite) throw new Error('registry change outside write()');
     this.dirty = true;
+    this.generation++;
   }
 
   /** Check and convert a value for a property, as the reference's setters do (before any event). */
@@ -650,6 +654,7 @@ export class Registry {
 
   /** A power state change (from the runtime); not persisted: a restart finds every qube Halted. */
   setPower(q: Qube, state: PowerState, domid = q.domid): void {
+    this.generation++;
     q.power = state;
     q.domid = state === 'Halted' ? -1 : domid;
   }

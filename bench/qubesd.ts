@@ -1,0 +1,219 @@
+/**
+ * qubesd benchmark (`npm run bench:qubesd`).
+ *
+ * Starts bin/qubesd as its own process (SQLite WAL, synchronous=FULL, as in
+ * production) with 1,000 qubes and measures, each figure the median of
+ * several runs:
+ * - list_getall_ms_1000: admin.vm.List plus admin.vm.property.GetAll for
+ *   each of the 1,000 qubes, one client, sequential calls over the socket;
+ * - qvm_ls_ms_1000: our bin/qvm-ls as a whole process on those qubes;
+ * - system_info_ms_1000: internal.GetSystemInfo round trip (cached document);
+ * - system_info_cold_ms_1000: the same right after a change (rebuilt);
+ * - set_per_s: admin.vm.property.Set throughput (durable: each reply after
+ *   its commit), 4 concurrent clients;
+ * - event_us_p50: from sending a Set to its property-set event arriving at
+ *   an admin.Events listener;
+ * - create_ms_p50: admin.vm.Create.AppVM;
+ * - start_ms_p50_process: admin.vm.Start until the agent is connected, process backend.
+ * Baseline in the same run: raw_rtt_us_p50, a connect/request/reply/close
+ * round trip against a trivial unix socket echo server in this process.
+ * Last line: one JSON object.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const N = 1000;
+const RUNS = 5;
+
+function call(sock: string, bytes: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ path: sock, allowHalfOpen: true });
+    const chunks: Buffer[] = [];
+    s.on('connect', () => s.end(bytes));
+    s.on('data', (c: Buffer) => chunks.push(c));
+    s.on('error', reject);
+    s.on('close', () => resolve(Buffer.concat(chunks).toString('latin1')));
+  });
+}
+const req = (m: string, dest: string, arg = '', payload = ''): string => `${m}+${arg} dom0 name ${dest}\0${payload}`;
+async function ok(sock: string, m: string, dest: string, arg = '', payload = ''): Promise<string> {
+  const r = await call(sock, req(m, dest, arg, payload));
+  if (!r.startsWith('0\0')) throw new Error(`${m} ${dest}: ${JSON.stringify(r.slice(0, 200))}`);
+  return r.slice(2);
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)] as number;
+};
+const now = (): number => Number(process.hrtime.bigint()) / 1e6;
+const round = (x: number, d = 2): number => Math.round(x * 10 ** d) / 10 ** d;
+
+async function rawBaseline(dir: string): Promise<number> {
+  const p = path.join(dir, 'echo.sock');
+  const server = net.createServer({ allowHalfOpen: true }, (s) => {
+    s.on('data', () => undefined);
+    s.on('end', () => s.end('0\0'));
+  });
+  await new Promise<void>((r) => server.listen(p, r));
+  const xs: number[] = [];
+  for (let i = 0; i < 2000; i++) {
+    const t0 = now();
+    await call(p, 'x\0');
+    xs.push((now() - t0) * 1000);
+  }
+  server.close();
+  return median(xs.slice(500));
+}
+
+async function startQubesd(dir: string): Promise<{ p: ChildProcess; sock: string; internal: string }> {
+  const run = path.join(dir, 'run');
+  const p = spawn(process.execPath, [path.join(ROOT, 'bin/qubesd'), '--data-dir', path.join(dir, 'data'), '--run-dir', run], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const sock = path.join(run, 'qubesd.sock');
+  for (let i = 0; i < 400; i++) {
+    const r = await call(sock, req('admin.vm.List', 'dom0')).catch(() => '');
+    if (r.startsWith('0\0')) return { p, sock, internal: path.join(run, 'qubesd.internal.sock') };
+    await new Promise((res) => setTimeout(res, 25));
+  }
+  throw new Error('qubesd did not start');
+}
+
+async function main(): Promise<void> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-qubesd-'));
+  const raw_rtt_us_p50 = await rawBaseline(dir);
+  const { p, sock, internal } = await startQubesd(dir);
+  try {
+    await ok(sock, 'admin.vm.Create.TemplateVM', 'dom0', '', 'name=tpl label=black');
+    await ok(sock, 'admin.property.Set', 'dom0', 'default_template', 'tpl');
+    await ok(sock, 'admin.vm.Create.AppVM', 'dom0', '', 'name=sys-net label=red');
+    await ok(sock, 'admin.vm.property.Set', 'sys-net', 'provides_network', 'True');
+    await ok(sock, 'admin.property.Set', 'dom0', 'default_netvm', 'sys-net');
+    const createTimes: number[] = [];
+    for (let i = 0; i < N - 3; i++) {
+      const t0 = now();
+      await ok(sock, 'admin.vm.Create.AppVM', 'dom0', '', `name=q${String(i).padStart(4, '0')} label=${['red', 'blue', 'green'][i % 3]}`);
+      createTimes.push(now() - t0);
+    }
+    const create_ms_p50 = median(createTimes);
+    process.stderr.write(`${N} qubes created\n`);
+
+    const listGetAll = async (): Promise<number> => {
+      const t0 = now();
+      const list = await ok(sock, 'admin.vm.List', 'dom0');
+      for (const line of list.split('\n')) if (line) await ok(sock, 'admin.vm.property.GetAll', line.slice(0, line.indexOf(' ')));
+      return now() - t0;
+    };
+    await listGetAll();
+    const lg: number[] = [];
+    for (let i = 0; i < RUNS; i++) lg.push(await listGetAll());
+
+    const ls: number[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      const t0 = now();
+      const r = spawnSync(process.execPath, [path.join(ROOT, 'bin/qvm-ls')], { env: { ...process.env, QUBESD_SOCKET: sock }, maxBuffer: 64 * 1024 * 1024 });
+      ls.push(now() - t0);
+      if (r.status !== 0 || r.stdout.toString().split('\n').length < N) throw new Error(`qvm-ls failed: ${r.stderr.toString()}`);
+    }
+
+    const si: number[] = [];
+    const siCold: number[] = [];
+    for (let i = 0; i < 50; i++) {
+      await ok(sock, 'admin.vm.tag.Set', 'q0001', `t${i}`);
+      let t0 = now();
+      await ok(internal, 'internal.GetSystemInfo', 'dom0');
+      siCold.push(now() - t0);
+      t0 = now();
+      await ok(internal, 'internal.GetSystemInfo', 'dom0');
+      si.push(now() - t0);
+    }
+
+    const setRates: number[] = [];
+    for (let r = 0; r < RUNS; r++) {
+      let n = 0;
+      const end = now() + 1000;
+      await Promise.all(
+        [0, 1, 2, 3].map(async (k) => {
+          for (let i = 0; now() < end; i++) {
+            await ok(sock, 'admin.vm.property.Set', `q${String(k * 10 + 1).padStart(4, '0')}`, 'vcpus', String((i % 7) + 1));
+            n++;
+          }
+        }),
+      );
+      setRates.push(n);
+    }
+
+    // event latency: one listener, Set then wait for its property-set frame
+    const ev: number[] = [];
+    await new Promise<void>((resolve, reject) => {
+      const s = net.connect({ path: sock, allowHalfOpen: true });
+      let buf = '';
+      let waiting: ((x: void) => void) | null = null;
+      let first = true;
+      s.setEncoding('latin1');
+      s.on('connect', () => s.end(req('admin.Events', 'dom0')));
+      s.on('error', reject);
+      s.on('data', (c: string) => {
+        buf += c;
+        if (first && buf.includes('connection-established')) {
+          first = false;
+          buf = '';
+          void (async () => {
+            for (let i = 0; i < 300; i++) {
+              const got = new Promise<void>((r) => (waiting = r));
+              const t0 = now();
+              void call(sock, req('admin.vm.property.Set', 'q0002', 'memory', String(400 + (i % 50) + 1)));
+              await got;
+              ev.push((now() - t0) * 1000);
+            }
+            s.destroy();
+            resolve();
+          })();
+          return;
+        }
+        if (waiting && buf.includes('\0property-set:memory\0')) {
+          buf = '';
+          const w = waiting;
+          waiting = null;
+          w();
+        }
+      });
+    });
+
+    // start, process backend
+    await ok(sock, 'admin.vm.Create.StandaloneVM', 'dom0', '', 'name=runner label=red');
+    const st: number[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      const t0 = now();
+      await ok(sock, 'admin.vm.Start', 'runner');
+      st.push(now() - t0);
+      await ok(sock, 'admin.vm.Kill', 'runner');
+    }
+
+    const result = {
+      list_getall_ms_1000: round(median(lg)),
+      qvm_ls_ms_1000: round(median(ls)),
+      system_info_ms_1000: round(median(si), 3),
+      system_info_cold_ms_1000: round(median(siCold), 3),
+      set_per_s: median(setRates),
+      event_us_p50: round(median(ev.slice(50)), 1),
+      create_ms_p50: round(create_ms_p50, 3),
+      start_ms_p50_process: round(median(st), 1),
+      raw_rtt_us_p50: round(raw_rtt_us_p50, 1),
+      list_getall_calls_per_raw_rtt: round((median(lg) * 1000) / (N + 1) / raw_rtt_us_p50, 2),
+      qubes: N,
+      runs: RUNS,
+    };
+    process.stdout.write(`${JSON.stringify(result)}\n`);
+  } finally {
+    p.kill('SIGTERM');
+    await new Promise((r) => p.once('exit', r));
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
