@@ -19,6 +19,15 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../.
 function agentPid(stateDir: string, name: string): number {
   return Number(fs.readFileSync(path.join(stateDir, name, 'agent.pid'), 'utf8').split('\n')[0]);
 }
+/** Wait (briefly) until the process is in / out of the stopped state: signals are delivered asynchronously. */
+async function waitStopped(pid: number, stopped: boolean): Promise<string | null> {
+  let st = procState(pid);
+  for (let i = 0; i < 100 && (st === 'T') !== stopped; i++) {
+    await new Promise((r) => setTimeout(r, 10));
+    st = procState(pid);
+  }
+  return st;
+}
 function procState(pid: number): string | null {
   try {
     return fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '')[0] ?? null;
@@ -47,11 +56,11 @@ test('start, pause, unpause, shutdown --wait, start, kill: states and processes'
     assert.ok(fs.existsSync(path.join(dir, 'qrexec', 'qrexec.work')), 'the qube has its qrexec socket');
     assert.equal(await ok(t, 'admin.vm.Start', 'work'), '', 'starting a running qube is no error');
     await ok(t, 'admin.vm.Pause', 'work');
-    assert.equal(procState(pid), 'T');
+    assert.equal(await waitStopped(pid, true), 'T');
     assert.equal((await raw(t.sock, req('admin.vm.Pause', 'work'))).data.toString(), "2\0QubesVMNotRunningError\0\0Domain not running (either powered off or paused): 'work'\0");
     assert.equal((await raw(t.sock, req('admin.vm.Shutdown', 'work'))).data.toString(), "2\0QubesVMNotRunningError\0\0Domain not running (either powered off or paused): 'work'\0");
     await ok(t, 'admin.vm.Unpause', 'work');
-    assert.notEqual(procState(pid), 'T');
+    assert.notEqual(await waitStopped(pid, false), 'T');
     await ok(t, 'admin.vm.Shutdown', 'work', 'wait');
     assert.match(await ok(t, 'admin.vm.CurrentState', 'work'), /power_state=Halted$/);
     assert.equal(procState(pid), null, 'the agent is gone after Shutdown+wait');
