@@ -11,3 +11,4 @@ export { miscMethods } from './misc-api.js';
 export { Lifecycle } from './lifecycle.js';
 export { serveApi, removeStaleSocket, type ApiServer, type ServerLog } from './server.js';
 export * from './daemon.js';
+export { adminPolicyFiles } from './admin-policy.js';
