@@ -253,14 +253,8 @@ export async function startDaemon(
     systemInfo.close();
     await audit?.close();
   };
-  try {
-    await server.listen(cfg.socketPath);
-  } catch (e) {
-    store.close();
-    systemInfo.close();
-    await audit?.close();
-    throw new StartupError(`cannot listen on ${cfg.socketPath}: ${(e as Error).message}`);
-  }
+  // The socket services first, the policy socket last: a client that waits
+  // for the policy socket finds every socket served.
   const services: [typeof cfg.evalSocket, 'policy.EvalSimple' | 'policy.EvalGUI'][] = [
     [cfg.evalSocket, 'policy.EvalSimple'],
     [cfg.guiSocket, 'policy.EvalGUI'],
@@ -278,6 +272,12 @@ export async function startDaemon(
       }
       log.warning(`${name} not served: cannot listen on ${sock[0]} (${(e as Error).message})`);
     }
+  }
+  try {
+    await server.listen(cfg.socketPath);
+  } catch (e) {
+    await cleanup();
+    throw new StartupError(`cannot listen on ${cfg.socketPath}: ${(e as Error).message}`);
   }
   return { store, server, audit, log, systemInfo, close: cleanup };
 }
