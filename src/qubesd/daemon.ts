@@ -8,6 +8,7 @@
  * registry, {@link Qubesd.systemInfo} and {@link Qubesd.lifecycle} directly,
  * without a socket round trip.
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Runtime } from '../runtime/types.js';
 import { ADMIN_METHODS, type ApiContext, type PermissionHook } from './admin-api.js';
@@ -22,6 +23,28 @@ export const ADMIN_SOCKET = 'qubesd.sock';
 export const INTERNAL_SOCKET = 'qubesd.internal.sock';
 export const MISC_SOCKET = 'qubesd.misc.sock';
 export const REGISTRY_FILE = 'qubes.db';
+/** RUN/qubes-rpc: dom0's socket services leading to qubesd (as the reference's /etc/qubes-rpc/admin.* symlinks). */
+export const SERVICE_DIR = 'qubes-rpc';
+
+/**
+ * One symlink per Admin API method to qubesd.sock, and per misc method to
+ * qubesd.misc.sock, so a qrexec daemon with this directory in its
+ * QREXEC_SERVICE_PATH runs them as socket services: it writes
+ * `METHOD+ARG SOURCE name|keyword TARGET\0` (the calling qube as the
+ * daemon knows it) and the payload, which is qubesd's request format.
+ */
+export function writeServiceLinks(runDir: string): string {
+  const dir = path.join(runDir, SERVICE_DIR);
+  fs.mkdirSync(dir, { recursive: true });
+  const link = (name: string, target: string): void => {
+    const p = path.join(dir, name);
+    fs.rmSync(p, { force: true });
+    fs.symlinkSync(path.join(runDir, target), p);
+  };
+  for (const name of ADMIN_METHODS.keys()) link(name, ADMIN_SOCKET);
+  for (const name of miscMethods().keys()) link(name, MISC_SOCKET);
+  return dir;
+}
 
 export interface QubesdOptions {
   /** Directory of the registry (qubes.db). */
@@ -58,6 +81,7 @@ export async function startQubesd(opts: QubesdOptions): Promise<Qubesd> {
       servers.push(await serveApi(path.join(opts.runDir, ADMIN_SOCKET), ctx, ADMIN_METHODS, log));
       servers.push(await serveApi(path.join(opts.runDir, INTERNAL_SOCKET), ctx, internalMethods(systemInfo), log));
       servers.push(await serveApi(path.join(opts.runDir, MISC_SOCKET), ctx, miscMethods(), log));
+      writeServiceLinks(opts.runDir);
     }
   } catch (e) {
     await Promise.all(servers.map((s) => s.close()));

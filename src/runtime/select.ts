@@ -26,7 +26,7 @@ export function runtimeFromOptions(name: string, o: RuntimeChoiceOptions): Runti
       vchanDir: path.join(o.runDir, 'vchan'),
       socketDir: path.join(o.runDir, 'qrexec'),
       logFd: o.debug ? 'inherit' : 'ignore',
-      daemon: { qubesdSocket: path.join(o.runDir, 'qubesd.sock'), ...(o.policySocket ? { policySocket: o.policySocket } : {}) },
+      daemon: { qubesdSocket: path.join(o.runDir, 'qubesd.sock'), servicePath: path.join(o.runDir, 'qubes-rpc'), ...(o.policySocket ? { policySocket: o.policySocket } : {}) },
     });
   }
   throw new UsageError(`argument --runtime: invalid choice: '${name}' (choose from 'process', 'none')`);
