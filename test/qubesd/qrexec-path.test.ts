@@ -21,6 +21,7 @@ function run(cmd: string, args: string[], env: NodeJS.ProcessEnv, input = ''): P
     const p = spawn(cmd, args, { env, stdio: ['pipe', 'pipe', 'ignore'] });
     const out: Buffer[] = [];
     p.stdout.on('data', (c: Buffer) => out.push(c));
+    p.stdin.on('error', () => undefined);
     p.stdin.end(input);
     p.on('close', (code) => resolve({ code, out: Buffer.concat(out) }));
   });
