@@ -4,7 +4,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { loadRules, Policy, PolicyIoError, type DirEntry, type PolicySource } from '../policy/index.js';
+import { loadRules, Policy, PolicyIoError, type DirEntry, type LoadCache, type PolicySource } from '../policy/index.js';
 
 /** Qubes paths: the runtime overlay shadows the persistent directory. */
 export const DEFAULT_POLICY_DIRS = ['/run/qubes/policy.d', '/etc/qubes/policy.d'] as const;
@@ -64,6 +64,8 @@ export const diskSource: PolicySource = {
 export interface DiskPolicyOptions {
   policyDirs?: readonly string[] | undefined;
   legacyDir?: string | undefined;
+  /** Parse only the files that changed since an earlier load with the same cache. */
+  cache?: LoadCache | undefined;
 }
 
 /**
@@ -75,6 +77,7 @@ export function loadPolicyFromDisk(opts: DiskPolicyOptions = {}): Policy {
     loadRules(diskSource, {
       policyDirs: opts.policyDirs ?? DEFAULT_POLICY_DIRS,
       legacyDir: opts.legacyDir ?? DEFAULT_LEGACY_DIR,
+      ...(opts.cache ? { cache: opts.cache } : {}),
     }),
   );
 }

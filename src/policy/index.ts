@@ -13,6 +13,7 @@ export {
   memorySource,
   PolicyIoError,
   MAX_INCLUDE_DEPTH,
+  LoadCache,
   type PolicySource,
   type DirEntry,
   type LoadOptions,

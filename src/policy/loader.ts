@@ -49,6 +49,85 @@ export interface LoadOptions {
   readonly policyDirs: readonly string[];
   /** The 4.0 policy directory for `!compat-4.0` (reference: /etc/qubes-rpc/policy). */
   readonly legacyDir: string;
+  /**
+   * Reuse the rules of a top-level file from an earlier load when every
+   * read its load made (its bytes, included files, directories listed,
+   * paths resolved) gives the same answer again: only changed files are
+   * parsed. Filled by successful loads.
+   */
+  readonly cache?: LoadCache;
+}
+
+/** One read a file's load made, and its answer. */
+type Read =
+  | { readonly op: 'readFile'; readonly arg: string; readonly bytes: Uint8Array | null }
+  | { readonly op: 'readDir' | 'isFile' | 'isDir' | 'resolve'; readonly arg: string; readonly answer: string | null };
+
+/** Rules of top-level files by path, with the reads they came from. */
+export class LoadCache {
+  readonly entries = new Map<string, { readonly baseDir: string; readonly reads: readonly Read[]; readonly rules: readonly Rule[] }>();
+}
+
+function sameBytes(a: Uint8Array | null, b: Uint8Array | null): boolean {
+  if (a === null || b === null) return a === b;
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** `src`, recording every answer it gives into `reads` (a thrown error is answered null). */
+function recording(src: PolicySource, reads: Read[]): PolicySource {
+  const rec = <T>(op: 'readDir' | 'isFile' | 'isDir' | 'resolve', arg: string, f: () => T): T => {
+    try {
+      const v = f();
+      reads.push({ op, arg, answer: JSON.stringify(v) });
+      return v;
+    } catch (e) {
+      reads.push({ op, arg, answer: null });
+      throw e;
+    }
+  };
+  return {
+    readDir: (p) => rec('readDir', p, () => src.readDir(p)),
+    isFile: (p) => rec('isFile', p, () => src.isFile(p)),
+    isDir: (p) => rec('isDir', p, () => src.isDir(p)),
+    resolve: (p) => rec('resolve', p, () => src.resolve(p)),
+    readFile(p) {
+      try {
+        const b = src.readFile(p);
+        reads.push({ op: 'readFile', arg: p, bytes: b });
+        return b;
+      } catch (e) {
+        reads.push({ op: 'readFile', arg: p, bytes: null });
+        throw e;
+      }
+    },
+  };
+}
+
+/** Whether every recorded read gives the same answer from `src` now. */
+function unchanged(src: PolicySource, reads: readonly Read[]): boolean {
+  const answer = (f: () => unknown): string | null => {
+    try {
+      return JSON.stringify(f());
+    } catch {
+      return null;
+    }
+  };
+  for (const r of reads) {
+    if (r.op === 'readFile') {
+      let b: Uint8Array | null;
+      try {
+        b = src.readFile(r.arg);
+      } catch {
+        b = null;
+      }
+      if (!sameBytes(b, r.bytes)) return false;
+    } else if (answer(() => src[r.op](r.arg)) !== r.answer) {
+      return false;
+    }
+  }
+  return true;
 }
 
 /** Longest include chain accepted; deeper nesting is surely a mistake (or a loop). */
@@ -82,7 +161,7 @@ class Loader {
   private baseDir = '';
 
   constructor(
-    private readonly src: PolicySource,
+    private src: PolicySource,
     private readonly opts: LoadOptions,
   ) {}
 
@@ -102,7 +181,29 @@ class Loader {
     for (const name of [...seen.keys()].sort(byteOrder)) {
       const path = seen.get(name) as string;
       this.baseDir = path.slice(0, path.length - name.length - 1) || '/';
-      this.loadFile(path, null);
+      const cache = this.opts.cache;
+      if (!cache) {
+        this.loadFile(path, null);
+        continue;
+      }
+      const hit = cache.entries.get(path);
+      if (hit && hit.baseDir === this.baseDir && unchanged(this.src, hit.reads)) {
+        for (const r of hit.rules) this.rules.push(r);
+        continue;
+      }
+      const reads: Read[] = [];
+      const plain = this.src;
+      const start = this.rules.length;
+      this.src = recording(plain, reads);
+      try {
+        this.loadFile(path, null);
+      } catch (e) {
+        cache.entries.delete(path);
+        throw e;
+      } finally {
+        this.src = plain;
+      }
+      cache.entries.set(path, { baseDir: this.baseDir, reads, rules: this.rules.slice(start) });
     }
   }
 

@@ -10,7 +10,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { loadRules, Policy, PolicySyntaxError, type Rule } from '../policy/index.js';
+import { LoadCache, loadRules, Policy, PolicySyntaxError, type Rule } from '../policy/index.js';
 import { diskSource } from '../node/policy-loader.js';
 import {
   PolicyAdminException,
@@ -62,6 +62,8 @@ export interface ProposedChange {
 
 /** Throws a PolicyAdminException to refuse a change. */
 export type ChangeCheck = (c: ProposedChange) => void;
+/** Throws a PolicyAdminException to refuse a change before it is even loaded. */
+export type AccessCheck = (c: Omit<ProposedChange, 'policy' | 'rulesOfFile'>) => void;
 
 export interface PolicyAdminOptions {
   /** The directory the API edits (reference $QREXEC_POLICY_DIR, /etc/qubes/policy.d). */
@@ -74,6 +76,8 @@ export interface PolicyAdminOptions {
   readonly log?: (level: 'info' | 'warning' | 'error', msg: string) => void;
   /** Extra checks of every change, after the policy loaded. */
   readonly checks?: readonly ChangeCheck[];
+  /** Checks of who may write what, before the change is validated (delegation). */
+  readonly access?: readonly AccessCheck[];
   /** After a change was written: the new policy (audit, history, the daemon's reload). */
   readonly onChange?: (c: PolicyChange, policy: Policy) => void;
   /** Services beyond the reference's nine (ours: policy.Eval, policy.Diff...). */
@@ -97,6 +101,8 @@ export class PolicyAdmin {
   readonly policyDirs: readonly string[];
   readonly legacyDir: string;
   private readonly log: NonNullable<PolicyAdminOptions['log']>;
+  /** Validation parses only the changed file (and those whose reads changed). */
+  private readonly cache = new LoadCache();
 
   constructor(private readonly opts: PolicyAdminOptions) {
     this.dir = diskSource.resolve(opts.dir);
@@ -219,6 +225,7 @@ export class PolicyAdmin {
     const oldToken = this.tokenOf(file);
     checkToken(token, oldToken);
     if (content === null && oldToken === null) throw new PolicyAdminFileNotFoundException(`Not found: ${file}`);
+    for (const check of this.opts.access ?? []) check({ caller, kind, name, file, content });
     const { policy, rulesOfFile } = this.validate(file, content);
     const proposed: ProposedChange = { caller, kind, name, file, content, policy, rulesOfFile };
     for (const check of this.opts.checks ?? []) check(proposed);
@@ -259,7 +266,7 @@ export class PolicyAdmin {
     const src = overlaySource(new Map([[file, content]]));
     let rules: Rule[];
     try {
-      rules = loadRules(src, { policyDirs: this.policyDirs, legacyDir: this.legacyDir });
+      rules = loadRules(src, { policyDirs: this.policyDirs, legacyDir: this.legacyDir, cache: this.cache });
     } catch (e) {
       if (e instanceof PolicySyntaxError) throw new PolicyAdminSyntaxException(`Policy change validation failed: ${e.message}`);
       throw e;

@@ -21,7 +21,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PolicyAdminAccessException } from './errors.js';
-import type { ChangeCheck } from './admin.js';
+import type { AccessCheck } from './admin.js';
 
 export const DELEGATIONS_FILE = 'delegations.conf';
 
@@ -87,7 +87,7 @@ export function scopeViolation(content: string, scope: readonly string[]): strin
 }
 
 /** The check of every change against delegations.conf in `policyDir`. */
-export function delegationCheck(policyDir: string): ChangeCheck {
+export function delegationCheck(policyDir: string): AccessCheck {
   return (c) => {
     let ds: Delegation[];
     try {

@@ -66,7 +66,8 @@ export async function startPolicyApi(daemon: RunningDaemon, policyDirs: readonly
   const admin: PolicyAdmin = new PolicyAdmin({
     dir,
     extra,
-    checks: [delegationCheck(dir), policyTestsCheck(dir, () => latestInfo), ...(cfg.checks ?? [])],
+    access: [delegationCheck(dir)],
+    checks: [policyTestsCheck(dir, () => latestInfo), ...(cfg.checks ?? [])],
     beforeWrite: async () => {
       try {
         latestInfo = await info();

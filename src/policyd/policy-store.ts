@@ -21,7 +21,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { PolicySyntaxError, type Policy } from '../policy/index.js';
+import { LoadCache, PolicySyntaxError, type Policy } from '../policy/index.js';
 import { loadPolicyFromDisk } from '../node/policy-loader.js';
 import type { Logger } from './log.js';
 
@@ -63,12 +63,14 @@ export class PolicyStore {
   private closed = false;
   private readonly listeners: ((s: PolicyState) => void)[] = [];
   private readonly load: () => Policy;
+  /** Reloads parse only the files that changed. */
+  private readonly cache = new LoadCache();
 
   constructor(private readonly opts: PolicyStoreOptions) {
     const legacyDir = opts.legacyDir;
     this.load =
       opts.load ??
-      (() => loadPolicyFromDisk({ policyDirs: opts.policyDirs, ...(legacyDir !== undefined ? { legacyDir } : {}) }));
+      (() => loadPolicyFromDisk({ policyDirs: opts.policyDirs, cache: this.cache, ...(legacyDir !== undefined ? { legacyDir } : {}) }));
     this.state = this.build();
   }
 

@@ -6,7 +6,8 @@ import fc from 'fast-check';
 import { loadRules, memorySource, parseSystemInfo, Policy, type SystemInfo } from '../../src/policy/index.js';
 import { impactDiff, summarize, targetsOf } from '../../src/policyapi/diff.js';
 
-const dom = (type: string, tags: string[] = [], dvm = false): object => ({ tags, type, template_for_dispvms: dvm, default_dispvm: dvm ? null : 'dvm', icon: 'x', label: 'red', guivm: null, relayvm: null, transport_rpc: null, internal: null, power_state: 'Running', uuid: null });
+let uuids = 0;
+const dom = (type: string, tags: string[] = [], dvm = false): object => ({ tags, type, template_for_dispvms: dvm, default_dispvm: dvm ? null : 'dvm', icon: 'x', label: 'red', guivm: null, relayvm: null, transport_rpc: null, internal: null, power_state: 'Running', uuid: `00000000-0000-0000-0000-${String(++uuids).padStart(12, '0')}` });
 const info: SystemInfo = parseSystemInfo(({ domains: { dom0: dom('AdminVM'), a: dom('AppVM', ['t']), b: dom('AppVM'), c: dom('AppVM', ['t']), dvm: dom('AppVM', [], true) } }));
 
 const service = fc.constantFrom('s.A', 's.B', '*');
