@@ -45,6 +45,8 @@ export interface PolicyChange {
   readonly newToken: string | null;
   /** The new content (null: removed). */
   readonly content: Buffer | null;
+  /** The content before (null: there was no file). */
+  readonly oldContent: Buffer | null;
 }
 
 /** A proposed change, for extra checks. */
@@ -210,31 +212,26 @@ export class PolicyAdmin {
     return Buffer.concat([Buffer.from(computeToken(data) + '\n', 'latin1'), data]);
   }
 
-  /** The current token of a file, null when there is none. */
-  tokenOf(p: string): string | null {
-    const data = readIfFile(p);
-    return data === null ? null : computeToken(data);
-  }
-
   /**
    * Every check of a Replace (content) or Remove (null), without writing:
    * the token, the file's existence, loading, the extra checks.
    */
-  propose(kind: Kind, name: string, token: Token, content: Buffer | null, caller: string): ProposedChange & { readonly oldToken: string | null } {
+  propose(kind: Kind, name: string, token: Token, content: Buffer | null, caller: string): ProposedChange & { readonly oldToken: string | null; readonly oldContent: Buffer | null } {
     const file = this.pathOf(name, kind);
-    const oldToken = this.tokenOf(file);
+    const oldContent = readIfFile(file);
+    const oldToken = oldContent === null ? null : computeToken(oldContent);
     checkToken(token, oldToken);
     if (content === null && oldToken === null) throw new PolicyAdminFileNotFoundException(`Not found: ${file}`);
     for (const check of this.opts.access ?? []) check({ caller, kind, name, file, content });
     const { policy, rulesOfFile } = this.validate(file, content);
     const proposed: ProposedChange = { caller, kind, name, file, content, policy, rulesOfFile };
     for (const check of this.opts.checks ?? []) check(proposed);
-    return { ...proposed, oldToken };
+    return { ...proposed, oldToken, oldContent };
   }
 
   /** Replace (content) or remove (null) a file, after every check. */
   change(service: string, kind: Kind, name: string, token: Token, content: Buffer | null, caller: string): void {
-    const { file, oldToken, policy } = this.propose(kind, name, token, content, caller);
+    const { file, oldToken, oldContent, policy } = this.propose(kind, name, token, content, caller);
     if (content === null) removeDurably(file);
     else writeAtomic(file, content, this.dir);
     const change: PolicyChange = {
@@ -247,6 +244,7 @@ export class PolicyAdmin {
       oldToken,
       newToken: content === null ? null : computeToken(content),
       content,
+      oldContent,
     };
     this.opts.onChange?.(change, policy);
   }

@@ -11,6 +11,7 @@ import { spawn } from 'node:child_process';
 import { exceptionFromStderr, type PolicyAdminException } from './errors.js';
 import type { Reply } from './admin.js';
 import type { ImpactDiff } from './diff.js';
+import type { HistoryEntry } from './history.js';
 import { decodeReply, DEFAULT_POLICY_API_SOCKET } from './server.js';
 
 /** A call that failed without a Policy API error: the reference's CalledProcessError. */
@@ -125,6 +126,19 @@ export class PolicyClient {
   /** Ours: how the policy decides a call (qrexec-policy-explain --json's object). */
   async eval(serviceAndArg: string, source: string, target: string): Promise<unknown> {
     return JSON.parse((await this.call('Eval', serviceAndArg, `${source} ${target}`)).toString('utf8')) as unknown;
+  }
+
+  /** Ours: the accepted changes of a file, oldest first. */
+  async history(name: string, include = false): Promise<HistoryEntry[]> {
+    const out = (await this.call('History', name, '', include)).toString('utf8');
+    return out.split('\n').filter((l) => l).map((l) => JSON.parse(l) as HistoryEntry);
+  }
+
+  /** Ours: a kept version: [content, token]. */
+  async show(token: string): Promise<[string, string]> {
+    const out = (await this.call('Show', token.replace(/^sha256:/, ''))).toString('utf8');
+    const nl = out.indexOf('\n');
+    return [out.slice(nl + 1), out.slice(0, nl)];
   }
 
   async getFiles(service: string): Promise<string[]> {

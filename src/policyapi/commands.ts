@@ -16,7 +16,8 @@ import { formatImpactDiff } from './diff.js';
 
 export const QUBES_POLICY_USAGE = `usage: qubes-policy {[-l]|-g|-r|-d} [include/][RPCNAME[+ARGUMENT]]
        qubes-policy {-r|-d} --diff [include/]NAME
-       qubes-policy --eval SERVICE[+ARG] SOURCE TARGET`;
+       qubes-policy --eval SERVICE[+ARG] SOURCE TARGET
+       qubes-policy --log [include/]NAME | --show TOKEN | --restore TOKEN [include/]NAME`;
 export const QUBES_POLICY_HELP = `${QUBES_POLICY_USAGE}
 
 List, print, replace or remove policy files through the Policy API (dom0
@@ -40,6 +41,11 @@ ours (not in the reference):
                     grouped and counted (policy.Diff)
   --eval            explain how the policy decides SERVICE[+ARG] from SOURCE
                     to TARGET, as qrexec-policy-explain --json (policy.Eval)
+  --log             the accepted changes of a file: time, who, service,
+                    old token -> new token (policy.History)
+  --show TOKEN      print a kept version (policy.Show)
+  --restore TOKEN   replace the file with a kept version, validated and
+                    checked as any Replace
 
 In dom0 the calls go to the host's policy API socket
 ($QUBES_POLICY_API_SOCKET, default /var/run/qubes/policy-admin.sock); in a
@@ -82,12 +88,14 @@ export async function qubesPolicyMain(argv: readonly string[], client: PolicyCli
   const pos: string[] = [];
   let diff = false;
   let evalCall = false;
+  let history: 'log' | 'show' | 'restore' | null = null;
   const flags: Record<string, MethodName> = { '-l': 'list', '--list': 'list', '-g': 'get', '--get': 'get', '-r': 'replace', '--replace': 'replace', '-d': 'remove', '--remove': 'remove' };
   for (const a of argv) {
     const f = flags[a];
     if (f) method = f;
     else if (a === '--diff') diff = true;
     else if (a === '--eval') evalCall = true;
+    else if (a === '--log' || a === '--show' || a === '--restore') history = a.slice(2) as 'log' | 'show' | 'restore';
     else if (a.startsWith('-') && a !== '-') throw new UsageError(`unrecognized arguments: ${a}`);
     else pos.push(a);
   }
@@ -100,6 +108,7 @@ export async function qubesPolicyMain(argv: readonly string[], client: PolicyCli
     }
     return 0;
   }
+  if (history !== null) return historyCommand(history, pos, client, io);
   if (diff && method !== 'replace' && method !== 'remove') throw new UsageError('--diff works with -r or -d');
   if (pos.length > 1) throw new UsageError(`unrecognized arguments: ${pos.slice(1).join(' ')}`);
   const { name, include } = pos[0] ? splitName(pos[0]) : { name: '', include: false };
@@ -123,6 +132,28 @@ export async function qubesPolicyMain(argv: readonly string[], client: PolicyCli
         if (diff) io.stdout(formatImpactDiff(await client.diff(name, null, 'any', include)));
         else await client.remove(name, 'any', include);
         break;
+    }
+  } catch (e) {
+    return reportFailure(e, io);
+  }
+  return 0;
+}
+
+async function historyCommand(what: 'log' | 'show' | 'restore', pos: readonly string[], client: PolicyClient, io: Io): Promise<number> {
+  const want = what === 'restore' ? 2 : 1;
+  if (pos.length !== want) throw new UsageError(what === 'restore' ? '--restore needs TOKEN [include/]NAME' : `--${what} needs ${what === 'log' ? '[include/]NAME' : 'TOKEN'}`);
+  try {
+    if (what === 'log') {
+      const { name, include } = splitName(pos[0] as string);
+      for (const e of await client.history(name, include)) {
+        io.stdout(`${new Date(e.timeMs).toISOString()} ${e.caller} ${e.service} ${e.old ?? 'none'} -> ${e.new ?? 'removed'}\n`);
+      }
+    } else if (what === 'show') {
+      io.stdout((await client.show(pos[0] as string))[0]);
+    } else {
+      const { name, include } = splitName(pos[1] as string);
+      const [content] = await client.show(pos[0] as string);
+      await client.replace(name, content, 'any', include);
     }
   } catch (e) {
     return reportFailure(e, io);

@@ -12,6 +12,8 @@ import { inProcessServices, PolicyApiSocket } from './server.js';
 import { diffService, evalService } from './extra.js';
 import { delegationCheck } from './delegation.js';
 import { policyTestsCheck } from './policy-tests.js';
+import { historyService, PolicyHistory, showService, type HistoryOptions } from './history.js';
+import * as path from 'node:path';
 import type { SystemInfo } from '../policy/index.js';
 
 export interface PolicyApiConfig {
@@ -22,6 +24,8 @@ export interface PolicyApiConfig {
   readonly checks?: readonly ChangeCheck[];
   readonly extra?: ReadonlyMap<string, ExtraService>;
   readonly onChange?: (c: PolicyChange) => void;
+  /** Where the history is kept (default: DIR-history beside the policy directory); null: none. */
+  readonly history?: HistoryOptions | null;
 }
 
 export interface RunningPolicyApi {
@@ -63,6 +67,7 @@ export async function startPolicyApi(daemon: RunningDaemon, policyDirs: readonly
   const extra = new Map<string, ExtraService>(cfg.extra ?? []);
   const info = (): SystemInfo | Promise<SystemInfo> => daemon.systemInfo.get();
   let latestInfo: SystemInfo | null = null;
+  const history = cfg.history === null ? null : new PolicyHistory(cfg.history ?? { dir: `${path.resolve(dir)}-history` });
   const admin: PolicyAdmin = new PolicyAdmin({
     dir,
     extra,
@@ -85,12 +90,22 @@ export async function startPolicyApi(daemon: RunningDaemon, policyDirs: readonly
     onChange: (c, policy) => {
       daemon.store.adopt(policy);
       if (daemon.audit) auditChange(daemon.audit, c, (m) => log.error(m));
+      try {
+        history?.record(c);
+      } catch (e) {
+        log.error(`policy API: cannot record the change of ${c.file} in the history: ${(e as Error).message}`);
+      }
       cfg.onChange?.(c);
     },
   });
   extra.set('policy.Eval', evalService(admin, info));
   extra.set('policy.Diff', diffService(admin, 'policy', info));
   extra.set('policy.include.Diff', diffService(admin, 'include', info));
+  if (history) {
+    extra.set('policy.History', historyService(history, 'policy'));
+    extra.set('policy.include.History', historyService(history, 'include'));
+    extra.set('policy.Show', showService(history));
+  }
   let sock: PolicyApiSocket | null = null;
   if (cfg.socketPath !== null) {
     sock = new PolicyApiSocket(admin, (m) => log.warning(m));

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { mkdir, writeFile, access, copyFile, readFile } from 'node:fs/promises';
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { World, BIN, ROOT, waitFor, run } from '../e2e/harness.js';
 import { qubeCall } from '../e2e/caller.js';
 
@@ -127,4 +128,44 @@ void test('usage errors exit 2', async () => {
   const h = await inDom0('qubes-policy', ['--help']);
   assert.equal(h.code, 0);
   assert.match(h.stdout.toString(), /usage: qubes-policy/);
+});
+
+const sha = (s: string): string => 'sha256:' + createHash('sha256').update(s).digest('hex');
+
+void test('ours: --eval from a qube, --diff changes nothing, --log / --show / --restore', async () => {
+  const e = await inQube(2, 'work', 'qubes-policy', ['--eval', 'test.Echo', 'work', 'mgmt']);
+  assert.equal(e.code, 0, e.stderr);
+  const x = JSON.parse(e.stdout.toString()) as { request: { source: string }; decision: { result: string } };
+  assert.equal(x.request.source, 'work');
+  assert.match(e.stdout.toString(), /30-test\.policy/);
+  assert.match(e.stdout.toString(), /"result": "allow"/);
+  const before = await readFile(join(policyDir, '30-test.policy'), 'utf8');
+  const d = await inQube(1, 'mgmt', 'qubes-policy', ['-r', '30-test', '--diff'], 'test.Echo * work mgmt deny\ntest.Other * mgmt work allow\n');
+  assert.equal(d.code, 0, d.stderr);
+  const out = d.stdout.toString();
+  // a `*` argument rule: the call without argument (+) and with any argument (*) both change
+  assert.equal(
+    out,
+    'test.Echo *: 1 decision changes\n  work -> mgmt: allow target=mgmt => deny\n' +
+      'test.Echo +: 1 decision changes\n  work -> mgmt: allow target=mgmt => deny\n' +
+      'test.Other *: 1 decision changes\n  mgmt -> work: deny => allow target=work\n' +
+      'test.Other +: 1 decision changes\n  mgmt -> work: deny => allow target=work\n' +
+      '4 decisions change\n',
+  );
+  assert.equal(await readFile(join(policyDir, '30-test.policy'), 'utf8'), before);
+  // the breaking-change test replaced 30-test from dom0 with a deny version, then back
+  const log = await inQube(2, 'work', 'qubes-policy', ['--log', '30-test']);
+  assert.equal(log.code, 0, log.stderr);
+  const deny = 'test.Echo * work mgmt deny\n';
+  assert.match(log.stdout.toString(), new RegExp(`^\\S+Z dom0 policy.Replace ${sha(before)} -> ${sha(deny)}$`, 'm'));
+  const show = await inQube(2, 'work', 'qubes-policy', ['--show', sha(deny)]);
+  assert.equal(show.stdout.toString(), deny);
+  assert.notEqual((await inQube(2, 'work', 'qubes-policy', ['--restore', sha(deny), '30-test'])).code, 0, 'restore needs admin-policy-rwx');
+  assert.equal((await inQube(1, 'mgmt', 'qubes-policy', ['--restore', sha(deny), '30-test'])).code, 0);
+  assert.equal(await readFile(join(policyDir, '30-test.policy'), 'utf8'), deny);
+  assert.equal((await inDom0('qubes-policy', ['--restore', sha(before), '30-test'])).code, 0);
+  assert.equal(await readFile(join(policyDir, '30-test.policy'), 'utf8'), before);
+  const missing = await inDom0('qubes-policy', ['--show', sha('never')]);
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /^No such version: sha256:/);
 });

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { PolicyAdmin } from '../../src/policyapi/admin.js';
 import { delegationCheck } from '../../src/policyapi/delegation.js';
@@ -16,6 +16,7 @@ import { policyEditorMain, type Io } from '../../src/policyapi/commands.js';
 import { parseSystemInfo } from '../../src/policy/index.js';
 import { loadPolicyFromDisk } from '../../src/node/policy-loader.js';
 
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 let dir: string;
 beforeEach(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'policyapi-safety-'));
@@ -202,4 +203,32 @@ void test('kill -9 during Replace, many times: the file is the old or the new ve
     assert.deepEqual(fs.readdirSync(pdir).filter((n) => n.startsWith('.')), []);
   }
   assert.ok(seen.size >= 1);
+});
+
+void test('qubes-policy-backup: create, change, restore brings every file back; a backup that would not load is refused', () => {
+  const run = (args: string[], input?: string): { status: number | null; stdout: string; stderr: string } =>
+    spawnSync(path.join(ROOT, 'bin/qubes-policy-backup'), ['--dir', dir, ...args], { encoding: 'utf8', ...(input !== undefined ? { input } : {}) });
+  fs.writeFileSync(path.join(dir, '30-user.policy'), '!include include/inc\n');
+  fs.writeFileSync(path.join(dir, 'include/inc'), 'qubes.X * work vault allow\n');
+  fs.mkdirSync(path.join(dir, 'tests'));
+  fs.writeFileSync(path.join(dir, 'tests/a.test'), 'qubes.X work vault allow\n');
+  const backup = path.join(os.tmpdir(), `policy-backup-${process.pid}.json`);
+  assert.equal(run(['create', backup]).status, 0);
+  fs.writeFileSync(path.join(dir, '30-user.policy'), 'qubes.Y * work vault allow\n');
+  fs.rmSync(path.join(dir, 'include/inc'));
+  fs.writeFileSync(path.join(dir, '40-extra.policy'), 'qubes.Z * work vault allow\n');
+  const r = run(['restore', backup]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stderr, 'restored 3 files, removed 1\n');
+  assert.equal(fs.readFileSync(path.join(dir, '30-user.policy'), 'utf8'), '!include include/inc\n');
+  assert.equal(fs.readFileSync(path.join(dir, 'include/inc'), 'utf8'), 'qubes.X * work vault allow\n');
+  assert.equal(fs.existsSync(path.join(dir, '40-extra.policy')), false);
+  const bad = JSON.parse(fs.readFileSync(backup, 'utf8')) as { files: Record<string, string> };
+  delete bad.files['include/inc'];
+  const refused = run(['restore', '-'], JSON.stringify(bad));
+  assert.equal(refused.status, 1);
+  assert.match(refused.stderr, /^qubes-policy-backup: the backed-up policy does not load: .*30-user\.policy:1: /);
+  assert.equal(fs.readFileSync(path.join(dir, 'include/inc'), 'utf8'), 'qubes.X * work vault allow\n');
+  assert.equal(run(['bogus']).status, 2);
+  fs.rmSync(backup);
 });
