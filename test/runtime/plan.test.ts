@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { bwrapArgs, launchCommand, planCheck, SANDBOX_CAPS, volumeMounts, ensureTemplate, type SandboxPlan } from '../../src/runtime/sandbox/index.js';
+import { bwrapArgs, commitPendingLayer, launchCommand, planCheck, SANDBOX_CAPS, templateLayers, volumeMounts, ensureTemplate, type MountOp, type SandboxPlan } from '../../src/runtime/sandbox/index.js';
 import { vchanConnect, vchanDirFor, vchanEnvFrom, vchanListen } from '../../src/vchan/index.js';
 
 const base: SandboxPlan = {
@@ -48,17 +48,25 @@ void test('AppVM view: template root and layers read-only under throw-away upper
     ensureTemplate(data, 'tpl', { kind: 'host' });
     const app = volumeMounts(data, { klass: 'AppVM', name: 'work', template: 'tpl' }, '/s');
     const tq = path.join(data, 'qubes', 'tpl');
-    assert.deepEqual(app.mounts.map((m) => (m.op === 'overlay' ? `${m.target}<${m.lower.join(':')}+${m.upper?.dir.startsWith('/s/') ? 'scratch' : m.upper?.dir}` : m.op)), [
-      'tmpfs', `/s/root<${tq}/root+scratch`, `/s/root/usr<${tq}/upper/usr:/usr+scratch`, `/s/root/etc<${tq}/upper/etc:/etc+scratch`,
+    const show = (m: MountOp): string => (m.op === 'overlay' ? `${m.target}<${m.lower.join(':')}+${m.upper?.dir.startsWith('/s/') ? 'scratch' : m.upper?.dir}` : m.op);
+    assert.deepEqual(app.mounts.map(show), [
+      'tmpfs', '/s/root<layers/0001/root:base/root+scratch', '/s/root/usr<layers/0001/usr:/usr+scratch', '/s/root/etc<layers/0001/etc:/etc+scratch',
     ]);
+    assert.ok(app.mounts.every((m) => m.op !== 'overlay' || m.cwd === tq));
     const t = volumeMounts(data, { klass: 'TemplateVM', name: 'tpl' }, '/s');
-    assert.deepEqual(t.mounts.map((m) => (m.op === 'overlay' ? `${m.target}+${m.upper?.dir}` : m.op === 'bind' ? `${m.source}->${m.target}` : m.op)), [
-      'tmpfs', `${tq}/root->/s/root`, `/s/root/usr+${tq}/upper/usr`, `/s/root/etc+${tq}/upper/etc`,
+    assert.deepEqual(t.mounts.map(show), [
+      'tmpfs', `/s/root<layers/0001/root:base/root+${tq}/pending/root`, `/s/root/usr<layers/0001/usr:/usr+${tq}/pending/usr`, `/s/root/etc<layers/0001/etc:/etc+${tq}/pending/etc`,
     ]);
-    const passwd = fs.readFileSync(path.join(tq, 'upper', 'etc', 'passwd'), 'utf8');
+    // what the template wrote while running becomes its newest layer at its stop
+    fs.mkdirSync(path.join(tq, 'pending', 'etc'), { recursive: true });
+    fs.writeFileSync(path.join(tq, 'pending', 'etc', 'x'), 'x');
+    assert.equal(commitPendingLayer(data, 'tpl'), true);
+    assert.deepEqual(templateLayers(data, 'tpl'), ['layers/0002', 'layers/0001']);
+    assert.equal(volumeMounts(data, { klass: 'AppVM', name: 'work', template: 'tpl' }, '/s').mounts.map(show)[3], '/s/root/etc<layers/0002/etc:layers/0001/etc:/etc+scratch');
+    const passwd = fs.readFileSync(path.join(tq, 'layers', '0001', 'etc', 'passwd'), 'utf8');
     assert.match(passwd, /^user:x:1000:1000:/m);
     assert.equal(passwd.split('\n').filter((l) => l.split(':')[2] === '1000').length, 1);
-    if (fs.existsSync('/etc/shadow')) assert.ok(fs.statSync(path.join(tq, 'upper', 'etc', 'shadow')).isCharacterDevice(), 'shadow hidden by a whiteout');
+    if (fs.existsSync('/etc/shadow')) assert.ok(fs.statSync(path.join(tq, 'layers', '0001', 'etc', 'shadow')).isCharacterDevice(), 'shadow hidden by a whiteout');
   } finally {
     fs.rmSync(data, { recursive: true, force: true });
   }

@@ -111,6 +111,13 @@ export class SandboxWorld {
     fs.writeFileSync(path.join(d, svc), script, { mode: 0o755 });
   }
 
+  /** Installs a service in template `tpl`'s own /etc layer (every qube of the template has it). */
+  templateService(svc: string, script: string): void {
+    const d = path.join(this.data, 'qubes', 'tpl', 'layers', '0001', 'etc', 'qubes-rpc');
+    fs.mkdirSync(d, { recursive: true });
+    fs.writeFileSync(path.join(d, svc), script, { mode: 0o755 });
+  }
+
   /** Starts qube `name` as a sandbox with its agent and waits until its agent listens. */
   async start(name: string, opts: { volumes?: QubeVolumes; limits?: Limits; network?: QubeNetwork } = {}): Promise<Sandbox> {
     const q = this.qube(name);
@@ -153,7 +160,7 @@ export class SandboxWorld {
 
   /** Waits until qrexec-host serves `name`. */
   async hostReady(): Promise<void> {
-    await waitFor(async () => this.qubes.every((q) => fs.existsSync(path.join(this.sockDir, `qrexec.${q.name}`))), 20_000, 'qrexec-host');
+    await waitFor(async () => [...this.sandboxes.keys()].every((n) => fs.existsSync(path.join(this.sockDir, `qrexec.${n}`))), 20_000, 'qrexec-host');
   }
 
   privateOf(name: string): string {

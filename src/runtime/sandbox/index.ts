@@ -10,12 +10,14 @@ export {
   type TemplateSource,
   type VolumeInfo,
   QUBE_USER_UID,
+  commitPendingLayer,
   ensurePrivate,
   ensureStandalone,
   ensureTemplate,
   privateDir,
   qubeDir,
   readVolumeInfo,
+  templateLayers,
   volumeMounts,
 } from './volumes.js';
 export { type Limits, type CgroupMode, SandboxCgroup, detectCgroups } from './cgroup.js';

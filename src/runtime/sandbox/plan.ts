@@ -15,7 +15,14 @@ import { SandboxError } from './errors.js';
 export type MountOp =
   | { readonly op: 'tmpfs'; readonly target: string; readonly size?: string }
   /** overlayfs: `lower` first is the top; without `upper` the mount is read-only (needs two lowers, else use bind). */
-  | { readonly op: 'overlay'; readonly target: string; readonly lower: readonly string[]; readonly upper?: { readonly dir: string; readonly work: string } }
+  | {
+      readonly op: 'overlay';
+      readonly target: string;
+      /** Relative entries are taken from `cwd`. */
+      readonly lower: readonly string[];
+      readonly upper?: { readonly dir: string; readonly work: string };
+      readonly cwd?: string;
+    }
   | { readonly op: 'bind'; readonly source: string; readonly target: string; readonly readOnly: boolean }
   | { readonly op: 'mkdir'; readonly path: string }
   /** Writes our pid to a cgroup's `cgroup.procs` before anything else runs. */
@@ -78,9 +85,9 @@ while [ "$#" -gt 0 ]; do
     D) mkdir -p -- "$1"; shift ;;
     T) mkdir -p -- "$1"; mount -t tmpfs -o "mode=0755$2" tmpfs "$1"; shift 2 ;;
     O) mkdir -p -- "$1"
-       if [ -n "$3" ]; then mkdir -p -- "$3" "$4"; mount -t overlay overlay -o "lowerdir=$2,upperdir=$3,workdir=$4" "$1"
-       else mount -t overlay overlay -o "lowerdir=$2" "$1"; fi
-       shift 4 ;;
+       if [ -n "$3" ]; then mkdir -p -- "$3" "$4"; (cd "$5" && mount -t overlay overlay -o "lowerdir=$2,upperdir=$3,workdir=$4" "$1")
+       else (cd "$5" && mount -t overlay overlay -o "lowerdir=$2" "$1"); fi
+       shift 5 ;;
     B) mkdir -p -- "$2"; mount --bind -- "$1" "$2"; if [ "$3" = ro ]; then mount -o remount,bind,ro -- "$2"; fi; shift 3 ;;
     *) echo "mount step: bad operation $op" >&2; exit 1 ;;
   esac
@@ -99,9 +106,11 @@ export function planCheck(p: SandboxPlan): void {
   for (const m of p.mounts) {
     if (m.op === 'overlay') {
       for (const d of [m.target, ...m.lower, ...(m.upper ? [m.upper.dir, m.upper.work] : [])]) {
-        abs(d, 'overlay');
+        if (m.cwd === undefined || !m.lower.includes(d) || d.startsWith('/')) abs(d, 'overlay');
+        else if (d.split('/').includes('..') || d === '') throw new SandboxError('BAD_SPEC', `overlay lower ${d}: bad relative path`);
         if (BAD_OVERLAY_CHARS.test(d)) throw new SandboxError('BAD_SPEC', `overlay path holds one of , : \\ or a newline: ${d}`);
       }
+      if (m.cwd !== undefined) abs(m.cwd, 'overlay cwd');
       if (m.lower.length === 0 || (!m.upper && m.lower.length < 2)) throw new SandboxError('BAD_SPEC', `overlay ${m.target}: a read-only overlay needs two lower layers (use a read-only bind)`);
     } else if (m.op === 'bind') {
       abs(m.source, 'bind');
@@ -129,7 +138,7 @@ function mountArgs(m: MountOp): string[] {
     case 'tmpfs':
       return ['T', m.target, m.size !== undefined ? `,size=${m.size}` : ''];
     case 'overlay':
-      return ['O', m.target, m.lower.join(':'), m.upper?.dir ?? '', m.upper?.work ?? ''];
+      return ['O', m.target, m.lower.join(':'), m.upper?.dir ?? '', m.upper?.work ?? '', m.cwd ?? '/'];
     case 'bind':
       return ['B', m.source, m.target, m.readOnly ? 'ro' : 'rw'];
   }

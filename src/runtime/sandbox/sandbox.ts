@@ -12,7 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { SandboxError } from './errors.js';
 import { launchCommand, type MountOp, type SandboxBind, type SandboxPlan } from './plan.js';
-import { volumeMounts, type QubeVolumes } from './volumes.js';
+import { commitPendingLayer, volumeMounts, type QubeVolumes } from './volumes.js';
 import { SandboxCgroup, type Limits } from './cgroup.js';
 import type { QubeNetwork } from './netvm.js';
 
@@ -250,6 +250,8 @@ export class Sandbox {
     for (let i = 0; i < 200 && pidAlive(this.initPid); i++) await sleep(2);
     if (this.cgroup) await this.cgroup.destroy();
     fs.rmSync(this.spec.runDir, { recursive: true, force: true });
+    const k = this.spec.volumes.klass;
+    if (k === 'TemplateVM' || k === 'StandaloneVM') commitPendingLayer(this.spec.dataDir, this.spec.name);
     return performance.now() - t0;
   }
 }

@@ -2,18 +2,24 @@
  * Qubes' filesystems on the host's disk, and the mounts that give each qube
  * its view (see docs/RUNTIME.md):
  *
- *   <data>/qubes/<name>/private/          the private volume: /rw, with /home = /rw/home
- *                                         and (AppVMs, DispVMs) /usr/local = /rw/usrlocal
- *   <data>/qubes/<name>/root/             a TemplateVM's or StandaloneVM's own root (top level:
- *                                         var, root, opt..., and the usr/etc mount points)
- *   <data>/qubes/<name>/upper/{usr,etc}   its own layer over the host's /usr and /etc (base "host")
- *   <data>/qubes/<name>/work/...          overlayfs work directories of those layers
- *   <data>/qubes/<name>/volume.json       { base: "host" | "own" }
+ *   <data>/qubes/<name>/private/            the private volume: /rw, with /home = /rw/home
+ *                                           and (AppVMs, DispVMs) /usr/local = /rw/usrlocal
+ *   <data>/qubes/<name>/base/root/          a TemplateVM's (or StandaloneVM's) first root: its
+ *                                           own top level (var, root, opt...; usr and etc mount
+ *                                           points for base "host"), or the whole tree ("own")
+ *   <data>/qubes/<name>/layers/NNNN/{root,usr,etc}
+ *                                           committed layers of its changes, oldest first
+ *   <data>/qubes/<name>/pending/...         the layer a running TemplateVM writes (work/: overlayfs')
+ *   <data>/qubes/<name>/volume.json         { base: "host" | "own" }
  *
- * A TemplateVM (and a StandaloneVM, which owns a copy) runs on its own root,
- * writable. An AppVM sees its template's root read-only under a writable layer
- * on a tmpfs that vanishes with the sandbox. A DispVM is an AppVM whose private
- * volume is itself a throw-away overlay of its dispvm template's private volume.
+ * A template's root is its base, then its layers, and for base "host" the
+ * host's /usr and /etc below its usr and etc layers. A running TemplateVM
+ * writes a new layer on top, committed when it stops: an AppVM sees its
+ * template's committed layers read-only under a writable layer on a tmpfs
+ * that vanishes with it, so (as on Qubes) it sees the template's changes
+ * after the template's shutdown and its own next start. A StandaloneVM owns
+ * a copy of its template's base and layers. A DispVM is an AppVM whose
+ * private volume is itself a throw-away overlay of its dispvm template's.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -84,21 +90,57 @@ function run(cmd: string, args: string[], what: string): void {
 /** The top-level entries every root gets (mount points and the usual directories). */
 const ROOT_DIRS = ['dev', 'proc', 'sys', 'tmp', 'run', 'rw', 'home', 'var', 'var/tmp', 'var/lib', 'var/log', 'var/cache', 'root', 'opt', 'srv', 'mnt', 'media'];
 
+/** The parts of a root that are layered: '' is the top level, then (base "host") usr and etc. */
+function parts(info: VolumeInfo): string[] {
+  return info.base === 'host' ? ['root', ...HOST_LAYERED_DIRS] : ['root'];
+}
+
+/** Committed layer directories of `name`, newest first (relative to its qube directory). */
+export function templateLayers(dataDir: string, name: string): string[] {
+  let names: string[] = [];
+  try {
+    names = fs.readdirSync(path.join(qubeDir(dataDir, name), 'layers')).filter((n) => /^\d{4,}$/.test(n));
+  } catch {
+    /* none */
+  }
+  return names.sort().reverse().map((n) => path.join('layers', n));
+}
+
 /**
- * Creates the TemplateVM `name` (once): its own root directory from `source`.
+ * Commits the layer a TemplateVM (or StandaloneVM) wrote while it ran, once
+ * it stopped (and, after a host crash, before its next start): it becomes its
+ * newest layer, seen by AppVMs from their next start. An empty one is dropped.
+ */
+export function commitPendingLayer(dataDir: string, name: string): boolean {
+  const q = qubeDir(dataDir, name);
+  const pending = path.join(q, 'pending');
+  if (!fs.existsSync(pending)) return false;
+  let used = false;
+  for (const part of fs.readdirSync(pending)) if (fs.readdirSync(path.join(pending, part)).length > 0) used = true;
+  if (used) {
+    const last = templateLayers(dataDir, name)[0];
+    const next = String((last ? Number(path.basename(last)) : 0) + 1).padStart(4, '0');
+    fs.mkdirSync(path.join(q, 'layers'), { recursive: true });
+    fs.renameSync(pending, path.join(q, 'layers', next));
+  } else fs.rmSync(pending, { recursive: true, force: true });
+  fs.rmSync(path.join(q, 'work'), { recursive: true, force: true });
+  return used;
+}
+
+/**
+ * Creates the TemplateVM `name` (once): its own root from `source`.
  * "host": a small top level of its own, with the host's /usr and /etc as the
- * read-only layers under its own upper layers; the host's top-level links
- * (bin -> usr/bin...) copied; users: `user` (uid 1000) replaces whatever held
- * uid 1000 on the host; the host's secrets (shadow, ssh host keys...) hidden
- * by whiteouts. "dir": a copy of the directory. "tarball": unpacked.
+ * read-only layers under its own; the host's top-level links (bin ->
+ * usr/bin...) copied; users: `user` (uid 1000) replaces whatever held uid
+ * 1000 on the host; the host's secrets (shadow, ssh host keys...) hidden by
+ * whiteouts (its first layer). "dir": a copy of the directory. "tarball": unpacked.
  */
 export function ensureTemplate(dataDir: string, name: string, source: TemplateSource): VolumeInfo {
   const existing = readVolumeInfo(dataDir, name);
   if (existing) return existing;
   const q = qubeDir(dataDir, name);
-  const root = path.join(q, 'root');
-  const tmpRoot = path.join(q, 'root.new');
-  fs.rmSync(tmpRoot, { recursive: true, force: true });
+  fs.rmSync(q, { recursive: true, force: true });
+  const tmpRoot = path.join(q, 'base', 'root');
   fs.mkdirSync(tmpRoot, { recursive: true, mode: 0o755 });
   const base = source.kind === 'host' ? 'host' : 'own';
   if (source.kind === 'dir') run('cp', ['-a', '--', `${source.path}/.`, tmpRoot], `template ${name}`);
@@ -108,11 +150,7 @@ export function ensureTemplate(dataDir: string, name: string, source: TemplateSo
   fs.chmodSync(path.join(tmpRoot, 'root'), 0o700);
   if (!fs.existsSync(path.join(tmpRoot, 'var', 'run'))) fs.symlinkSync('../run', path.join(tmpRoot, 'var', 'run'));
   if (base === 'host') {
-    for (const d of HOST_LAYERED_DIRS) {
-      fs.mkdirSync(path.join(tmpRoot, d), { recursive: true });
-      fs.mkdirSync(path.join(q, 'upper', d), { recursive: true });
-      fs.mkdirSync(path.join(q, 'work', d), { recursive: true });
-    }
+    for (const d of HOST_LAYERED_DIRS) fs.mkdirSync(path.join(tmpRoot, d), { recursive: true });
     for (const e of fs.readdirSync('/', { withFileTypes: true })) {
       // merged-/usr links (bin -> usr/bin, lib64 -> usr/lib64...), as on the host
       if (e.isSymbolicLink()) {
@@ -120,19 +158,18 @@ export function ensureTemplate(dataDir: string, name: string, source: TemplateSo
         if (/^\/?usr\//.test(to) && !fs.existsSync(path.join(tmpRoot, e.name))) fs.symlinkSync(to.replace(/^\//, ''), path.join(tmpRoot, e.name));
       }
     }
-    const etc = path.join(q, 'upper', 'etc');
-    writeUsers(etc);
+    const first = path.join(q, 'layers', '0001');
+    for (const part of ['root', ...HOST_LAYERED_DIRS]) fs.mkdirSync(path.join(first, part), { recursive: true });
+    writeUsers(path.join(first, 'etc'));
     for (const f of HIDDEN_HOST_FILES) {
       if (!fs.existsSync(path.join('/', f))) continue;
-      const w = path.join(q, 'upper', f);
+      const w = path.join(first, f);
       fs.mkdirSync(path.dirname(w), { recursive: true });
       run('mknod', [w, 'c', '0', '0'], `template ${name}: hiding /${f}`);
     }
   }
-  fs.writeFileSync(path.join(q, 'volume.json'), `${JSON.stringify({ base })}\n`);
-  fs.rmSync(root, { recursive: true, force: true });
-  fs.renameSync(tmpRoot, root);
   ensurePrivate(dataDir, name);
+  fs.writeFileSync(path.join(q, 'volume.json'), `${JSON.stringify({ base })}\n`);
   return { base };
 }
 
@@ -156,7 +193,7 @@ function writeUsers(etcUpper: string): void {
   fix('group', `user:x:${QUBE_USER_UID}:`);
 }
 
-/** A StandaloneVM `name`: its own copy of `template` (root and layers), made once. */
+/** A StandaloneVM `name`: its own copy of `template` (base and committed layers), made once. */
 export function ensureStandalone(dataDir: string, name: string, template: string): VolumeInfo {
   const existing = readVolumeInfo(dataDir, name);
   if (existing) return existing;
@@ -165,11 +202,12 @@ export function ensureStandalone(dataDir: string, name: string, template: string
   const from = qubeDir(dataDir, template);
   const q = qubeDir(dataDir, name);
   fs.mkdirSync(q, { recursive: true });
-  for (const d of ['root', 'upper', 'work']) {
+  for (const d of ['base', 'layers']) {
+    fs.rmSync(path.join(q, d), { recursive: true, force: true });
     if (fs.existsSync(path.join(from, d))) run('cp', ['-a', '--', path.join(from, d), path.join(q, d)], `standalone ${name}`);
   }
-  if (!fs.existsSync(path.join(q, 'private'))) {
-    if (fs.existsSync(path.join(from, 'private'))) run('cp', ['-a', '--', path.join(from, 'private'), path.join(q, 'private')], `standalone ${name}`);
+  if (!fs.existsSync(path.join(q, 'private')) && fs.existsSync(path.join(from, 'private'))) {
+    run('cp', ['-a', '--', path.join(from, 'private'), path.join(q, 'private')], `standalone ${name}`);
   }
   ensurePrivate(dataDir, name);
   fs.writeFileSync(path.join(q, 'volume.json'), `${JSON.stringify(t)}\n`);
@@ -208,16 +246,15 @@ export function volumeMounts(dataDir: string, v: QubeVolumes, scratch: string, t
   const info = readVolumeInfo(dataDir, rootOwner);
   if (!info) throw new SandboxError('STORAGE', `${rootOwner}: no root volume (template not created)`);
   const tq = qubeDir(dataDir, rootOwner);
-  const layered = info.base === 'host' ? HOST_LAYERED_DIRS : [];
-  if (ownsRoot) {
-    mounts.push({ op: 'bind', source: path.join(tq, 'root'), target: root, readOnly: false });
-    for (const d of layered) {
-      mounts.push({ op: 'overlay', target: path.join(root, d), lower: [path.join('/', d)], upper: { dir: path.join(tq, 'upper', d), work: path.join(tq, 'work', d) } });
-    }
-  } else {
-    const up = (n: string): { dir: string; work: string } => ({ dir: path.join(scratch, 'upper', n), work: path.join(scratch, 'work', n) });
-    mounts.push({ op: 'overlay', target: root, lower: [path.join(tq, 'root')], upper: up('root') });
-    for (const d of layered) mounts.push({ op: 'overlay', target: path.join(root, d), lower: [path.join(tq, 'upper', d), path.join('/', d)], upper: up(d) });
+  if (ownsRoot) commitPendingLayer(dataDir, rootOwner); // left by a host that died while it ran
+  const layers = templateLayers(dataDir, rootOwner);
+  for (const part of parts(info)) {
+    const target = part === 'root' ? root : path.join(root, part);
+    const below = part === 'root' ? path.join('base', 'root') : path.join('/', part);
+    // relative to the qube's directory (the mount step's cwd): short options for many layers
+    const lower = [...layers.map((l) => path.join(l, part)).filter((l) => fs.existsSync(path.join(tq, l))), below];
+    const upper = ownsRoot ? { dir: path.join(tq, 'pending', part), work: path.join(tq, 'work', part) } : { dir: path.join(scratch, 'upper', part), work: path.join(scratch, 'work', part) };
+    mounts.push({ op: 'overlay', target, lower, upper, cwd: tq });
   }
   let priv: string;
   if (v.klass === 'DispVM') {
