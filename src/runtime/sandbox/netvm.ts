@@ -31,9 +31,9 @@ function ip(args: string[]): string {
 /** True when `ip` and `nft` exist and we may make namespaces (root). */
 export function networkAvailable(): { ok: true } | { ok: false; reason: string } {
   if (process.geteuid?.() !== 0) return { ok: false, reason: 'not root: network namespaces with veths need CAP_NET_ADMIN on the host' };
-  for (const t of ['ip', 'nft']) {
-    const r = spawnSync(t, ['--version'], { encoding: 'utf8' });
-    if (r.error || r.status !== 0) return { ok: false, reason: `${t} is not installed` };
+  for (const [t, v] of [['ip', '-V'], ['nft', '--version']] as const) {
+    const r = spawnSync(t, [v], { encoding: 'utf8' });
+    if (r.error || r.status !== 0) return { ok: false, reason: `${t} is not installed (${t === 'ip' ? 'iproute2' : 'nftables'})` };
   }
   return { ok: true };
 }

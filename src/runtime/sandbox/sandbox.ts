@@ -123,10 +123,20 @@ export function sandboxPlan(spec: SandboxSpec, cgroupProcs: readonly string[] = 
       VCHAN_DOMAIN: String(spec.domid),
       ...(spec.env ?? {}),
     },
-    command: spec.command ?? [`${INSIDE_PROJECT}/node`, `${INSIDE_PROJECT}/bin/qrexec-agent`, `--agent-socket=${INSIDE_AGENT_SOCKET}`],
+    command: ['/bin/sh', '-c', LIFELINE_SCRIPT, 'qrexec-sandbox', ...(spec.command ?? [`${INSIDE_PROJECT}/node`, `${INSIDE_PROJECT}/bin/qrexec-agent`, `--agent-socket=${INSIDE_AGENT_SOCKET}`])],
     infoFd: 3,
   };
 }
+
+/**
+ * The sandbox's main process (pid 2, under bwrap's init): runs the command
+ * without the lifeline (fd 4, whose other end only the host holds) and ends
+ * when the command does, or kills it when the lifeline reads EOF because the
+ * host died, even by SIGKILL. Either way bwrap's init then exits, and the
+ * kernel kills whatever is left in the pid namespace. (bwrap's
+ * --die-with-parent alone does not reach the namespace's init here.)
+ */
+export const LIFELINE_SCRIPT = '"$@" 4<&- & p=$!; { read _ <&4; kill -9 $p; } 2>/dev/null 4<&4 & wait $p';
 
 type State = 'starting' | 'running' | 'paused' | 'stopped';
 
@@ -180,7 +190,11 @@ export class Sandbox {
     const cgroup = spec.limits ? SandboxCgroup.create(`${path.basename(spec.runDir)}`, spec.limits) : undefined;
     const plan = sandboxPlan(spec, cgroup?.procsFiles ?? []);
     const cmd = launchCommand(plan, support.tools);
-    const proc = spawn(cmd.file, cmd.args, { stdio: ['ignore', 'pipe', 'pipe', 'pipe'], env: { PATH: process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin' } });
+    const proc = spawn(cmd.file, cmd.args, { stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'], env: { PATH: process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin' } });
+    // the lifeline: never written; it closes when this process dies (it keeps no event loop alive)
+    const lifeline = proc.stdio[4] as (Readable & { unref?: () => void }) | null;
+    lifeline?.on('error', () => undefined);
+    lifeline?.unref?.();
     const log = spec.log;
     let tail = '';
     const onOut = (d: Buffer): void => {

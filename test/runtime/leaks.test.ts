@@ -1,0 +1,132 @@
+/**
+ * 100 sandboxes started and stopped leave nothing behind (issue #11 §4):
+ * processes, mounts (host and private namespaces), veths and network
+ * namespaces, cgroups, vchan sockets, run directories, counted before and
+ * after. And a sandbox dies with its host (bwrap's --die-with-parent). Root only (CI).
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { spawn, spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { SandboxWorld, SH_SERVICE, sandboxSkipReason } from './world.js';
+import { Sandbox, connectUplink, createNetns, destroyNetwork, detectCgroups, makeNetvm, type NetworkOptions } from '../../src/runtime/sandbox/index.js';
+
+const skip = sandboxSkipReason();
+const opts = { skip: skip ?? false };
+let w: SandboxWorld;
+const netOpts: NetworkOptions = { prefix: `ql${process.pid % 100000}-`, poolOctet: 150 + (process.pid % 40) };
+
+before(async () => {
+  if (skip) return;
+  w = await SandboxWorld.create([{ name: 'work', domid: 1, uuid: '11111111-1111-4111-8111-111111111111' }]);
+  w.templateService('test.Sh', SH_SERVICE);
+  w.templateService('test.Echo', '#!/bin/sh\necho "up $(hostname)"\n');
+});
+
+after(async () => {
+  if (skip) return;
+  await w?.close();
+});
+
+/** Everything a sandbox could leave behind, counted. */
+function census(): Record<string, number> {
+  const children = spawnSync('ps', ['-o', 'pid=', '--ppid', String(process.pid)], { encoding: 'utf8' }).stdout.split('\n').filter((l) => l.trim()).length;
+  const mntNs = new Set<string>();
+  let sandboxProcs = 0;
+  for (const e of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      mntNs.add(fs.readlinkSync(`/proc/${e}/ns/mnt`));
+      if (fs.readFileSync(`/proc/${e}/cmdline`, 'utf8').includes(w.dir)) sandboxProcs++;
+    } catch {
+      /* exited */
+    }
+  }
+  const cg = detectCgroups();
+  const bases = cg.kind === 'v2' ? [cg.base] : cg.kind === 'v1' ? [...cg.bases.values()] : [];
+  const walk = (d: string): number => fs.readdirSync(d, { withFileTypes: true }).filter((x) => x.isDirectory()).length;
+  const ip = (args: string[]): string => spawnSync('ip', args, { encoding: 'utf8' }).stdout;
+  const files = (d: string): number => (fs.existsSync(d) ? fs.readdirSync(d, { recursive: true }).length : 0);
+  return {
+    children,
+    sandboxProcs,
+    mountNamespaces: mntNs.size,
+    hostMounts: fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').length,
+    cgroups: bases.reduce((n, b) => n + walk(b), 0),
+    links: ip(['-o', 'link']).split('\n').length,
+    netns: ip(['netns', 'list']).split('\n').length,
+    vchanFiles: files(w.vchanRoot),
+    runFiles: files(path.join(w.dir, 'run')),
+  };
+}
+
+void test('100 sandboxes (overlay root, cgroup, every 4th with a netvm and veth) started and stopped leak nothing', opts, async () => {
+  const sysnet = connectUplink(netOpts, createNetns(netOpts, 90), 90, 'host');
+  makeNetvm(sysnet);
+  const before = census();
+  for (let i = 0; i < 100; i++) {
+    const domid = 100 + i;
+    const net = i % 4 === 0 ? connectUplink(netOpts, createNetns(netOpts, domid), domid, sysnet) : undefined;
+    const sb = await Sandbox.start({
+      name: `q${i}`,
+      domid,
+      volumes: { klass: 'AppVM', name: `q${i}`, template: 'tpl' },
+      dataDir: w.data,
+      runDir: path.join(w.dir, 'run', `q${i}`),
+      vchanDir: w.links.add(domid),
+      command: ['/bin/sh', '-c', 'echo x > /etc/x; sleep 1000 & sleep 1000'],
+      limits: { pids: 100, memoryBytes: 64 * 1024 * 1024 },
+      ...(net ? { network: net } : {}),
+    });
+    assert.ok(sb.pids().length >= 2);
+    await sb.stop();
+    if (net) destroyNetwork(netOpts, net, domid);
+    w.links.remove(domid);
+    fs.rmSync(path.join(w.data, 'qubes', `q${i}`), { recursive: true, force: true });
+  }
+  const afterCount = census();
+  destroyNetwork(netOpts, sysnet, 90);
+  assert.deepEqual(afterCount, before);
+});
+
+void test('10 real qubes (agent, host, a call each) started and stopped leak nothing', opts, async () => {
+  await w.start('work');
+  await w.stop('work');
+  const before = census();
+  for (let i = 0; i < 10; i++) {
+    await w.start('work');
+    const r = await w.call('work', 'DEFAULT:QUBESRPC test.Echo+ dom0');
+    assert.equal(r.stdout.toString(), 'up work\n', r.stderr);
+    await w.stop('work');
+  }
+  assert.deepEqual(census(), before);
+});
+
+void test('a sandbox dies with its host: kill -9 of the process that started it leaves no sandbox process', opts, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qrexec-orphan-'));
+  const script = path.join(dir, 'start.mjs');
+  const mod = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../src/runtime/sandbox/index.js');
+  fs.writeFileSync(script, `import { Sandbox } from ${JSON.stringify(mod)};
+const sb = await Sandbox.start({ name: 'orphan', domid: 77, volumes: { klass: 'AppVM', name: 'orphan', template: 'tpl' }, dataDir: ${JSON.stringify(w.data)},
+  runDir: ${JSON.stringify(path.join(dir, 'run'))}, vchanDir: ${JSON.stringify(path.join(dir, 'vchan'))}, command: ['/bin/sh', '-c', 'sleep 1000 & sleep 1000'] });
+console.log(sb.initPid);
+`);
+  const p = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const initPid = await new Promise<number>((r) => p.stdout.once('data', (d: Buffer) => r(Number(String(d).trim()))));
+  assert.ok(fs.existsSync(`/proc/${initPid}`));
+  const ns = fs.readlinkSync(`/proc/${initPid}/ns/pid`);
+  p.kill('SIGKILL');
+  const inNs = (): number => fs.readdirSync('/proc').filter((e) => {
+    try {
+      return /^\d+$/.test(e) && fs.readlinkSync(`/proc/${e}/ns/pid`) === ns;
+    } catch {
+      return false;
+    }
+  }).length;
+  for (let i = 0; i < 100 && inNs() > 0; i++) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(inNs(), 0, 'every process of the sandbox is gone');
+  fs.rmSync(dir, { recursive: true, force: true });
+});
