@@ -3,7 +3,7 @@ import { parseArgs, last, runMain, UsageError } from '../common/args.js';
 import { startQubesd, ADMIN_SOCKET, INTERNAL_SOCKET, MISC_SOCKET } from '../qubesd/index.js';
 import { runtimeFromOptions, RUNTIME_HELP } from '../runtime/select.js';
 
-const USAGE = `usage: qubesd --data-dir DIR --run-dir RUN [--runtime process|none] [--debug]`;
+const USAGE = `usage: qubesd --data-dir DIR --run-dir RUN [--runtime process|bwrap|none] [--debug]`;
 const HELP = `${USAGE}
 
 The Qubes registry daemon: qubes, their properties, tags, features and labels

@@ -121,12 +121,25 @@ console.log(sb.initPid);
   p.kill('SIGKILL');
   const inNs = (): number => fs.readdirSync('/proc').filter((e) => {
     try {
-      return /^\d+$/.test(e) && fs.readlinkSync(`/proc/${e}/ns/pid`) === ns;
+      // zombies (being reaped) do not count
+      return /^\d+$/.test(e) && fs.readlinkSync(`/proc/${e}/ns/pid`) === ns && !/\) Z /.test(fs.readFileSync(`/proc/${e}/stat`, 'utf8'));
     } catch {
       return false;
     }
   }).length;
-  for (let i = 0; i < 100 && inNs() > 0; i++) await new Promise((r) => setTimeout(r, 20));
+  for (let i = 0; i < 500 && inNs() > 0; i++) await new Promise((r) => setTimeout(r, 20));
   assert.equal(inNs(), 0, 'every process of the sandbox is gone');
   fs.rmSync(dir, { recursive: true, force: true });
+});
+
+void test('a sandbox ends when its command does, even with a process left in the background', opts, async () => {
+  const sb = await Sandbox.start({
+    name: 'brief', domid: 78, volumes: { klass: 'AppVM', name: 'brief', template: 'tpl' }, dataDir: w.data,
+    runDir: path.join(w.dir, 'run', 'brief'), vchanDir: w.links.add(78), command: ['/bin/sh', '-c', 'sleep 1000 </dev/null >/dev/null 2>&1 & exit 3'],
+  });
+  const x = await sb.exited;
+  assert.equal(x.code, 3);
+  assert.ok(!fs.existsSync(`/proc/${sb.initPid}/stat`) || /\) Z /.test(fs.readFileSync(`/proc/${sb.initPid}/stat`, 'utf8')));
+  await sb.stop();
+  w.links.remove(78);
 });

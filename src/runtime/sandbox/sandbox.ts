@@ -129,14 +129,15 @@ export function sandboxPlan(spec: SandboxSpec, cgroupProcs: readonly string[] = 
 }
 
 /**
- * The sandbox's main process (pid 2, under bwrap's init): runs the command
- * without the lifeline (fd 4, whose other end only the host holds) and ends
- * when the command does, or kills it when the lifeline reads EOF because the
- * host died, even by SIGKILL. Either way bwrap's init then exits, and the
- * kernel kills whatever is left in the pid namespace. (bwrap's
- * --die-with-parent alone does not reach the namespace's init here.)
+ * The sandbox's main process (pid 2, under bwrap's init, as root): runs the
+ * command without the lifeline (fd 4, whose other end only the host holds),
+ * and when the command ends, or when the lifeline reads EOF because the host
+ * died (even by SIGKILL), kills every other process of the pid namespace
+ * (`kill -1`). bwrap's init exits once it has no child left, and the
+ * namespaces go with it. (bwrap's init waits for all its children, not only
+ * the command; and --die-with-parent misses a host killed during the start.)
  */
-export const LIFELINE_SCRIPT = '"$@" 4<&- & p=$!; { read _ <&4; kill -9 $p; } 2>/dev/null 4<&4 & wait $p';
+export const LIFELINE_SCRIPT = '"$@" 4<&- & p=$!; { read _ <&4; kill -9 -1; } 2>/dev/null 4<&4 & wait $p; s=$?; kill -9 -1 2>/dev/null; exit $s';
 
 type State = 'starting' | 'running' | 'paused' | 'stopped';
 
@@ -340,14 +341,18 @@ function readInfo(proc: ChildProcess, tail: () => string): Promise<number> {
 /**
  * Resolves once the sandbox's agent has done its handshake with the host
  * (it then opens its agent socket, which we see through /proc/PID/root), or
- * rejects when the sandbox exits or after `timeoutMs`.
+ * with `listening` once it listens for its host; rejects when the sandbox
+ * exits or after `timeoutMs`.
  */
-export async function waitAgentReady(sb: Sandbox, timeoutMs: number): Promise<void> {
+export async function waitAgentReady(sb: Sandbox, timeoutMs: number, opts: { listening?: boolean } = {}): Promise<void> {
   const f = `/proc/${sb.initPid}/root${INSIDE_AGENT_SOCKET}`;
+  // with `listening`, also its control vchan listening for the host (the host's connect then removes it)
+  const ctrl = path.join(sb.spec.vchanDir, `vchan.${sb.spec.domid}.0.512.sock`);
+  const seen = (): boolean => fs.existsSync(f) || (opts.listening === true && fs.existsSync(ctrl));
   const end = Date.now() + timeoutMs;
   let exited = false;
   void sb.exited.then(() => (exited = true));
-  for (let delay = 1; !fs.existsSync(f); delay = Math.min(delay * 2, 20)) {
+  for (let delay = 1; !seen(); delay = Math.min(delay * 2, 20)) {
     const why = exited ? 'exited before its agent was ready' : Date.now() > end ? `agent not ready after ${timeoutMs} ms` : undefined;
     if (why) throw new SandboxError('START', `${sb.spec.name}: ${why}${sb.output ? `: ${sb.output.trim()}` : ''}`);
     await sleep(delay);

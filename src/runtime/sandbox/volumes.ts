@@ -259,8 +259,7 @@ export function volumeMounts(dataDir: string, v: QubeVolumes, scratch: string, t
   let priv: string;
   if (v.klass === 'DispVM') {
     if (v.dispvmTemplate === undefined) throw new SandboxError('BAD_SPEC', `DispVM ${v.name} has no dispvm template`);
-    const from = privateDir(dataDir, v.dispvmTemplate);
-    if (!fs.existsSync(from)) throw new SandboxError('STORAGE', `${v.dispvmTemplate}: no private volume`);
+    const from = ensurePrivate(dataDir, v.dispvmTemplate);
     priv = path.join(scratch, 'private');
     mounts.push({ op: 'overlay', target: priv, lower: [from], upper: { dir: path.join(scratch, 'upper', 'private'), work: path.join(scratch, 'work', 'private') } });
   } else {
