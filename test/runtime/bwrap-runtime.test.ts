@@ -99,5 +99,5 @@ void test('--runtime bwrap picks this backend as root; an unknown name is a usag
   const r = runtimeFromOptions('bwrap', { runDir: path.join(w.dir, 'rt2'), dataDir: path.join(w.dir, 'rt2data') });
   assert.equal(r?.name, 'bwrap');
   await r?.close();
-  assert.throws(() => runtimeFromOptions('xen', { runDir: w.dir }), /invalid choice: 'xen' \(choose from 'none', 'bwrap'\)/);
+  assert.throws(() => runtimeFromOptions('xen', { runDir: w.dir, dataDir: w.data }), /invalid choice: 'xen' \(choose from 'process', 'bwrap', 'none'\)/);
 });
