@@ -30,8 +30,12 @@ export function flushed(w: Writable): Promise<void> {
   return new Promise((resolve) => {
     w.once('close', resolve);
     w.once('error', () => resolve());
-    if (w.writableEnded) w.once('finish', resolve);
-    else if (w.writableLength === 0) resolve();
+    if (w.writableEnded) {
+      w.once('finish', resolve);
+      // an ended process.stdout on a file (SyncWriteStream) may never emit
+      // 'finish'; with nothing buffered, everything is written
+      if (w.writableLength === 0) setImmediate(resolve);
+    } else if (w.writableLength === 0) resolve();
     else w.write(Buffer.alloc(0), () => resolve());
   });
 }

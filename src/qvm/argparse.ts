@@ -12,8 +12,12 @@ export interface Opt {
   /** Long names without dashes; the first is the key in the result. */
   readonly long: readonly string[];
   readonly short?: string;
-  /** 0: a flag (count kept), 1: one value (last wins), '+': one or more, 'append': one value, repeatable. */
-  readonly nargs: 0 | 1 | '+' | 'append';
+  /**
+   * 0: a flag (count kept), 1: one value (last wins), '+': one or more,
+   * 'append': one value, repeatable, '?': a flag, or a value given as
+   * `--opt=VALUE` only (qvm-run's `--dispvm[=T]`).
+   */
+  readonly nargs: 0 | 1 | '+' | 'append' | '?';
   readonly dest?: string;
 }
 
@@ -22,9 +26,23 @@ export interface Parsed {
   readonly values: Map<string, string[]>;
   readonly positional: string[];
   readonly help: boolean;
+  /**
+   * With `remainder`: how many of the positionals came before the first
+   * option-like string (argparse's pattern of `A`s before an `O`).
+   */
+  readonly leadingArgs: number;
 }
 
-export function parse(argv: readonly string[], opts: readonly Opt[]): Parsed {
+export interface ParseHow {
+  /**
+   * argparse.REMAINDER after the first positional (qvm-run's `COMMAND ARG...`):
+   * from the first positional on, every string is a positional, options too;
+   * only the first `--` of the command line is dropped.
+   */
+  readonly remainder?: boolean;
+}
+
+export function parse(argv: readonly string[], opts: readonly Opt[], how: ParseHow = {}): Parsed {
   const flags = new Map<string, number>();
   const values = new Map<string, string[]>();
   const positional: string[] = [];
@@ -53,6 +71,11 @@ export function parse(argv: readonly string[], opts: readonly Opt[]): Parsed {
       flags.set(k, (flags.get(k) ?? 0) + 1);
       return;
     }
+    if (o.nargs === '?') {
+      if (inline === undefined) flags.set(k, (flags.get(k) ?? 0) + 1);
+      else values.set(k, [inline]);
+      return;
+    }
     const got: string[] = [];
     if (inline !== undefined) got.push(inline);
     if (o.nargs === '+') {
@@ -70,10 +93,26 @@ export function parse(argv: readonly string[], opts: readonly Opt[]): Parsed {
     if (o.nargs === 'append') values.set(k, [...(values.get(k) ?? []), ...got]);
     else values.set(k, got);
   };
+  let leadingArgs = -1;
   for (; i < argv.length; i++) {
     const a = argv[i] as string;
     if (a === '--') {
       positional.push(...argv.slice(i + 1));
+      if (how.remainder) leadingArgs = argv.length - i - 1;
+      break;
+    }
+    if (how.remainder && !isOptionLike(a)) {
+      const rest = argv.slice(i);
+      const dd = rest.indexOf('--');
+      let lead = 0;
+      while (lead < rest.length && !isOptionLike(rest[lead] as string)) lead++;
+      if (dd >= 0) {
+        // after the `--` everything counts as an argument
+        if (dd === lead) lead = rest.length - 1;
+        rest.splice(dd, 1);
+      }
+      positional.push(...rest);
+      leadingArgs = lead;
       break;
     }
     if (a.startsWith('--')) {
@@ -104,7 +143,7 @@ export function parse(argv: readonly string[], opts: readonly Opt[]): Parsed {
       }
     } else positional.push(a);
   }
-  return { flags, values, positional, help };
+  return { flags, values, positional, help, leadingArgs: leadingArgs < 0 ? positional.length : leadingArgs };
 }
 
 export const flag = (p: Parsed, k: string): boolean => (p.flags.get(k) ?? 0) > 0;

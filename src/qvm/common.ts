@@ -9,7 +9,7 @@
 import { UsageError } from '../common/args.js';
 import { AdminError, AdminTransportError, defaultTransport, type AdminTransport } from '../qubesd/client.js';
 import { QubesApp, type Qube } from './app.js';
-import { parse, type Opt, type Parsed } from './argparse.js';
+import { parse, type Opt, type ParseHow, type Parsed } from './argparse.js';
 
 export interface ToolIO {
   out(s: string): void;
@@ -21,6 +21,8 @@ export interface ToolSpec {
   readonly usage: string;
   readonly help: string;
   readonly opts: readonly Opt[];
+  /** How the command line is read (default: argparse's usual way). */
+  readonly how?: ParseHow;
   run(p: Parsed, app: QubesApp, io: ToolIO): Promise<number>;
 }
 
@@ -43,7 +45,7 @@ export const processIO: ToolIO = {
 /** Run a tool with an argv; resolves with the exit status. */
 export async function runTool(spec: ToolSpec, argv: readonly string[], io: ToolIO = processIO, transport?: AdminTransport): Promise<number> {
   try {
-    const p = parse(argv, spec.opts);
+    const p = parse(argv, spec.opts, spec.how);
     if (p.help) {
       io.out(spec.help);
       return 0;
@@ -52,7 +54,8 @@ export async function runTool(spec: ToolSpec, argv: readonly string[], io: ToolI
     return await spec.run(p, app, io);
   } catch (e) {
     if (e instanceof UsageError) {
-      io.err(`${spec.usage}\n${spec.prog}: error: ${e.message}\n`);
+      // an empty message: the usage line alone (argparse's print_usage + exit 2)
+      io.err(e.message ? `${spec.usage}\n${spec.prog}: error: ${e.message}\n` : `${spec.usage}\n`);
       return 2;
     }
     if (e instanceof ToolError) {

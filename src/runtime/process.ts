@@ -12,12 +12,17 @@
  * every qrexec daemon share one event loop.
  *
  * Layout under `stateDir/NAME/`: `rpc/` (services), `config/` (service
- * config), `home/` (the qube's data, its HOME), `agent.sock`.
+ * config), `home/` (the qube's data, its HOME), `agent.sock`. After the
+ * qube's own `rpc/` and `config/`, the services qrexec-ts installs in every
+ * qube (qubes-rpc/qube, src/runtime/shipped.ts); the daemons look up dom0's
+ * services in qubes-rpc/dom0 after their own service path.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { DOM0_SERVICE_DIR, QUBE_CONFIG_DIR, QUBE_SERVICE_DIR } from './shipped.js';
 import { RuntimeError, type QubeExit, type QubeLaunch, type RunningQube, type Runtime } from './types.js';
 
 const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../bin');
@@ -66,7 +71,7 @@ export function daemonProcessHostSide(opts: ProcessRuntimeOptions): HostSide {
         VCHAN_DOMAIN: '0',
         QREXEC_DAEMON_NOTIFY_FD: '3',
         QREXEC_STARTUP_TIMEOUT: String(Math.max(1, Math.ceil(q.timeoutMs / 1000))),
-        ...(opts.daemon?.servicePath ? { QREXEC_SERVICE_PATH: opts.daemon.servicePath } : {}),
+        ...(opts.daemon?.servicePath ? { QREXEC_SERVICE_PATH: `${opts.daemon.servicePath}:${DOM0_SERVICE_DIR}` } : {}),
       },
     });
     const exited = new Promise<void>((r) => p.once('exit', () => r()));
@@ -100,7 +105,9 @@ class ProcessQube implements RunningQube {
     for (const d of ['rpc', 'config', 'home']) fs.mkdirSync(path.join(dir, d), { recursive: true, mode: 0o700 });
     const agentSock = path.join(dir, 'agent.sock');
     fs.rmSync(agentSock, { force: true });
-    this.host = hostSide(q, { vchanDir: opts.vchanDir });
+    // the agent runs as this host user (no isolation), and a non-root agent runs
+    // services only as itself: DEFAULT: calls (qvm-run) must name this user
+    this.host = hostSide({ ...q, defaultUser: os.userInfo().username }, { vchanDir: opts.vchanDir });
     // its own process group, so pause/kill reach the services it runs too
     this.agent = spawn(process.execPath, [path.join(BIN, 'qrexec-agent'), `--agent-socket=${agentSock}`, '--no-fork-server'], {
       detached: true,
@@ -111,9 +118,11 @@ class ProcessQube implements RunningQube {
         HOME: path.join(dir, 'home'),
         VCHAN_SOCKET_DIR: opts.vchanDir,
         VCHAN_DOMAIN: String(q.domid),
-        QREXEC_SERVICE_PATH: path.join(dir, 'rpc'),
-        QUBES_RPC_CONFIG_PATH: path.join(dir, 'config'),
+        QREXEC_SERVICE_PATH: `${path.join(dir, 'rpc')}:${QUBE_SERVICE_DIR}`,
+        QUBES_RPC_CONFIG_PATH: `${path.join(dir, 'config')}:${QUBE_CONFIG_DIR}`,
         QUBES_QUBE_NAME: q.name,
+        // where this qube's own programs (qvm-copy...) find its agent
+        QUBES_QREXEC_AGENT_SOCKET: agentSock,
       },
     });
     const agent = this.agent;

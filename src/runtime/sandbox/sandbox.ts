@@ -106,6 +106,8 @@ export function sandboxPlan(spec: SandboxSpec, cgroupProcs: readonly string[] = 
     { source: path.join(PROJECT, 'bin'), dest: `${INSIDE_PROJECT}/bin`, readOnly: true },
     ...(fs.existsSync(path.join(PROJECT, 'native', 'build')) ? [{ source: path.join(PROJECT, 'native', 'build'), dest: `${INSIDE_PROJECT}/native/build`, readOnly: true }] : []),
     { source: process.execPath, dest: `${INSIDE_PROJECT}/node`, readOnly: true },
+    // the services qrexec-ts installs in every qube (src/runtime/shipped.ts)
+    { source: path.join(PROJECT, 'qubes-rpc'), dest: `${INSIDE_PROJECT}/qubes-rpc`, readOnly: true },
   ];
   return {
     name: spec.name,
@@ -121,6 +123,9 @@ export function sandboxPlan(spec: SandboxSpec, cgroupProcs: readonly string[] = 
       LANG: 'C.UTF-8',
       VCHAN_SOCKET_DIR: INSIDE_VCHAN_DIR,
       VCHAN_DOMAIN: String(spec.domid),
+      // the reference's search paths, then the services every qube gets
+      QREXEC_SERVICE_PATH: `/run/qubes-rpc:/usr/local/etc/qubes-rpc:/etc/qubes-rpc:${INSIDE_PROJECT}/qubes-rpc/qube`,
+      QUBES_RPC_CONFIG_PATH: `/run/qubes/rpc-config:/usr/local/etc/qubes/rpc-config:/etc/qubes/rpc-config:${INSIDE_PROJECT}/qubes-rpc/qube-config`,
       ...(spec.env ?? {}),
     },
     command: ['/bin/sh', '-c', LIFELINE_SCRIPT, 'qrexec-sandbox', ...(spec.command ?? [`${INSIDE_PROJECT}/node`, `${INSIDE_PROJECT}/bin/qrexec-agent`, `--agent-socket=${INSIDE_AGENT_SOCKET}`])],

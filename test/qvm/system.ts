@@ -1,0 +1,157 @@
+/**
+ * A real small Qubes system for the user-command tests: bin/qubesd with the
+ * `process` runtime (each qube a real qrexec-agent with its qrexec-daemon),
+ * optionally a real policy daemon with the given policy (for calls between
+ * qubes), in a fresh temp directory; and runners for our commands, in dom0
+ * (QUBESD_SOCKET) or inside a qube (its agent socket and vchan domain).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+
+export interface RunResult {
+  readonly code: number | null;
+  readonly out: string;
+  readonly err: string;
+}
+
+export interface RunOpts {
+  readonly input?: string | Buffer;
+  readonly env?: NodeJS.ProcessEnv;
+  readonly cwd?: string;
+  /** Send stdout to this regular file instead of a pipe. */
+  readonly stdoutFile?: string;
+  readonly timeoutMs?: number;
+}
+
+export function runProgram(file: string, args: readonly string[], o: RunOpts = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const outFd = o.stdoutFile ? fs.openSync(o.stdoutFile, 'w') : undefined;
+    const p = spawn(file, args, { env: o.env ?? process.env, cwd: o.cwd, stdio: ['pipe', outFd ?? 'pipe', 'pipe'] });
+    if (outFd !== undefined) fs.closeSync(outFd);
+    let out = '';
+    let err = '';
+    p.stdout?.on('data', (c: Buffer) => (out += c.toString()));
+    p.stderr?.on('data', (c: Buffer) => (err += c.toString()));
+    p.stdin?.on('error', () => undefined);
+    p.stdin?.end(o.input ?? '');
+    const timer = setTimeout(() => {
+      p.kill('SIGKILL');
+      reject(new Error(`${path.basename(file)} ${args.join(' ')}: timeout; stderr: ${err}`));
+    }, o.timeoutMs ?? 60_000);
+    p.on('error', reject);
+    p.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, out, err });
+    });
+  });
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function answers(sock: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect({ path: sock, allowHalfOpen: true });
+    let got = false;
+    s.on('connect', () => s.end('admin.vm.List+ dom0 name dom0\0'));
+    s.on('data', () => (got = true));
+    s.on('error', () => resolve(false));
+    s.on('close', () => resolve(got));
+  });
+}
+
+export interface TestSystem {
+  readonly dir: string;
+  readonly dataDir: string;
+  readonly runDir: string;
+  readonly sock: string;
+  readonly policyDir: string;
+  /** Environment for dom0 commands. */
+  readonly env: NodeJS.ProcessEnv;
+  /** Run bin/NAME in dom0. */
+  dom0(name: string, args: readonly string[], o?: RunOpts): Promise<RunResult>;
+  /** Run a program inside a (running) qube: its agent socket, vchan domain, HOME. */
+  inQube(qube: string, file: string, args: readonly string[], o?: RunOpts): Promise<RunResult>;
+  /** The qube's home directory (process runtime). */
+  home(qube: string): string;
+  /** The qube's own service directory. */
+  rpcDir(qube: string): string;
+  close(): Promise<void>;
+}
+
+/** Starts qubesd (process runtime) and, with `policy`, a policy daemon reading it. */
+export async function startSystem(opts: { policy?: string } = {}): Promise<TestSystem> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qvm-system-'));
+  const dataDir = path.join(dir, 'data');
+  const runDir = path.join(dir, 'run');
+  const policyDir = path.join(dir, 'policy');
+  fs.mkdirSync(policyDir);
+  const policySock = path.join(runDir, 'policy.sock');
+  const procs: ChildProcess[] = [];
+  const sock = path.join(runDir, 'qubesd.sock');
+  const qd = spawn(process.execPath, [path.join(ROOT, 'bin/qubesd'), '--data-dir', dataDir, '--run-dir', runDir], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+    env: { ...process.env, QREXEC_POLICY_SOCKET: policySock },
+  });
+  procs.push(qd);
+  for (let i = 0; i < 500 && !(await answers(sock)); i++) await sleep(20);
+  if (opts.policy !== undefined) {
+    fs.writeFileSync(path.join(policyDir, '50-test.policy'), opts.policy);
+    const pd = spawn(
+      process.execPath,
+      [
+        path.join(ROOT, 'bin/qrexec-policy-daemon'),
+        ...['--policy-path', policyDir, '--socket-path', policySock, '--eval-socket-path', 'none', '--gui-socket-path', 'none'],
+        ...['--qubesd-socket', path.join(runDir, 'qubesd.internal.sock'), '--qubesd-events-socket', sock, '--no-audit'],
+      ],
+      { stdio: ['ignore', 'ignore', 'inherit'] },
+    );
+    procs.push(pd);
+    for (let i = 0; i < 500 && !fs.existsSync(policySock); i++) await sleep(20);
+  }
+  const env: NodeJS.ProcessEnv = { ...process.env, QUBESD_SOCKET: sock };
+  delete env['QREXEC_SOCKET_DIR'];
+  delete env['VCHAN_SOCKET_DIR'];
+  delete env['VCHAN_SOCKET_LAYOUT'];
+  const sys: TestSystem = {
+    dir,
+    dataDir,
+    runDir,
+    sock,
+    policyDir,
+    env,
+    dom0: (name, args, o = {}) => runProgram(path.join(ROOT, 'bin', name), args, { ...o, env: { ...env, ...(o.env ?? {}) } }),
+    async inQube(qube, file, args, o = {}) {
+      const xid = (await sys.dom0('qvm-prefs', [qube, 'xid'])).out.trim();
+      const qenv: NodeJS.ProcessEnv = {
+        ...process.env,
+        HOME: sys.home(qube),
+        QUBES_QREXEC_AGENT_SOCKET: path.join(dataDir, 'qubes', qube, 'agent.sock'),
+        VCHAN_SOCKET_DIR: path.join(runDir, 'vchan'),
+        VCHAN_DOMAIN: xid,
+        ...(o.env ?? {}),
+      };
+      delete qenv['QUBESD_SOCKET'];
+      return runProgram(file, args, { ...o, cwd: o.cwd ?? sys.home(qube), env: qenv });
+    },
+    home: (qube) => path.join(dataDir, 'qubes', qube, 'home'),
+    rpcDir: (qube) => path.join(dataDir, 'qubes', qube, 'rpc'),
+    async close() {
+      for (const p of procs.reverse()) {
+        if (p.exitCode !== null || p.signalCode !== null) continue;
+        const gone = new Promise((r) => p.once('exit', r));
+        p.kill('SIGTERM');
+        const t = setTimeout(() => p.kill('SIGKILL'), 10_000);
+        await gone;
+        clearTimeout(t);
+      }
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  return sys;
+}
