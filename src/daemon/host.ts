@@ -19,6 +19,11 @@ export class QubeHost {
     }
   }
 
+  /** Unregisters a qube (it stopped). */
+  remove(d: QubeDaemon): void {
+    for (const [k, v] of this.byKey) if (v === d) this.byKey.delete(k);
+  }
+
   /** The daemon of `target` (domain id, name or `uuid:…`, as in `qrexec.<target>`), if served here. */
   find(target: string): QubeDaemon | undefined {
     return this.byKey.get(target);

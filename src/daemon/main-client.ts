@@ -10,6 +10,7 @@ import { startPump, vchanConnect, vchanEnvFrom, vchanListen, type VchanEnv } fro
 import { DaemonClient, DEFAULT_SOCKET_DIR } from './client.js';
 import { DEFAULT_SERVICE_PATH, runDom0Service } from './dom0.js';
 import { DEFAULT_QUBESD_SOCKET, qubesdCall } from '../node/qubesd.js';
+import { localHost } from '../common/local-host.js';
 
 const USAGE = (name: string): string => `usage: ${name} [options] -d domain_name [-l local_prog|-c request_id,src_domain_name,src_domain_id|-e] user:remote_cmdline
 Options:
@@ -45,6 +46,9 @@ interface Opts {
   kill: boolean;
   socketDir: string;
   qubesdSocket: string;
+  /** Given on the command line (else the local host's, if one runs). */
+  socketDirSet?: boolean;
+  qubesdSet?: boolean;
   prefix?: string;
   stdinSocket: boolean;
   cmd?: string;
@@ -86,8 +90,13 @@ function parse(argv: string[]): Opts {
       if (k === 'help') {
         process.stdout.write(USAGE('qrexec-client'));
         process.exit(0);
-      } else if (k === 'socket-dir') o.socketDir = val();
-      else if (k === 'qubesd-socket') o.qubesdSocket = val();
+      } else if (k === 'socket-dir') {
+        o.socketDir = val();
+        o.socketDirSet = true;
+      } else if (k === 'qubesd-socket') {
+        o.qubesdSocket = val();
+        o.qubesdSet = true;
+      }
       else if (k === 'no-exit-code') o.exitWithCode = false;
       else if (k === 'prefix-data') {
         if (o.prefix !== undefined) {
@@ -174,7 +183,14 @@ export async function qrexecClientMain(argv: string[]): Promise<number> {
     return 1;
   }
   const servicePath = (process.env['QREXEC_SERVICE_PATH'] ?? DEFAULT_SERVICE_PATH).split(':').filter((x) => x);
-  const venv = vchanEnvFrom();
+  let venv = vchanEnvFrom();
+  // no transport configured: the host `npm start` runs, if it does (src/common/local-host.ts)
+  const host = !o.socketDirSet && !process.env['VCHAN_SOCKET_DIR'] ? localHost() : undefined;
+  if (host) {
+    o.socketDir = host.qrexecSocketDir;
+    venv = { dir: host.vchanDir, ownDomain: 0, ...(host.vchanLayout === 'per-domain' ? { layout: 'per-domain' as const } : {}) };
+    if (!o.qubesdSet && !process.env['QREXEC_QUBESD_SOCKET']) o.qubesdSocket = host.qubesdSocket;
+  }
   const timeoutMs = o.timeout > 0 ? o.timeout * 1000 : undefined;
   let stdin: Readable = process.stdin;
   let stdout: Writable = process.stdout;

@@ -33,7 +33,7 @@ import {
   type Trigger,
 } from '../protocol/index.js';
 import { vchanConnect, type Channel, type VchanEnv } from '../vchan/index.js';
-import { qubesdCall, QubesdError } from '../node/qubesd.js';
+import { qubesdCall, QubesdError, type QubesdCallOptions } from '../node/qubesd.js';
 import { DaemonClient, DaemonClientError, type DataEndpoint } from './client.js';
 import type { QubeHost } from './host.js';
 import { runDom0Service, type InProcessServices } from './dom0.js';
@@ -72,11 +72,20 @@ export interface QubeDaemonOptions {
    * Without it such calls are refused.
    */
   readonly qubesdSocket?: string;
+  /**
+   * Replaces the calls on {@link qubesdSocket}: qubesd in this process (the
+   * host process), with {@link qubesdCall}'s contract (the reply's data, or
+   * QubesdError).
+   */
+  readonly qubesd?: QubesdCaller;
   /** dom0 services this process serves itself (the Policy API), before the service path. */
   readonly inProcessServices?: InProcessServices;
   /** How long qubesd may take to start a qube, and the started qube to connect its agent (default 120 s). */
   readonly autostartTimeoutMs?: number;
 }
+
+/** An Admin API call as dom0 (see qubesdCall in src/node/qubesd.ts). */
+export type QubesdCaller = (method: string, dest: string, opts: QubesdCallOptions) => Promise<Buffer>;
 
 /** Most policy requests in flight per qube (reference: MAX_CLIENTS slots); more are refused. */
 export const MAX_PENDING_CALLS = 256;
@@ -433,17 +442,18 @@ export class QubeDaemon {
     return this.opts.autostartTimeoutMs ?? DEFAULT_AUTOSTART_TIMEOUT_MS;
   }
 
-  private qubesd(why: string): string {
+  private qubesd(why: string): QubesdCaller {
+    if (this.opts.qubesd) return this.opts.qubesd;
     const sock = this.opts.qubesdSocket;
     if (sock === undefined) throw new Error(`${why} needs qubesd, which this daemon does not use (--qubesd-socket=none)`);
-    return sock;
+    return (method, dest, opts) => qubesdCall(sock, method, dest, opts);
   }
 
   /** admin.vm.Start; a qube that is already running is fine (QubesVMNotHaltedError), as the reference. */
   private async qubesdStart(target: string): Promise<void> {
-    const sock = this.qubesd(`qube ${target} is not running and autostart`);
+    const call = this.qubesd(`qube ${target} is not running and autostart`);
     try {
-      await qubesdCall(sock, 'admin.vm.Start', target, { keywordDest: true, timeoutMs: this.autostartTimeoutMs });
+      await call('admin.vm.Start', target, { keywordDest: true, timeoutMs: this.autostartTimeoutMs });
     } catch (e) {
       if (e instanceof QubesdError && e.excType === 'QubesVMNotHaltedError') return;
       throw new Error(`qubesd could not start VM ${target}: ${(e as Error).message}`);
@@ -462,12 +472,12 @@ export class QubeDaemon {
    */
   private async connectDispVm(p: Pending, target: string, useUuid: boolean, autostart: boolean, cmd: string): Promise<void> {
     if (!autostart) throw new Error(`Target ${target} with autostart=False makes no sense`);
-    const sock = this.qubesd(`Target ${target}: a disposable VM`);
+    const qubesd = this.qubesd(`Target ${target}: a disposable VM`);
     const template = target.slice('@dispvm:'.length);
     const timeoutMs = this.autostartTimeoutMs;
     let reply: string;
     try {
-      reply = (await qubesdCall(sock, 'admin.vm.CreateDisposable', template, { keywordDest: true, timeoutMs, ...(useUuid ? { payload: Buffer.from('uuid') } : {}) })).toString('latin1');
+      reply = (await qubesd('admin.vm.CreateDisposable', template, { keywordDest: true, timeoutMs, ...(useUuid ? { payload: Buffer.from('uuid') } : {}) })).toString('latin1');
     } catch (e) {
       throw new Error(`qubesd could not create disposable VM: ${(e as Error).message}`);
     }
@@ -486,17 +496,17 @@ export class QubeDaemon {
       this.sendControl(encodeServiceConnect(call.ep.domain, call.ep.port, p.identRaw));
     } catch (e) {
       call?.client?.close();
-      await this.killDispVm(sock, dispvm);
+      await this.killDispVm(qubesd, dispvm);
       throw e;
     }
     const ended = call.client ? call.client.waitClosed() : (call.local as QubeDaemon).callEnded(call.ep.port, this.opts.domid);
-    void ended.then(() => this.killDispVm(sock, dispvm));
+    void ended.then(() => this.killDispVm(qubesd, dispvm));
   }
 
   /** admin.vm.Kill of a DispVM we created; a failure is logged (qubesd may have removed it already). */
-  private async killDispVm(sock: string, dispvm: string): Promise<void> {
+  private async killDispVm(call: QubesdCaller, dispvm: string): Promise<void> {
     try {
-      await qubesdCall(sock, 'admin.vm.Kill', dispvm, { keywordDest: true });
+      await call('admin.vm.Kill', dispvm, { keywordDest: true });
     } catch (e) {
       if (e instanceof QubesdError && e.excType === 'QubesVMNotStartedError') return;
       this.log('warning', `${this.opts.name}: could not kill disposable VM ${dispvm}: ${(e as Error).message}`);

@@ -5,6 +5,7 @@
  * the service's exit status, stdout and stderr; a `ClassName message`
  * stderr becomes that exception.
  */
+import { localHost } from '../common/local-host.js';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { spawn } from 'node:child_process';
@@ -73,12 +74,15 @@ export function qrexecTransport(clientVm = 'qrexec-client-vm', clientArgs: reado
 }
 
 /**
- * The transport for where we run: $QUBES_POLICY_API_SOCKET, or the default
+ * The transport for where we run: $QUBES_POLICY_API_SOCKET, the socket of
+ * the host `npm start` runs (src/common/local-host.ts), or the default
  * socket when it exists (dom0); else qrexec-client-vm ($QREXEC_CLIENT_VM: a command, words split at spaces).
  */
 export function defaultTransport(env: NodeJS.ProcessEnv = process.env): PolicyTransport {
   const sock = env['QUBES_POLICY_API_SOCKET'];
   if (sock) return socketTransport(sock);
+  const host = localHost(env);
+  if (host) return socketTransport(host.policyApiSocket);
   if (fs.existsSync(DEFAULT_POLICY_API_SOCKET)) return socketTransport(DEFAULT_POLICY_API_SOCKET);
   const cmd = (env['QREXEC_CLIENT_VM'] || 'qrexec-client-vm').split(' ').filter((x) => x);
   return qrexecTransport(cmd[0] as string, cmd.slice(1));

@@ -194,11 +194,14 @@ export class StartupError extends Error {
 
 export async function startDaemon(
   cfg: DaemonConfig,
-  hooks: { log?: Logger; gui?: GuiServiceCaller | null } = {},
+  hooks: { log?: Logger; gui?: GuiServiceCaller | null; systemInfo?: SystemInfoSource } = {},
 ): Promise<RunningDaemon> {
   const log = hooks.log ?? createLogger('qrexec-policy-daemon', { level: cfg.logLevel });
   let systemInfo: SystemInfoSource;
-  if (cfg.systemInfoFile !== null) {
+  if (hooks.systemInfo) {
+    // qubesd in this process (the host process): no socket, no event stream
+    systemInfo = hooks.systemInfo;
+  } else if (cfg.systemInfoFile !== null) {
     const f = new FileSystemInfo(cfg.systemInfoFile, log);
     if (!f.ok) throw new StartupError(`cannot load system info from ${cfg.systemInfoFile}: ${f.lastError?.message}`);
     f.watch();

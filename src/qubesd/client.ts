@@ -7,8 +7,8 @@
  *   payload on stdin and the reply on stdout; qubesd then sees the calling
  *   qube as the source, as the qrexec daemon knows it.
  *
- * The socket is QUBESD_SOCKET if set, else the one `npm start`'s host
- * serves if it exists, else /var/run/qubesd.sock; if no socket exists and
+ * The socket is QUBESD_SOCKET if set, else the one of the host `npm start`
+ * runs (src/common/local-host.ts) if it runs, else /var/run/qubesd.sock; if no socket exists and
  * `qrexec-client-vm` is on PATH (or QREXEC_CLIENT_VM names it), calls go
  * through qrexec.
  *
@@ -19,12 +19,10 @@
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { QrexecError } from '../common/errors.js';
+import { localHost } from '../common/local-host.js';
 
-/** The socket `npm start` (bin/qrexec-demo) serves qubesd on. */
-export const DEMO_QUBESD_SOCKET = path.join(os.tmpdir(), 'qrexec-demo', 'run', 'qubesd.sock');
 export const SYSTEM_QUBESD_SOCKET = '/var/run/qubesd.sock';
 
 /** qubesd raised an exception. */
@@ -195,7 +193,9 @@ function onPath(prog: string, env: NodeJS.ProcessEnv): string | null {
 export function defaultTransport(env: NodeJS.ProcessEnv = process.env): AdminTransport {
   const explicit = env['QUBESD_SOCKET'];
   if (explicit) return new SocketTransport(explicit);
-  for (const s of [DEMO_QUBESD_SOCKET, SYSTEM_QUBESD_SOCKET]) if (fs.existsSync(s)) return new SocketTransport(s);
+  const host = localHost(env);
+  if (host) return new SocketTransport(host.qubesdSocket);
+  if (fs.existsSync(SYSTEM_QUBESD_SOCKET)) return new SocketTransport(SYSTEM_QUBESD_SOCKET);
   const vm = env['QREXEC_CLIENT_VM'] ?? onPath('qrexec-client-vm', env);
   if (vm) return new QrexecTransport(vm);
   return new SocketTransport(SYSTEM_QUBESD_SOCKET);

@@ -83,6 +83,15 @@ export class Lifecycle implements PowerControl {
     const tpl = q.get('template');
     const timeout = q.get('qrexec_timeout');
     const user = q.get('default_user');
+    const num = (prop: string): number | undefined => {
+      const v = q.has(prop) ? q.get(prop) : undefined;
+      return typeof v === 'number' && v > 0 ? v : undefined;
+    };
+    const maxmemMb = num('maxmem') ?? num('memory');
+    const vcpus = num('vcpus');
+    // a DispVM runs on the root of its disposable template's template
+    const dvm = q.klass === 'DispVM' && typeof tpl === 'string' ? this.registry.byName(tpl) : undefined;
+    const rootTpl = dvm?.get('template');
     let run: RunningQube;
     try {
       run = runtime.start({
@@ -93,6 +102,11 @@ export class Lifecycle implements PowerControl {
         template: typeof tpl === 'string' ? tpl : null,
         defaultUser: typeof user === 'string' ? user : 'user',
         timeoutMs: (typeof timeout === 'number' ? timeout : 60) * 1000,
+        netvm: typeof netvm === 'string' ? netvm : null,
+        providesNetwork: q.get('provides_network') === true,
+        ...(maxmemMb !== undefined ? { maxmemMb } : {}),
+        ...(vcpus !== undefined ? { vcpus } : {}),
+        ...(dvm ? { rootTemplate: typeof rootTpl === 'string' ? rootTpl : null } : {}),
       });
     } catch (e) {
       this.failed(q, e);

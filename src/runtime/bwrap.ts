@@ -7,19 +7,24 @@
  * disk is made at its first start from the host's /usr and /etc (the default
  * template); an AppVM's missing template likewise.
  *
- * What qubesd's QubeLaunch does not carry yet (netvm, provides_network,
- * maxmem, vcpus, a DispVM's template chain) comes from the optional
- * `describe` callback; without it qubes get loopback only and the defaults
- * below.
+ * The netvm, provides_network, maxmem, vcpus and a DispVM's template chain
+ * come with the QubeLaunch qubesd passes; the optional `describe` callback
+ * (tests without a registry) overrides them.
+ *
+ * A started qube's host side (its qrexec daemon) is the `hostSide` given:
+ * in-process daemons in the host process, a `qrexec-daemon` child under
+ * qubesd alone; without one (sandbox tests) a start is ready when the agent
+ * is (`readyOn`).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { QubeExit, QubeLaunch, RunningQube, Runtime } from './types.js';
+import type { HostSide, HostSideHandle, QubeExit, QubeLaunch, RunningQube, Runtime } from './types.js';
 import { RuntimeError } from './types.js';
 import {
   Sandbox,
   SandboxError,
   VchanLinks,
+  cleanStaleCgroups,
   cleanStaleNetns,
   connectUplink,
   createNetns,
@@ -57,10 +62,25 @@ export interface BwrapRuntimeOptions {
   readonly defaultLimits?: Limits;
   readonly log?: (msg: string) => void;
   /**
-   * When a start is ready: `handshake` (default: the host side's qrexec daemon
-   * has connected to the agent) or `listening` (the agent listens for it).
+   * Without `hostSide`, when a start is ready: `handshake` (default: a host
+   * side served elsewhere has connected to the agent) or `listening` (the
+   * agent listens for it).
    */
   readonly readyOn?: 'handshake' | 'listening';
+  /** Serves each started qube's host side; ready once it has connected to the agent. */
+  readonly hostSide?: HostSide;
+}
+
+/** What a QubeLaunch says about the qube. */
+function launchDescription(q: QubeLaunch): QubeDescription {
+  return {
+    klass: q.klass,
+    template: q.template,
+    ...(q.netvm !== undefined ? { netvm: q.netvm } : {}),
+    ...(q.providesNetwork !== undefined ? { providesNetwork: q.providesNetwork } : {}),
+    ...(q.maxmemMb ? { maxmemMb: q.maxmemMb } : {}),
+    ...(q.vcpus ? { vcpus: q.vcpus } : {}),
+  };
 }
 
 const DEFAULT_LIMITS: Limits = { memoryBytes: 4000 * 1024 * 1024, cpus: 2, pids: 4096 };
@@ -99,6 +119,8 @@ export class BwrapRuntime implements Runtime {
       const n = cleanStaleNetns(this.net.prefix);
       if (n) this.log(`removed ${n} stale network namespaces/links`);
     }
+    const g = cleanStaleCgroups(this.net.prefix);
+    if (g) this.log(`removed ${g} stale cgroups`);
     fs.rmSync(path.join(opts.runDir, 'sandboxes'), { recursive: true, force: true });
   }
 
@@ -126,7 +148,7 @@ export class BwrapRuntime implements Runtime {
       case 'DispVM': {
         // a DispVM's template is its dispvm template (an AppVM); the root is that AppVM's template
         const dvm = q.template;
-        const root = dvm ? this.opts.describe?.(dvm)?.template : undefined;
+        const root = dvm ? (this.opts.describe?.(dvm)?.template ?? q.rootTemplate) : undefined;
         if (!dvm || !root) throw new RuntimeError(`DispVM ${q.name}: its dispvm template${dvm ? ` ${dvm}` : ''} and that one's template are needed`);
         if (!readVolumeInfo(data, root)) ensureTemplate(data, root, { kind: 'host' });
         return { klass: 'DispVM', name: q.name, template: root, dispvmTemplate: dvm };
@@ -164,19 +186,25 @@ export class BwrapRuntime implements Runtime {
 
   start(q: QubeLaunch): RunningQube {
     if (this.active.has(q.name)) throw new RuntimeError(`${q.name} is already running`);
-    const d = this.opts.describe?.(q.name) ?? { klass: q.klass, template: q.template };
+    const d = this.opts.describe?.(q.name) ?? launchDescription(q);
     let resolveExit: (x: QubeExit) => void = () => undefined;
     const exited = new Promise<QubeExit>((r) => (resolveExit = r));
     let sbRef: Sandbox | undefined;
     let stopping: Promise<unknown> | undefined;
     let netRef: QubeNetwork | undefined;
+    let host: HostSideHandle | undefined;
     const cleanup = (): void => {
+      void host?.stop();
       if (netRef) destroyNetwork(this.net, netRef, q.domid);
       this.links.remove(q.domid);
       this.active.delete(q.name);
     };
+    // the host side first: its daemon then sees no agent "disconnect" of a qube being stopped
     const stop = (): Promise<unknown> => {
-      stopping ??= (sbRef ? sbRef.stop() : Promise.resolve()).catch((e: Error) => this.log(`${q.name}: stop: ${e.message}`));
+      stopping ??= (async () => {
+        await host?.stop();
+        await sbRef?.stop();
+      })().catch((e: Error) => this.log(`${q.name}: stop: ${e.message}`));
       return stopping;
     };
     const ready = (async (): Promise<void> => {
@@ -194,6 +222,7 @@ export class BwrapRuntime implements Runtime {
         volumes,
         dataDir: this.opts.dataDir,
         runDir: path.join(this.opts.runDir, 'sandboxes', q.name),
+        cgroupName: `${this.net.prefix}${q.name}`,
         vchanDir,
         limits,
         ...(netRef ? { network: netRef } : {}),
@@ -206,7 +235,12 @@ export class BwrapRuntime implements Runtime {
         cleanup();
         resolveExit({ code: x.code, signal: x.signal });
       });
-      await waitAgentReady(sb, q.timeoutMs, { listening: this.opts.readyOn === 'listening' });
+      if (this.opts.hostSide) {
+        host = this.opts.hostSide(q, { dir: this.vchanRoot, layout: 'per-domain' });
+        await untilConnected(host, sb, q);
+        // and its agent socket open (qrexec-client-vm in the qube), which follows the handshake
+        await waitAgentReady(sb, q.timeoutMs);
+      } else await waitAgentReady(sb, q.timeoutMs, { listening: this.opts.readyOn === 'listening' });
     })().catch((e: unknown) => {
       void stop().then(() => {
         cleanup();
@@ -228,5 +262,23 @@ export class BwrapRuntime implements Runtime {
   async close(): Promise<void> {
     await Promise.all([...this.active.values()].map((a) => a.sb.stop().catch(() => undefined)));
     this.links.close();
+  }
+}
+
+/** The host side connected to the agent; rejects when the sandbox ends first or at the qube's timeout. */
+async function untilConnected(host: HostSideHandle, sb: Sandbox, q: QubeLaunch): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      host.connected,
+      sb.exited.then(() => {
+        throw new RuntimeError(`${q.name}: the sandbox ended before its agent connected${sb.output ? `: ${sb.output.trim()}` : ''}`);
+      }),
+      new Promise<never>((_r, reject) => {
+        timer = setTimeout(() => reject(new RuntimeError(`Cannot connect to qrexec agent for ${q.timeoutMs / 1000} seconds, see the qube's log`)), q.timeoutMs);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
   }
 }

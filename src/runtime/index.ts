@@ -1,3 +1,4 @@
 export * from './types.js';
-export { ProcessRuntime, daemonProcessHostSide, type HostSide, type HostSideHandle, type ProcessRuntimeOptions } from './process.js';
+export { ProcessRuntime, type ProcessRuntimeOptions } from './process.js';
+export { daemonProcessHostSide, type DaemonHostSideOptions } from './host-side.js';
 export { BwrapRuntime, bwrapUnavailable, type BwrapRuntimeOptions, type QubeDescription } from './bwrap.js';

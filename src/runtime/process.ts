@@ -21,77 +21,17 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { DOM0_SERVICE_DIR, QUBE_CONFIG_DIR, QUBE_SERVICE_DIR } from './shipped.js';
-import { RuntimeError, type QubeExit, type QubeLaunch, type RunningQube, type Runtime } from './types.js';
+import { QUBE_CONFIG_DIR, QUBE_SERVICE_DIR } from './shipped.js';
+import { BIN, daemonProcessHostSide, type DaemonHostSideOptions } from './host-side.js';
+import { RuntimeError, type HostSide, type HostSideHandle, type QubeExit, type QubeLaunch, type RunningQube, type Runtime } from './types.js';
 
-const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../bin');
-
-/** The host side of one qube's qrexec channel. */
-export interface HostSideHandle {
-  /** Resolves when the qube's agent has connected; rejects on failure or timeout. */
-  readonly connected: Promise<void>;
-  /** Stop serving the qube. */
-  stop(): Promise<void>;
-}
-/** Registers a started qube's host side (an in-process qrexec daemon, or a daemon process). */
-export type HostSide = (q: QubeLaunch, env: { vchanDir: string }) => HostSideHandle;
-
-export interface ProcessRuntimeOptions {
+export interface ProcessRuntimeOptions extends DaemonHostSideOptions {
   /** Per-qube directories live under here. */
   readonly stateDir: string;
   /** VCHAN_SOCKET_DIR of the host and every agent. */
   readonly vchanDir: string;
-  /** Where the default host side's daemons put their qrexec.NAME sockets. */
-  readonly socketDir: string;
-  /** Options for the default host side (a qrexec-daemon child). */
-  readonly daemon?: {
-    readonly policySocket?: string;
-    readonly qubesdSocket?: string;
-    readonly servicePath?: string;
-  };
   /** Replace the default host side (the host process does). */
   readonly hostSide?: HostSide;
-  /** Where the agents' and daemons' stderr goes (default: inherited). */
-  readonly logFd?: number | 'ignore' | 'inherit';
-}
-
-/** The default host side: `bin/qrexec-daemon` as a child, connection reported on fd 3. */
-export function daemonProcessHostSide(opts: ProcessRuntimeOptions): HostSide {
-  return (q, env) => {
-    const args = [`--uuid=${q.uuid}`, `--socket-dir=${opts.socketDir}`];
-    if (opts.daemon?.policySocket) args.push(`--policy-socket=${opts.daemon.policySocket}`);
-    args.push(`--qubesd-socket=${opts.daemon?.qubesdSocket ?? 'none'}`);
-    args.push(String(q.domid), q.name, q.defaultUser);
-    const p = spawn(process.execPath, [path.join(BIN, 'qrexec-daemon'), ...args], {
-      stdio: ['ignore', 'ignore', opts.logFd ?? 'inherit', 'pipe'],
-      env: {
-        ...process.env,
-        VCHAN_SOCKET_DIR: env.vchanDir,
-        VCHAN_DOMAIN: '0',
-        QREXEC_DAEMON_NOTIFY_FD: '3',
-        QREXEC_STARTUP_TIMEOUT: String(Math.max(1, Math.ceil(q.timeoutMs / 1000))),
-        ...(opts.daemon?.servicePath ? { QREXEC_SERVICE_PATH: `${opts.daemon.servicePath}:${DOM0_SERVICE_DIR}` } : {}),
-      },
-    });
-    const exited = new Promise<void>((r) => p.once('exit', () => r()));
-    const connected = new Promise<void>((resolve, reject) => {
-      const pipe = p.stdio[3] as NodeJS.ReadableStream;
-      pipe.once('data', (d: Buffer) => (d[0] === 0 ? resolve() : reject(new RuntimeError(`Cannot connect to '${q.name}' qrexec agent`))));
-      pipe.once('end', () => reject(new RuntimeError('qrexec daemon ended before the agent connected')));
-      p.once('error', (e) => reject(new RuntimeError(`qrexec daemon: ${e.message}`)));
-    });
-    connected.catch(() => undefined);
-    return {
-      connected,
-      stop: async () => {
-        if (p.exitCode === null && p.signalCode === null) p.kill('SIGTERM');
-        const t = setTimeout(() => p.kill('SIGKILL'), 2000);
-        await exited;
-        clearTimeout(t);
-      },
-    };
-  };
 }
 
 class ProcessQube implements RunningQube {
@@ -107,7 +47,7 @@ class ProcessQube implements RunningQube {
     fs.rmSync(agentSock, { force: true });
     // the agent runs as this host user (no isolation), and a non-root agent runs
     // services only as itself: DEFAULT: calls (qvm-run) must name this user
-    this.host = hostSide({ ...q, defaultUser: os.userInfo().username }, { vchanDir: opts.vchanDir });
+    this.host = hostSide({ ...q, defaultUser: os.userInfo().username }, { dir: opts.vchanDir });
     // its own process group, so pause/kill reach the services it runs too
     this.agent = spawn(process.execPath, [path.join(BIN, 'qrexec-agent'), `--agent-socket=${agentSock}`, '--no-fork-server'], {
       detached: true,
@@ -139,7 +79,8 @@ class ProcessQube implements RunningQube {
     });
     let timer: NodeJS.Timeout | undefined;
     this.ready = Promise.race([
-      this.host.connected,
+      // connected, and its agent socket (for qrexec-client-vm in the qube) open, which follows the handshake
+      this.host.connected.then(() => untilExists(agentSock, () => agent.exitCode !== null || agent.signalCode !== null)),
       agentExit.then((x) => {
         throw new RuntimeError(`the qube's agent exited (${x.signal ?? `status ${x.code}`}) before it connected`);
       }),
@@ -164,11 +105,15 @@ class ProcessQube implements RunningQube {
     }
   }
 
+  // the host side stops first: its daemon then sees no agent "disconnect" of a qube being stopped
   shutdown(): void {
-    this.signal('SIGCONT');
-    this.signal('SIGTERM');
+    void this.host.stop().finally(() => {
+      this.signal('SIGCONT');
+      this.signal('SIGTERM');
+    });
   }
   kill(): void {
+    void this.host.stop();
     this.signal('SIGKILL');
   }
   pause(): void {
@@ -177,6 +122,10 @@ class ProcessQube implements RunningQube {
   unpause(): void {
     this.signal('SIGCONT');
   }
+}
+
+async function untilExists(file: string, gone: () => boolean): Promise<void> {
+  for (let delay = 1; !fs.existsSync(file) && !gone(); delay = Math.min(delay * 2, 20)) await new Promise((r) => setTimeout(r, delay));
 }
 
 export class ProcessRuntime implements Runtime {

@@ -6,8 +6,9 @@
  * start needs as plain data.
  *
  * Backends: `process` (src/runtime/process.ts: the agent as a child process,
- * no isolation; development and tests). bubblewrap sandboxes (#11) plug in
- * behind the same interface.
+ * no isolation; development and tests) and `bwrap` (src/runtime/bwrap.ts:
+ * bubblewrap sandboxes). Both serve a started qube's host side through a
+ * {@link HostSide}.
  */
 
 /** Everything a backend needs to start one qube. */
@@ -24,7 +25,43 @@ export interface QubeLaunch {
   readonly defaultUser: string;
   /** Give up starting after this long (the qube's qrexec_timeout). */
   readonly timeoutMs: number;
+  /** Its netvm's name, or null for none (a backend without networking ignores it). */
+  readonly netvm?: string | null;
+  /** It provides network to others (provides_network). */
+  readonly providesNetwork?: boolean;
+  /** Memory limit (maxmem, MiB; 0 or absent: the backend's default). */
+  readonly maxmemMb?: number;
+  /** CPU limit (vcpus). */
+  readonly vcpus?: number;
+  /**
+   * For a DispVM: the template of its disposable template, whose root it
+   * runs on (`template` is the disposable template, an AppVM).
+   */
+  readonly rootTemplate?: string | null;
 }
+
+/** Where a qube's vchan sockets are, as the host side sees them. */
+export interface HostVchan {
+  /** VCHAN_SOCKET_DIR of the host side. */
+  readonly dir: string;
+  /** `per-domain` for sandboxes (src/vchan/socket.ts); default flat. */
+  readonly layout?: 'flat' | 'per-domain';
+}
+
+/** The host side of one qube's qrexec channel (its qrexec daemon). */
+export interface HostSideHandle {
+  /** Resolves when the qube's agent has connected; rejects on failure or timeout. */
+  readonly connected: Promise<void>;
+  /** Stop serving the qube. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Registers a started qube's host side: by default a `qrexec-daemon` child
+ * process; in the host process an in-process daemon (src/host), so qubesd,
+ * the policy daemon and every qrexec daemon share one event loop.
+ */
+export type HostSide = (q: QubeLaunch, vchan: HostVchan) => HostSideHandle;
 
 /** How a qube's processes ended. */
 export interface QubeExit {

@@ -67,14 +67,29 @@ test('src/protocol imports only itself and src/common, and no Node module but no
   assert.deepEqual(bad, []);
 });
 
-test('nothing imports src/cli; only src/cli imports src/demo', () => {
+test('nothing imports src/cli; only src/cli imports src/host (the host process is the top)', () => {
   const bad: string[] = [];
   for (const [f, deps] of graph) {
     for (const d of deps) {
       if (!d.startsWith(SRC)) continue;
       const to = area(d);
       if (to === 'cli' && area(f) !== 'cli') bad.push(`${path.relative(ROOT, f)} imports ${path.relative(ROOT, d)}`);
-      if (to === 'demo' && !['cli', 'demo'].includes(area(f))) bad.push(`${path.relative(ROOT, f)} imports ${path.relative(ROOT, d)}`);
+      if (to === 'host' && !['cli', 'host'].includes(area(f))) bad.push(`${path.relative(ROOT, f)} imports ${path.relative(ROOT, d)}`);
+    }
+  }
+  assert.deepEqual(bad, []);
+});
+
+test('qubesd, the runtime and the host import in one direction: host -> qubesd -> runtime', () => {
+  const order = ['runtime', 'qubesd', 'host'];
+  const bad: string[] = [];
+  for (const [f, deps] of graph) {
+    const from = order.indexOf(area(f));
+    if (from < 0) continue;
+    for (const d of deps) {
+      if (!d.startsWith(SRC)) continue;
+      const to = order.indexOf(area(d));
+      if (to > from) bad.push(`${path.relative(ROOT, f)} imports ${path.relative(ROOT, d)}`);
     }
   }
   assert.deepEqual(bad, []);

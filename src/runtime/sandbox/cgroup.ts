@@ -76,6 +76,44 @@ function detect(): CgroupMode {
   return { kind: 'v1', bases };
 }
 
+/**
+ * Removes the groups whose name starts with `prefix` (a host killed with -9
+ * left them; their processes died with their sandboxes, and any left are
+ * killed). Returns how many were removed.
+ */
+export function cleanStaleCgroups(prefix: string): number {
+  const mode = detectCgroups();
+  if (mode.kind === 'none' || prefix === '') return 0;
+  const bases = mode.kind === 'v2' ? [mode.base] : [...mode.bases.values()];
+  let n = 0;
+  for (const base of bases) {
+    let names: string[];
+    try {
+      names = fs.readdirSync(base).filter((e) => e.startsWith(prefix));
+    } catch {
+      continue;
+    }
+    for (const e of names) {
+      const d = path.join(base, e);
+      try {
+        for (const pid of fs.readFileSync(path.join(d, 'cgroup.procs'), 'utf8').split('\n').filter((x) => x)) {
+          try {
+            process.kill(Number(pid), 'SIGKILL');
+          } catch {
+            /* gone */
+          }
+        }
+        if (fs.existsSync(path.join(d, 'freezer.state'))) fs.writeFileSync(path.join(d, 'freezer.state'), 'THAWED');
+        fs.rmdirSync(d);
+        n++;
+      } catch {
+        /* busy or gone: a later start reports it */
+      }
+    }
+  }
+  return n;
+}
+
 /** The groups of one sandbox. */
 export class SandboxCgroup {
   private constructor(

@@ -20,7 +20,7 @@ export {
   templateLayers,
   volumeMounts,
 } from './volumes.js';
-export { type Limits, type CgroupMode, SandboxCgroup, detectCgroups } from './cgroup.js';
+export { type Limits, type CgroupMode, SandboxCgroup, cleanStaleCgroups, detectCgroups } from './cgroup.js';
 export { type QubeNetwork, type NetworkOptions, cleanStaleNetns, connectUplink, createNetns, destroyNetwork, linkAddresses, makeNetvm, networkAvailable } from './netvm.js';
 export { INSIDE_AGENT_SOCKET, INSIDE_PROJECT, INSIDE_VCHAN_DIR, Sandbox, type SandboxSpec, type SandboxTools, sandboxPlan, sandboxSupport, waitAgentReady } from './sandbox.js';
 export { VchanLinks } from './vchan-links.js';

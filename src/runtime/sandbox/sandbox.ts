@@ -89,6 +89,8 @@ export interface SandboxSpec {
   readonly network?: QubeNetwork;
   /** Size of the tmpfs holding throw-away layers (default 50% of RAM, the tmpfs default). */
   readonly scratchSize?: string;
+  /** Its cgroup's name (default: the run directory's base name); unique among the host's sandboxes. */
+  readonly cgroupName?: string;
   /** Extra binds (tests). */
   readonly binds?: readonly SandboxBind[];
   /** Where the sandbox's stdout and stderr go (default: discarded, stderr to `log`). */
@@ -193,7 +195,7 @@ export class Sandbox {
     fs.mkdirSync(spec.runDir, { recursive: true, mode: 0o700 });
     fs.writeFileSync(path.join(spec.runDir, 'hostname'), `${spec.name}\n`);
     fs.mkdirSync(spec.vchanDir, { recursive: true, mode: 0o700 });
-    const cgroup = spec.limits ? SandboxCgroup.create(`${path.basename(spec.runDir)}`, spec.limits) : undefined;
+    const cgroup = spec.limits ? SandboxCgroup.create(spec.cgroupName ?? path.basename(spec.runDir), spec.limits) : undefined;
     const plan = sandboxPlan(spec, cgroup?.procsFiles ?? []);
     const cmd = launchCommand(plan, support.tools);
     const proc = spawn(cmd.file, cmd.args, { stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'], env: { PATH: process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin' } });
