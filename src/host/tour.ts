@@ -56,6 +56,16 @@ export function tourSteps(o: TourOptions): TourStep[] {
       status: 0,
       expect: sandboxed ? /^work$/m : /\S/,
     },
+    ...(has('qvm-run')
+      ? [
+          {
+            what: 'a disposable qube from default-dvm, for one command, gone after it',
+            command: "bin/qvm-run --dispvm=default-dvm -p 'hostname'",
+            status: 0,
+            expect: sandboxed ? /^disp\d+$/m : /\S/,
+          },
+        ]
+      : []),
     {
       what: 'work calls personal: the policy asks, answer in the host terminal',
       command: inQube('work', `echo hello from work | ${clientVm} personal qubes.VMExec+cat`),

@@ -16,7 +16,7 @@ import { silentLogger } from '../../src/policyd/index.js';
 void test('in one process: a qube created after the start is in system info, autostart and @dispvm go to qubesd in-process', { timeout: 120_000 }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qhs-'));
   const data = path.join(dir, 'data');
-  const sys = await startSystem({ dataDir: data, runDir: path.join(dir, 'run'), runtime: 'process', log: silentLogger });
+  const sys = await startSystem({ dataDir: data, runDir: path.join(dir, 'run'), runtime: 'process', log: silentLogger, ...(process.env['E2E_DEBUG'] ? { debug: true } : {}) });
   try {
     const call = async (method: string, dest: string, arg = '', payload = ''): Promise<string> => (await sys.call(method, dest, { arg, payload: Buffer.from(payload) })).toString();
     await call('admin.vm.Create.TemplateVM', 'dom0', '', 'name=tpl label=black');
@@ -35,7 +35,9 @@ void test('in one process: a qube created after the start is in system info, aut
     const agent = `--agent-socket=${path.join(data, 'qubes', 'a', 'agent.sock')}`;
     // b is Halted: the policy's autostart starts it through qubesd in this process
     const r = await run(BIN('qrexec-client-vm'), [agent, 'b', 'qubes.VMExec+cat'], env, 'to b\n');
-    assert.equal(r.stdout.toString(), 'to b\n', r.stderr);
+    const pidFile = path.join(data, 'qubes', 'a', 'agent.pid');
+    const why = (): string => `${r.stderr}; a is ${a?.power}, agent.pid ${fs.existsSync(pidFile) ? fs.readFileSync(pidFile, 'utf8').split('\n')[0] : 'gone'}, b is ${sys.qubesd.registry.byName('b')?.power}`;
+    assert.equal(r.stdout.toString(), 'to b\n', why());
     assert.equal(r.code, 0);
     assert.equal(sys.qubesd.registry.byName('b')?.power, 'Running');
     // a disposable: created, started, called and killed through qubesd in this process
