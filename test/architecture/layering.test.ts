@@ -67,6 +67,30 @@ test('src/protocol imports only itself and src/common, and no Node module but no
   assert.deepEqual(bad, []);
 });
 
+test('src/gui runs inside a qube: it imports only Node modules and qube-side code (no host-side code)', () => {
+  const qubeSide = ['gui', 'agent', 'vchan', 'protocol', 'common', 'node'];
+  const bad: string[] = [];
+  for (const [f, deps] of graph) {
+    if (area(f) !== 'gui' || f.includes(`${path.sep}web${path.sep}`)) continue;
+    for (const d of deps) {
+      const ok = d.startsWith('node:') || qubeSide.some((a) => d.startsWith(path.join(SRC, a) + path.sep));
+      if (!ok) bad.push(`${path.relative(ROOT, f)} imports ${d}`);
+    }
+  }
+  assert.deepEqual(bad, []);
+});
+
+test('the GUI front end (src/gui/web) imports only itself and Preact', () => {
+  const bad: string[] = [];
+  for (const f of sources(path.join(SRC, 'gui', 'web')).concat(fs.readdirSync(path.join(SRC, 'gui', 'web')).filter((n) => n.endsWith('.tsx')).map((n) => path.join(SRC, 'gui', 'web', n)))) {
+    for (const d of importsOf(f)) {
+      const ok = d === 'preact' || d.startsWith('preact/') || (d.startsWith('./') && !d.includes('..'));
+      if (!ok) bad.push(`${path.relative(ROOT, f)} imports ${d}`);
+    }
+  }
+  assert.deepEqual(bad, []);
+});
+
 test('nothing imports src/cli; only src/cli imports src/host (the host process is the top)', () => {
   const bad: string[] = [];
   for (const [f, deps] of graph) {

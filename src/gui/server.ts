@@ -1,0 +1,211 @@
+/**
+ * The GUI domain's server (runs inside sys-gui): qrexec socket services in
+ * the qube's service directory, all on one event loop.
+ *
+ * - `gui.Http`: one HTTP/1.1 connection per call (dom0's proxy makes one
+ *   call per browser connection); served by {@link WebApp}.
+ * - `gui.Token`: answers the login token, so that dom0 can print the URL.
+ * - `policy.Ask`, `policy.Notify`: the policy daemon's questions and
+ *   notifications (reference protocol: header, JSON, EOF; the answer is
+ *   `allow:TARGET` or `deny`, then EOF).
+ *
+ * Every service accepts calls only from the sources listed (dom0 by default):
+ * the header's source is what qrexec says the caller is.
+ */
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as http from 'node:http';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { HttpError, WebApp, type Route } from './http.js';
+import { parseAsk, parseNotice, Prompts, type Ask, type Notice } from './prompts.js';
+import { listenAt, readAll, readHeader, type CallHeader } from './socket-service.js';
+
+export const SERVICES = ['gui.Http', 'gui.Token', 'policy.Ask', 'policy.Notify'] as const;
+export type GuiServiceName = (typeof SERVICES)[number];
+
+export interface GuiServerOptions {
+  /** This GUI domain's name (sys-gui). */
+  readonly name: string;
+  /** The qube's service directory: the sockets are made here. */
+  readonly rpcDir: string;
+  /** Login token; random when absent. */
+  readonly token?: string;
+  /** Callers allowed per service (default: dom0 only). */
+  readonly allowedSources?: readonly string[];
+  readonly askTimeoutMs?: number;
+  readonly assetsDir?: string;
+  readonly log?: (msg: string) => void;
+  /** More API routes (the qube manager...). */
+  readonly routes?: readonly Route[];
+}
+
+/** Strip what could drive a terminal or forge a log line. */
+export function printable(s: string, max = 200): string {
+  const t = s.replace(/[\x00-\x1f\x7f-\x9f]/g, '?');
+  return t.length > max ? t.slice(0, max) + '…' : t;
+}
+
+export class GuiServer {
+  readonly token: string;
+  readonly prompts: Prompts;
+  readonly app: WebApp;
+  private readonly http: http.Server;
+  private readonly servers: net.Server[] = [];
+  private readonly log: (msg: string) => void;
+  private readonly allowed: ReadonlySet<string>;
+  private readonly calls = new Set<net.Socket>();
+
+  constructor(private readonly opts: GuiServerOptions) {
+    this.token = opts.token ?? randomBytes(24).toString('hex');
+    this.log = opts.log ?? ((m) => void process.stderr.write(`qrexec-gui-server: ${m}\n`));
+    this.allowed = new Set(opts.allowedSources ?? ['dom0']);
+    this.prompts = new Prompts({ askTimeoutMs: opts.askTimeoutMs ?? 110_000, armMs: 1000, historySize: 500 });
+    this.app = new WebApp({
+      token: this.token,
+      name: opts.name,
+      ...(opts.assetsDir !== undefined ? { assetsDir: opts.assetsDir } : {}),
+      routes: [...this.promptRoutes(), ...(opts.routes ?? [])],
+      events: (send, onClose) => {
+        send('hello', { name: opts.name });
+        send('asks', this.asksEvent());
+        send('history', this.prompts.history());
+        onClose(
+          this.prompts.subscribe((what, n) => {
+            if (what === 'asks') send('asks', this.asksEvent());
+            else send('notice', n as Notice);
+          }),
+        );
+      },
+    });
+    this.http = http.createServer({ keepAliveTimeout: 60_000 }, (req, res) => this.app.handle(req, res));
+  }
+
+  private asksEvent(): { now: number; asks: Ask[] } {
+    return { now: Date.now(), asks: this.prompts.asks() };
+  }
+
+  private promptRoutes(): Route[] {
+    return [
+      { method: 'GET', pattern: '/api/state', handler: () => ({ name: this.opts.name, asks: this.prompts.asks(), history: this.prompts.history() }) },
+      {
+        method: 'POST',
+        pattern: '/api/asks/:id',
+        handler: (r) => {
+          const body = r.body as { target?: unknown };
+          const target = body.target;
+          if (target !== null && typeof target !== 'string') throw new HttpError(400, 'target: expected a qube name or null');
+          const result = this.prompts.answer(r.params[0] as string, target);
+          if (result === 'unknown') throw new HttpError(404, 'no such prompt (answered or timed out)');
+          if (result === 'bad-target') throw new HttpError(400, 'that target was not offered');
+          if (result === 'too-early') throw new HttpError(409, 'the prompt is not armed yet');
+          return { ok: true };
+        },
+      },
+    ];
+  }
+
+  /** Make the sockets. */
+  async listen(): Promise<void> {
+    fs.mkdirSync(this.opts.rpcDir, { recursive: true });
+    for (const svc of SERVICES) {
+      const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (s) => this.accept(svc, s));
+      server.on('error', (e) => this.log(`${svc}: ${e.message}`));
+      await listenAt(server, path.join(this.opts.rpcDir, svc));
+      this.servers.push(server);
+    }
+  }
+
+  private accept(svc: GuiServiceName, sock: net.Socket): void {
+    this.calls.add(sock);
+    sock.on('close', () => this.calls.delete(sock));
+    sock.on('error', () => undefined);
+    readHeader(sock).then(
+      ({ header, rest }) => {
+        if (!this.allowed.has(header.source)) {
+          this.log(`${svc}: call from ${printable(header.source)} refused`);
+          sock.destroy();
+          return;
+        }
+        this.serve(svc, header, rest, sock);
+      },
+      (e: Error) => {
+        this.log(`${svc}: ${e.message}`);
+        sock.destroy();
+      },
+    );
+  }
+
+  private serve(svc: GuiServiceName, header: CallHeader, rest: Buffer, sock: net.Socket): void {
+    switch (svc) {
+      case 'gui.Http':
+        if (rest.length > 0) sock.unshift(rest);
+        sock.resume();
+        this.http.emit('connection', sock);
+        return;
+      case 'gui.Token':
+        sock.end(this.token + '\n');
+        return;
+      case 'policy.Ask':
+      case 'policy.Notify':
+        readAll(sock, rest, 1024 * 1024).then(
+          (data) => this.policyService(svc, data, sock),
+          (e: Error) => this.log(`${svc} from ${printable(header.source)}: ${e.message}`),
+        );
+        return;
+    }
+  }
+
+  private policyService(svc: 'policy.Ask' | 'policy.Notify', data: Buffer, sock: net.Socket): void {
+    let json: unknown;
+    try {
+      json = JSON.parse(data.toString('utf8')) as unknown;
+    } catch {
+      this.log(`${svc}: invalid JSON`);
+      sock.end(svc === 'policy.Ask' ? 'deny' : '');
+      return;
+    }
+    if (svc === 'policy.Notify') {
+      try {
+        this.prompts.notify(parseNotice(json));
+      } catch (e) {
+        this.log(`policy.Notify: ${(e as Error).message}`);
+      }
+      sock.end();
+      return;
+    }
+    let input;
+    try {
+      input = parseAsk(json);
+    } catch (e) {
+      this.log(`policy.Ask: ${(e as Error).message}; denying`);
+      sock.end('deny');
+      return;
+    }
+    // the caller going away (the policy daemon's own timeout) withdraws the question
+    let gone = false;
+    const ask = this.prompts.ask(input);
+    sock.once('close', () => {
+      gone = true;
+      this.prompts.answer(ask.id, null);
+    });
+    void ask.answer.then((target) => {
+      if (gone) return;
+      sock.end(target === null ? 'deny' : `allow:${target}`);
+    });
+  }
+
+  async close(): Promise<void> {
+    this.prompts.close();
+    for (const s of this.calls) s.destroy();
+    await Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    this.http.close();
+    for (const svc of SERVICES) {
+      try {
+        fs.unlinkSync(path.join(this.opts.rpcDir, svc));
+      } catch {
+        // gone
+      }
+    }
+  }
+}

@@ -1,0 +1,39 @@
+/** What the server sends (mirrors src/gui/prompts.ts; the page imports nothing of the server). */
+export type Label = 'red' | 'orange' | 'yellow' | 'green' | 'gray' | 'blue' | 'purple' | 'black';
+
+export interface Ask {
+  readonly id: string;
+  readonly source: string;
+  readonly sourceLabel: Label | null;
+  readonly service: string;
+  readonly argument: string;
+  readonly targets: readonly { readonly name: string; readonly label: Label | null }[];
+  readonly defaultTarget: string | null;
+  readonly created: number;
+  readonly deadline: number;
+}
+
+export interface AsksEvent {
+  readonly now: number;
+  readonly asks: readonly Ask[];
+}
+
+export interface Notice {
+  readonly id: number;
+  readonly time: number;
+  readonly resolution: 'allow' | 'deny' | 'fail';
+  readonly service: string;
+  readonly argument: string;
+  readonly source: string;
+  readonly target: string;
+}
+
+export function rpcName(service: string, argument: string): string {
+  if (argument === '' || argument === '+') return service;
+  return argument.startsWith('+') ? service + argument : `${service}+${argument}`;
+}
+
+export function noticeText(n: Notice): string {
+  const what = n.resolution === 'allow' ? 'Allowed' : n.resolution === 'deny' ? 'Denied' : 'Failed';
+  return `${what}: ${rpcName(n.service, n.argument)} from ${n.source} to ${n.target}`;
+}
