@@ -73,9 +73,8 @@ static void on_signal(int sig)
         got_sigusr1 = 1;
 }
 
-static _Noreturn void usage(const char *argv0, int status)
+static void usage_text(FILE *s, const char *argv0)
 {
-    FILE *s = status ? stderr : stdout;
     fprintf(s, "usage: %s [options] target_vmname program_ident [local_program [local program arguments]]\n", argv0);
     fprintf(s, "Options:\n"
                "  -h, --help - print this message\n"
@@ -88,12 +87,55 @@ static _Noreturn void usage(const char *argv0, int status)
     fprintf(s, "  -p PREFIX-DATA, --prefix-data=PREFIX-DATA - send the given data before the provided stdin (can only be used once)\n"
                "  --use-stdin-socket - use fd 0 (which must be socket) for both stdin and stdout\n"
                "  -s SOURCE-QUBE, --source-qube=SOURCE-QUBE - Specify the source qube. This option provides extra information for relayed connection that may be used during policy evaluation.\n");
+}
+
+static _Noreturn void usage(const char *argv0, int status)
+{
+    usage_text(status ? stderr : stdout, argv0);
     exit(status);
+}
+
+/* A usage error: the usage, then what was wrong (getopt has already said it when what is NULL); exit 2. */
+static _Noreturn void usage_error(const char *what)
+{
+    if (what != NULL) {
+        usage_text(stderr, "qrexec-client-vm");
+        fprintf(stderr, "qrexec-client-vm: error: %s\n", what);
+        exit(2);
+    }
+    usage("qrexec-client-vm", 2);
 }
 
 static _Noreturn void die(const char *what)
 {
     fprintf(stderr, "qrexec-client-vm: %s: %s\n", what, strerror(errno));
+    exit(1);
+}
+
+/* The agent's socket cannot be reached: say what is missing, in one line. */
+static _Noreturn void connect_failed(const char *path)
+{
+    int err = errno;
+    if (err == ENOENT) {
+        /* the first missing component: the socket itself or a directory above it */
+        char missing[PATH_MAX];
+        snprintf(missing, sizeof(missing), "%s", path);
+        for (;;) {
+            char *slash = strrchr(missing, '/');
+            if (slash == NULL || slash == missing)
+                break;
+            *slash = '\0';
+            if (access(missing, F_OK) == 0) {
+                *slash = '/';
+                break;
+            }
+        }
+        fprintf(stderr, "qrexec-client-vm: cannot connect to qrexec-agent at %s: %s does not exist\n", path, missing);
+    } else if (err == ECONNREFUSED) {
+        fprintf(stderr, "qrexec-client-vm: cannot connect to qrexec-agent at %s: no agent is listening there\n", path);
+    } else {
+        fprintf(stderr, "qrexec-client-vm: cannot connect to qrexec-agent at %s: %s\n", path, strerror(err));
+    }
     exit(1);
 }
 
@@ -200,6 +242,8 @@ int main(int argc, char **argv)
     char *end;
 
     signal(SIGPIPE, SIG_IGN);
+    /* messages name the command, not the path it was started by */
+    argv[0] = "qrexec-client-vm";
     while ((opt = getopt_long(argc, argv, "+tTa:p:s:h", longopts, NULL)) != -1) {
         switch (opt) {
         case 'b': {
@@ -229,12 +273,12 @@ int main(int argc, char **argv)
         case 'a': agent_socket = optarg; break;
         case 'p':
             if (prefix)
-                usage(argv[0], 2);
+                usage_error("-p/--prefix-data given twice");
             prefix = optarg;
             break;
         case 's':
             if (source)
-                usage(argv[0], 2);
+                usage_error("-s/--source-qube given twice");
             source = optarg;
             break;
         case 'u' + 128: {
@@ -259,15 +303,15 @@ int main(int argc, char **argv)
             stdout_fd = 0;
             break;
         }
-        default: usage(argv[0], 2);
+        default: usage_error(NULL);
         }
     }
-    if (argc - optind < 2)
-        usage(argv[0], 2);
+    if (argc - optind < 2) {
+        usage_error("want a target qube and a service");
+    }
     int local = argc - optind > 2;
     if (local && stdout_fd != 1) {
-        fprintf(stderr, "cannot spawn a local process with --use-stdin-socket\n");
-        usage(argv[0], 2);
+        usage_error("cannot spawn a local process with --use-stdin-socket");
     }
     if (!local && replace_out == -1 && isatty(1))
         replace_out = 1;
@@ -325,8 +369,7 @@ int main(int argc, char **argv)
     if (sock < 0)
         die("socket");
     if (connect(sock, (struct sockaddr *)&addr, sizeof(addr)) != 0) {
-        perror("connect");
-        exit(1);
+        connect_failed(agent_socket);
     }
 
     union {

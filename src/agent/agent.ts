@@ -54,6 +54,7 @@ import {
   type StartedService,
 } from './exec.js';
 import { loadNative, type NativeHelper } from '../node/native.js';
+import { describeSystemError, QrexecError } from '../common/errors.js';
 import { flushed, openLocal, type LocalStream } from './local.js';
 
 /** The reference's default agent socket. */
@@ -410,7 +411,7 @@ export class Agent {
     const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (sock) => this.onCaller(sock));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
+      server.once('error', (e) => reject(new QrexecError(`cannot listen on the agent socket ${path}: ${describeSystemError(e, path)}`)));
       server.listen(path, () => {
         server.off('error', reject);
         resolve();

@@ -1,5 +1,7 @@
 /** Command-line front ends of the agent programs (kept here so src/cli stays thin). */
 import * as os from 'node:os';
+import * as path from 'node:path';
+import { errorLine, whatIsMissing } from '../common/errors.js';
 import { DataLimitError, IDLE_TIMEOUT_ENV, SETUP_TIMEOUT_ENV, dataLimitsFromEnv, parseSeconds, vchanEnvFrom, type DataLimits } from '../vchan/index.js';
 import { Agent, DEFAULT_AGENT_SOCKET } from './agent.js';
 import { execContextFromEnv } from './exec.js';
@@ -53,8 +55,8 @@ export async function runAgentCli(args: string[]): Promise<number> {
       return undefined;
     };
     if (a === '-h' || a === '--help') {
-      process.stderr.write(agentUsage(argv0));
-      return 2;
+      process.stdout.write(agentUsage(argv0));
+      return 0;
     }
     const sock = a.startsWith('--agent-socket') ? takeValue('--agent-socket') : a.startsWith('-a') ? (a.length > 2 ? a.slice(2) : args[++i]) : undefined;
     if (sock !== undefined) {
@@ -87,6 +89,13 @@ export async function runAgentCli(args: string[]): Promise<number> {
     process.stderr.write(`${argv0}: unrecognized option '${a}'\n${agentUsage(argv0)}`);
     return 2;
   }
+  // the agent socket is opened only after dom0's handshake: a directory that
+  // is not there is said now, not after waiting for dom0
+  const missing = whatIsMissing(path.dirname(agentSocket));
+  if (missing !== undefined) {
+    process.stderr.write(`${argv0}: agent socket ${agentSocket}: ${missing}\n`);
+    return 1;
+  }
   const log = stderrLogger('qrexec-agent');
   const agent = new Agent({
     agentSocket,
@@ -111,7 +120,7 @@ export async function runAgentCli(args: string[]): Promise<number> {
   try {
     await agent.start();
   } catch (e) {
-    log(`${(e as Error).message}`);
+    process.stderr.write(`${argv0}: ${errorLine(e)}\n`);
     agent.close();
     return 1;
   }

@@ -1,3 +1,3 @@
 /** The decision audit log: writer (policy daemon) and reader (qrexec-audit). */
 export { AuditLog, type AuditRecord, type AuditOptions } from './audit-log.js';
-export { queryAudit, parseSince, formatRow, type AuditFilter, type AuditRow } from './query.js';
+export { AuditQueryError, queryAudit, parseSince, formatRow, type AuditFilter, type AuditRow } from './query.js';

@@ -3,6 +3,7 @@
  * it can run while the daemon writes.
  */
 import Database from 'better-sqlite3';
+import { QrexecError, unreadableFile } from '../common/errors.js';
 import { journalSegments, readJournal, type JournalRow } from './audit-log.js';
 
 export interface AuditFilter {
@@ -73,8 +74,21 @@ function matches(r: AuditRow, f: AuditFilter): boolean {
  * the daemon has journaled but not yet inserted (so every acknowledged
  * decision shows).
  */
+/** The audit database cannot be read. */
+export class AuditQueryError extends QrexecError {
+  override name = 'AuditQueryError';
+}
+
 export function queryAudit(dbPath: string, f: AuditFilter): AuditRow[] {
-  const db = new Database(dbPath, { readonly: true, fileMustExist: true });
+  // SQLite's own words ("disk I/O error" for a directory) do not say what is wrong
+  const problem = unreadableFile(dbPath);
+  if (problem !== undefined) throw new AuditQueryError(`audit database ${problem}`);
+  let db: Database.Database;
+  try {
+    db = new Database(dbPath, { readonly: true, fileMustExist: true });
+  } catch (e) {
+    throw new AuditQueryError(`audit database ${dbPath}: ${(e as Error).message}`);
+  }
   let rows: AuditRow[];
   try {
     const where: string[] = [];

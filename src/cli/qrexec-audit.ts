@@ -2,6 +2,7 @@
 import { formatRow, parseSince, queryAudit } from '../audit/index.js';
 import { last, numberOption, parseArgs, UsageError, usageExit } from '../common/args.js';
 import { daemonConfig, parseDaemonArgs } from '../policyd/daemon.js';
+import { errorLine } from '../common/errors.js';
 
 const prog = 'qrexec-audit';
 const USAGE =
@@ -48,18 +49,12 @@ try {
   const defaultAudit = daemonConfig(parseDaemonArgs([])).audit;
   const db = last(p, 'db') ?? defaultAudit?.[0];
   if (db === undefined) throw new UsageError('no database: use --db');
+  const limit = numberOption(p, 'limit', 1000);
   let rows;
   try {
-    rows = queryAudit(db, {
-      source: last(p, 'source'),
-      target: last(p, 'target'),
-      service: last(p, 'service'),
-      result,
-      sinceMs,
-      limit: numberOption(p, 'limit', 1000),
-    });
+    rows = queryAudit(db, { source: last(p, 'source'), target: last(p, 'target'), service: last(p, 'service'), result, sinceMs, limit });
   } catch (e) {
-    process.stderr.write(`${prog}: error: ${db}: ${(e as Error).message}\n`);
+    process.stderr.write(`${prog}: error: ${errorLine(e)}\n`);
     process.exit(1);
   }
   const out: string[] = [];

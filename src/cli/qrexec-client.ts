@@ -1,5 +1,7 @@
 import { qrexecClientMain } from '../daemon/main-client.js';
+import { exitOnUncaught } from '../common/errors.js';
 
+exitOnUncaught('qrexec-client');
 process.on('SIGPIPE', () => undefined);
 const code = await qrexecClientMain(process.argv.slice(2));
 process.exitCode = code;

@@ -1,13 +1,15 @@
 /** qrexec-host: the policy daemon and the qrexec daemons of all qubes in one process (src/host). */
 import { parseArgs, UsageError, usageExit, last } from '../common/args.js';
 import { DEFAULT_SERVICE_PATH, DEFAULT_SOCKET_DIR, parseQubeSpec, type QubeSpec } from '../daemon/index.js';
-import { DAEMON_OPTIONS, daemonConfig, StartupError } from '../policyd/daemon.js';
+import { DAEMON_OPTIONS, daemonConfig, servingLine, StartupError } from '../policyd/daemon.js';
+import { exitOnUncaught, whatIsMissing } from '../common/errors.js';
 import { startHost } from '../host/index.js';
 import { vchanEnvFrom } from '../vchan/index.js';
 import { DEFAULT_QUBESD_SOCKET } from '../node/qubesd.js';
 import { DEFAULT_POLICY_API_SOCKET } from '../policyapi/server.js';
 
 const prog = 'qrexec-host';
+exitOnUncaught(prog);
 const USAGE = `usage: qrexec-host --qube DOMID:NAME:UUID[:USER] [--qube ...] [--qrexec-socket-dir DIR]
                    [qrexec-policy-daemon options]`;
 const HELP = `${USAGE}
@@ -61,16 +63,20 @@ try {
   const qubesdAdmin = last(parsed, 'qubesd-admin-socket') ?? DEFAULT_QUBESD_SOCKET;
   const apiDir = last(parsed, 'policy-api-dir');
   const apiSock = last(parsed, 'policy-api-socket') ?? (parsed.options.has('policy-path') ? 'none' : DEFAULT_POLICY_API_SOCKET);
+  const vchan = vchanEnvFrom(process.env);
+  const noVchanDir = whatIsMissing(vchan.dir);
+  if (noVchanDir !== undefined) throw new StartupError(`vchan socket directory (VCHAN_SOCKET_DIR): ${noVchanDir}`);
   process.umask(0o007);
   const host = await startHost({
     policy: cfg,
     qubes,
     socketDir: last(parsed, 'qrexec-socket-dir') ?? DEFAULT_SOCKET_DIR,
-    vchan: vchanEnvFrom(process.env),
+    vchan,
     servicePath: (process.env['QREXEC_SERVICE_PATH'] ?? DEFAULT_SERVICE_PATH).split(':').filter((x) => x),
     ...(qubesdAdmin !== 'none' ? { qubesdSocket: qubesdAdmin } : {}),
     ...(apiDir === 'none' ? {} : { policyApi: { socketPath: apiSock === 'none' ? null : apiSock, ...(apiDir !== undefined ? { dir: apiDir } : {}) } }),
   });
+  host.policyDaemon.log.info(`${servingLine(cfg)}; qubes ${qubes.map((q) => q.name).join(', ')}`);
   let stopping = false;
   const stop = (): void => {
     if (stopping) return;

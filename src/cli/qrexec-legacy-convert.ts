@@ -7,6 +7,8 @@ import * as path from 'node:path';
 import { opt, parseArgs, runMain, UsageError } from '../common/args.js';
 import { convertLegacy, LegacyConvertError, PolicySyntaxError } from '../policy/index.js';
 import { DEFAULT_LEGACY_DIR, diskSource } from '../node/policy-loader.js';
+import { writeOutputFile } from '../node/files.js';
+import { whatIsMissing } from '../common/errors.js';
 
 const USAGE = `usage: qrexec-legacy-convert [--legacy-dir DIR] [--output FILE] [--no-comments] [FILE ...]
 
@@ -53,8 +55,9 @@ runMain('qrexec-legacy-convert', USAGE, () => {
     legacyDir = dir;
     only = args.positional.map((f) => path.basename(f));
   }
-  if (!fs.existsSync(legacyDir) || !fs.statSync(legacyDir).isDirectory()) {
-    process.stderr.write(`qrexec-legacy-convert: ${legacyDir}: not a directory\n`);
+  const missing = whatIsMissing(legacyDir);
+  if (missing !== undefined || !fs.statSync(legacyDir).isDirectory()) {
+    process.stderr.write(`qrexec-legacy-convert: ${missing ?? `${legacyDir} is not a directory`}\n`);
     return 1;
   }
   let result;
@@ -71,9 +74,7 @@ runMain('qrexec-legacy-convert', USAGE, () => {
   if (output === undefined) {
     process.stdout.write(result.text);
   } else {
-    const tmp = path.join(path.dirname(path.resolve(output)), `.${path.basename(output)}.${process.pid}.tmp`);
-    fs.writeFileSync(tmp, result.text, { mode: 0o644 });
-    fs.renameSync(tmp, output);
+    writeOutputFile(output, result.text, { atomic: true });
     process.stderr.write(`qrexec-legacy-convert: wrote ${result.rules} rule${result.rules === 1 ? '' : 's'} from ${result.files.length} file${result.files.length === 1 ? '' : 's'} to ${output}\n`);
   }
   return 0;

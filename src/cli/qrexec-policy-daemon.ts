@@ -1,5 +1,8 @@
 /** qrexec-policy-daemon: see src/policyd/daemon.ts. */
-import { DAEMON_HELP, DAEMON_USAGE, daemonConfig, parseDaemonArgs, startDaemon, StartupError } from '../policyd/daemon.js';
+import { DAEMON_HELP, DAEMON_USAGE, daemonConfig, parseDaemonArgs, servingLine, startDaemon, StartupError } from '../policyd/daemon.js';
+import { exitOnUncaught } from '../common/errors.js';
+
+exitOnUncaught('qrexec-policy-daemon');
 import { UsageError, usageExit } from '../common/args.js';
 
 const prog = 'qrexec-policy-daemon';
@@ -12,6 +15,7 @@ try {
   const cfg = daemonConfig(parsed);
   process.umask(0o007);
   const daemon = await startDaemon(cfg);
+  daemon.log.info(servingLine(cfg));
   let stopping = false;
   const stop = (): void => {
     if (stopping) return;

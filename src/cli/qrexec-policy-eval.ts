@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import { parseArgs, opt, runMain, UsageError } from '../common/args.js';
 import { basename, decide, decisionToJson, parseRequestJson, parseSystemInfo, PolicySyntaxError } from '../policy/index.js';
 import { loadPolicyFromDisk, DEFAULT_LEGACY_DIR } from '../node/policy-loader.js';
+import { fileProblem } from '../common/errors.js';
 
 const USAGE = `usage: qrexec-policy-eval --policy-dir DIR [--policy-dir DIR ...] --system-info FILE [--legacy-dir DIR] < requests.jsonl
 
@@ -43,7 +44,7 @@ runMain('qrexec-policy-eval', USAGE, () => {
   try {
     info = parseSystemInfo(JSON.parse(fs.readFileSync(infoPath, 'utf8')));
   } catch (e) {
-    process.stderr.write(`qrexec-policy-eval: ${infoPath}: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.stderr.write(`qrexec-policy-eval: ${fileProblem(infoPath, e)}\n`);
     process.stdout.write(JSON.stringify({ error: 'system-info', file: basename(infoPath), line: null }) + '\n');
     return 2;
   }

@@ -15,7 +15,8 @@ import {
   PolicySyntaxError,
   type SystemInfo,
 } from '../policy/index.js';
-import { DEFAULT_LEGACY_DIR, DEFAULT_POLICY_DIRS, loadPolicyFromDisk } from '../node/policy-loader.js';
+import { DEFAULT_LEGACY_DIR, DEFAULT_POLICY_DIRS, loadPolicyFromDisk, policyDirsOrDefault } from '../node/policy-loader.js';
+import { fileProblem } from '../common/errors.js';
 
 const USAGE = `usage: qrexec-policy-explain [--policy-dir DIR ...] [--legacy-dir DIR] --system-info FILE
                              [--requested-source QUBE] [--json] SOURCE TARGET SERVICE[+ARG]
@@ -60,13 +61,13 @@ runMain('qrexec-policy-explain', USAGE, () => {
   }
   const [source, target, serviceAndArg] = args.positional as [string, string, string];
   if (source === '' || serviceAndArg === '') throw new UsageError('SOURCE and SERVICE must not be empty');
-  const dirs = args.options.get('policy-dir') ?? DEFAULT_POLICY_DIRS.filter((d) => fs.existsSync(d));
+  const dirs = policyDirsOrDefault(args.options.get('policy-dir'), 2);
 
   let info: SystemInfo;
   try {
     info = parseSystemInfo(JSON.parse(fs.readFileSync(infoPath, 'utf8')));
   } catch (e) {
-    process.stderr.write(`qrexec-policy-explain: ${infoPath}: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.stderr.write(`qrexec-policy-explain: ${fileProblem(infoPath, e)}\n`);
     return 2;
   }
   if (!info.domains.has(source)) {
@@ -79,9 +80,7 @@ runMain('qrexec-policy-explain', USAGE, () => {
     policy = loadPolicyFromDisk({ policyDirs: dirs, legacyDir: legacy === undefined ? undefined : path.resolve(legacy) });
   } catch (e) {
     if (!(e instanceof PolicySyntaxError)) throw e;
-    process.stderr.write(
-      `qrexec-policy-explain: the policy does not load, so every call is denied:\n${e.message}\n`,
-    );
+    process.stderr.write(`qrexec-policy-explain: the policy does not load, so every call is denied: ${e.message}\n`);
     return 2;
   }
   const x = explain(policy, { source, intendedTarget: target, serviceAndArg, requestedSource: opt(args, 'requested-source') }, info);

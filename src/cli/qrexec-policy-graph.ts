@@ -6,7 +6,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { opt, parseArgs, runMain, UsageError } from '../common/args.js';
 import { GraphOptionError, parseSystemInfo, policyGraph, PolicySyntaxError, type SystemInfo } from '../policy/index.js';
-import { DEFAULT_POLICY_DIRS, loadPolicyFromDisk } from '../node/policy-loader.js';
+import { DEFAULT_POLICY_DIRS, loadPolicyFromDisk, policyDirsOrDefault } from '../node/policy-loader.js';
+import { writeOutputFile } from '../node/files.js';
+import { fileProblem } from '../common/errors.js';
 
 const USAGE = `usage: qrexec-policy-graph [--include-ask] [--source QUBE [QUBE ...]] [--target TARGET [TARGET ...]]
                            [--service SERVICE[+ARG] [...]] [--output FILE] [--policy-dir DIR ...]
@@ -80,14 +82,14 @@ runMain('qrexec-policy-graph', USAGE, () => {
   try {
     info = parseSystemInfo(JSON.parse(fs.readFileSync(infoPath, 'utf8')));
   } catch (e) {
-    process.stderr.write(`qrexec-policy-graph: ${infoPath}: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.stderr.write(`qrexec-policy-graph: ${fileProblem(infoPath, e)}\n`);
     return 1;
   }
   let policy;
   try {
     const legacy = opt(args, 'legacy-dir');
     policy = loadPolicyFromDisk({
-      policyDirs: args.options.get('policy-dir') ?? DEFAULT_POLICY_DIRS.filter((d) => fs.existsSync(d)),
+      policyDirs: policyDirsOrDefault(args.options.get('policy-dir'), 1),
       legacyDir: legacy === undefined ? undefined : path.resolve(legacy),
     });
   } catch (e) {
@@ -111,6 +113,6 @@ runMain('qrexec-policy-graph', USAGE, () => {
   }
   const output = opt(args, 'output');
   if (output === undefined) process.stdout.write(dot);
-  else fs.writeFileSync(output, dot);
+  else writeOutputFile(output, dot);
   return 0;
 });

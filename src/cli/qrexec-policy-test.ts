@@ -1,9 +1,10 @@
 /** qrexec-policy-test: run a policy directory's tests/*.test against it (src/policyapi/policy-tests.ts). */
 import * as fs from 'node:fs';
 import { last, parseArgs, runMain, UsageError } from '../common/args.js';
-import { parseSystemInfo, PolicySyntaxError } from '../policy/index.js';
+import { parseSystemInfo } from '../policy/index.js';
 import { loadPolicyFromDisk } from '../node/policy-loader.js';
-import { loadTestDir, PolicyTestSyntaxError, runPolicyTests } from '../policyapi/policy-tests.js';
+import { loadTestDir, runPolicyTests } from '../policyapi/policy-tests.js';
+import { errorLine, fileProblem } from '../common/errors.js';
 
 const USAGE = `usage: qrexec-policy-test --system-info FILE [--legacy-dir DIR] DIR
 
@@ -29,8 +30,14 @@ runMain('qrexec-policy-test', USAGE, () => {
   const infoFile = last(args, 'system-info');
   if (infoFile === undefined) throw new UsageError('the following arguments are required: --system-info');
   const dir = args.positional[0] as string;
+  let info;
   try {
-    const info = parseSystemInfo(JSON.parse(fs.readFileSync(infoFile, 'utf8')) as unknown);
+    info = parseSystemInfo(JSON.parse(fs.readFileSync(infoFile, 'utf8')) as unknown);
+  } catch (e) {
+    process.stderr.write(`qrexec-policy-test: ${fileProblem(infoFile, e)}\n`);
+    return 1;
+  }
+  try {
     const legacy = last(args, 'legacy-dir');
     const policy = loadPolicyFromDisk({ policyDirs: [dir], ...(legacy !== undefined ? { legacyDir: legacy } : {}) });
     const cases = loadTestDir(dir);
@@ -39,10 +46,8 @@ runMain('qrexec-policy-test', USAGE, () => {
     process.stdout.write(`${cases.length - failures.length} of ${cases.length} passed\n`);
     return failures.length === 0 ? 0 : 1;
   } catch (e) {
-    if (e instanceof PolicySyntaxError || e instanceof PolicyTestSyntaxError || e instanceof Error) {
-      process.stderr.write(`qrexec-policy-test: ${e.message}\n`);
-      return 1;
-    }
-    throw e;
+    // the policy or a test file does not load (PolicySyntaxError, PolicyTestSyntaxError, unreadable)
+    process.stderr.write(`qrexec-policy-test: ${errorLine(e)}\n`);
+    return 1;
   }
 });

@@ -1,7 +1,8 @@
 /** qubes-policy-backup: back up or restore a whole policy directory (src/policyapi/backup.ts). */
-import * as fs from 'node:fs';
 import { last, parseArgs, runMain, UsageError } from '../common/args.js';
 import { BackupError, createBackup, parseBackup, restoreBackup } from '../policyapi/backup.js';
+import { readInputFile, writeOutputFile } from '../node/files.js';
+import { errorLine, isSystemError } from '../common/errors.js';
 
 const USAGE = `usage: qubes-policy-backup [--dir DIR] create FILE|-
        qubes-policy-backup [--dir DIR] restore FILE|-
@@ -30,15 +31,15 @@ runMain('qubes-policy-backup', USAGE, () => {
     if (cmd === 'create') {
       const text = JSON.stringify(createBackup(dir)) + '\n';
       if (file === '-') process.stdout.write(text);
-      else fs.writeFileSync(file, text, { mode: 0o600 });
+      else writeOutputFile(file, text, { mode: 0o600 });
       return 0;
     }
-    const [written, removed] = restoreBackup(dir, parseBackup(fs.readFileSync(file === '-' ? 0 : file, 'utf8')));
+    const [written, removed] = restoreBackup(dir, parseBackup(readInputFile(file)));
     process.stderr.write(`restored ${written} files, removed ${removed}\n`);
     return 0;
   } catch (e) {
-    if (e instanceof BackupError || (e as NodeJS.ErrnoException).code !== undefined) {
-      process.stderr.write(`qubes-policy-backup: ${(e as Error).message}\n`);
+    if (e instanceof BackupError || isSystemError(e)) {
+      process.stderr.write(`qubes-policy-backup: ${errorLine(e)}\n`);
       return 1;
     }
     throw e;

@@ -2,6 +2,7 @@
 import { parseArgs, last, runMain, UsageError } from '../common/args.js';
 import { startQubesd, ADMIN_SOCKET, INTERNAL_SOCKET, MISC_SOCKET } from '../qubesd/index.js';
 import { runtimeFromOptions, RUNTIME_HELP } from '../runtime/select.js';
+import { errorLine } from '../common/errors.js';
 
 const USAGE = `usage: qubesd --data-dir DIR --run-dir RUN [--runtime process|bwrap|none] [--debug]`;
 const HELP = `${USAGE}
@@ -49,7 +50,7 @@ runMain('qubesd', USAGE, async () => {
       },
     });
   } catch (e) {
-    process.stderr.write(`qubesd: error: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.stderr.write(`qubesd: error: ${errorLine(e)}\n`);
     return 1;
   }
   const qd = d;

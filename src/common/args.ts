@@ -14,6 +14,8 @@
  * to be printed by {@link usageExit}.
  */
 
+import { CommandError, errorLine } from './errors.js';
+
 export interface OptionSpec {
   /** Long name without dashes. */
   readonly name: string;
@@ -151,7 +153,10 @@ export function usageExit(prog: string, usage: string, e: UsageError): never {
   process.exit(2);
 }
 
-/** Run a command's main, turning UsageError into exit status 2 with a hint. */
+/**
+ * Run a command's main, turning UsageError into exit status 2 with the usage,
+ * and any other error into one `<prog>: <message>` line (see errorLine).
+ */
 export function runMain(prog: string, usage: string, main: () => Promise<number> | number): void {
   Promise.resolve()
     .then(main)
@@ -164,8 +169,8 @@ export function runMain(prog: string, usage: string, main: () => Promise<number>
           process.stderr.write(`${prog}: ${e.message}\n${usage}`);
           process.exitCode = 2;
         } else {
-          process.stderr.write(`${prog}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
-          process.exitCode = 1;
+          process.stderr.write(`${prog}: ${errorLine(e)}\n`);
+          process.exitCode = e instanceof CommandError ? e.exitCode : 1;
         }
       },
     );

@@ -1,6 +1,6 @@
 import * as net from 'node:net';
 import { join } from 'node:path';
-import { QrexecError } from '../common/errors.js';
+import { describeSystemError, QrexecError } from '../common/errors.js';
 import {
   FrameDecoder,
   MsgType,
@@ -77,7 +77,7 @@ export class DaemonClient {
   static async connect(socketDir: string, target: string): Promise<DaemonClient> {
     const path = join(socketDir, `qrexec.${target}`);
     const socket = await connectStream({ path }).catch((e: NodeJS.ErrnoException) => {
-      throw new DaemonClientError(e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? 'NOT_RUNNING' : 'CONNECT', `connect ${path}: ${e.message}`);
+      throw new DaemonClientError(e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? 'NOT_RUNNING' : 'CONNECT', `cannot connect to the qrexec daemon of ${target}: ${describeSystemError(e, path)}`);
     });
     const c = new DaemonClient(socket);
     const hello = await c.nextFrame();

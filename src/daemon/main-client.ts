@@ -11,6 +11,7 @@ import { DaemonClient, DEFAULT_SOCKET_DIR } from './client.js';
 import { DEFAULT_SERVICE_PATH, runDom0Service } from './dom0.js';
 import { DEFAULT_QUBESD_SOCKET, qubesdCall } from '../node/qubesd.js';
 import { localHost } from '../common/local-host.js';
+import { errorLine } from '../common/errors.js';
 
 const USAGE = (name: string): string => `usage: ${name} [options] -d domain_name [-l local_prog|-c request_id,src_domain_name,src_domain_id|-e] user:remote_cmdline
 Options:
@@ -20,7 +21,7 @@ Options:
   -t - enables replacing problematic bytes with '_' in command output, -T is the same for stderr
   -W - waits for connection end even in case of VM-VM (-c)
   -c - connect to existing process (response to trigger service call)
-  -w timeout - override default connection timeout of 5s (set 0 for no timeout)
+  -w timeout - override default connection timeout of 10s (set 0 for no timeout)
   -k - kill the domain right before exiting
   --socket-dir=PATH -  directory for qrexec socket, default: ${DEFAULT_SOCKET_DIR}
   -p PREFIX-DATA, --prefix-data=PREFIX-DATA - send the given data before the provided stdin (can only be used once)
@@ -54,10 +55,16 @@ interface Opts {
   cmd?: string;
 }
 
+/** A usage error: the usage, then what was wrong; exit 2. */
+function usageError(msg: string): never {
+  process.stderr.write(`${USAGE('qrexec-client')}qrexec-client: ${msg}\n`);
+  process.exit(2);
+}
+
 function parseIntArg(s: string, what: string): number {
-  if (!/^[0-9]/.test(s)) die(1, `${what} '${s}' does not start with an ASCII digit`);
+  if (!/^[0-9]/.test(s)) usageError(`${what} '${s}' does not start with an ASCII digit`);
   const v = Number(s);
-  if (!Number.isInteger(v) || v < 0 || v > 0x7fffffff) die(1, `invalid ${what} '${s}'`);
+  if (!Number.isInteger(v) || v < 0 || v > 0x7fffffff) usageError(`invalid ${what} '${s}'`);
   return v;
 }
 
@@ -86,7 +93,7 @@ function parse(argv: string[]): Opts {
     }
     if (a.startsWith('--')) {
       const [k, v] = a.includes('=') ? [a.slice(2, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a.slice(2), undefined];
-      const val = (): string => v ?? (argv[++i] as string | undefined) ?? die(1, `option '--${k}' requires an argument`);
+      const val = (): string => v ?? (argv[++i] as string | undefined) ?? usageError(`option '--${k}' requires an argument`);
       if (k === 'help') {
         process.stdout.write(USAGE('qrexec-client'));
         process.exit(0);
@@ -99,17 +106,13 @@ function parse(argv: string[]): Opts {
       }
       else if (k === 'no-exit-code') o.exitWithCode = false;
       else if (k === 'prefix-data') {
-        if (o.prefix !== undefined) {
-          process.stderr.write(USAGE('qrexec-client'));
-          process.exit(2);
-        }
+        if (o.prefix !== undefined) usageError('-p/--prefix-data given twice');
         o.prefix = val();
       } else if (k === 'use-stdin-socket') {
-        if (o.stdinSocket) die(2, '--use-stdin-socket passed twice');
+        if (o.stdinSocket) usageError('--use-stdin-socket passed twice');
         o.stdinSocket = true;
       } else {
-        process.stderr.write(`qrexec-client: unrecognized option '${a}'\n${USAGE('qrexec-client')}`);
-        process.exit(0);
+        usageError(`unrecognized option '${a}'`);
       }
       continue;
     }
@@ -119,7 +122,7 @@ function parse(argv: string[]): Opts {
         let val: string | undefined;
         if (withArg.has(f)) {
           val = j + 1 < a.length ? a.slice(j + 1) : argv[++i];
-          if (val === undefined) die(1, `option requires an argument -- '${f}'`);
+          if (val === undefined) usageError(`option requires an argument -- '${f}'`);
           j = a.length;
         }
         switch (f) {
@@ -128,19 +131,16 @@ function parse(argv: string[]): Opts {
           case 'e': o.justExec = true; break;
           case 'E': o.exitWithCode = false; break;
           case 'c': {
-            if (o.connect) die(1, 'ERROR: -c passed more than once');
+            if (o.connect) usageError('ERROR: -c passed more than once');
             const m = /^([^,]*),([^,]*),(.*)$/.exec(val as string);
-            if (!m) die(1, 'Invalid -c parameter (should be: "-c request_id,src_domain_name,src_domain_id")');
-            if ((m[1] as string).length >= 32) die(1, 'Invalid -c parameter (request_id too long, max 31)');
+            if (!m) usageError('Invalid -c parameter (should be: "-c request_id,src_domain_name,src_domain_id")');
+            if ((m[1] as string).length >= 32) usageError('Invalid -c parameter (request_id too long, max 31)');
             o.connect = { ident: m[1] as string, srcName: m[2] as string, srcId: parseIntArg(m[3] as string, 'source domain ID') };
             if (targetRefersToDom0(o.connect.srcName) || o.connect.srcId === 0) die(1, 'ERROR: -c cannot be used for requests to dom0');
             break;
           }
           case 'p':
-            if (o.prefix !== undefined) {
-              process.stderr.write(USAGE('qrexec-client'));
-              process.exit(2);
-            }
+            if (o.prefix !== undefined) usageError('-p/--prefix-data given twice');
             o.prefix = val as string;
             break;
           case 't': o.t = true; break;
@@ -153,18 +153,15 @@ function parse(argv: string[]): Opts {
             process.exit(0);
             break;
           default:
-            process.stderr.write(`qrexec-client: invalid option -- '${f}'\n${USAGE('qrexec-client')}`);
-            process.exit(0);
+            usageError(`invalid option -- '${f}'`);
         }
       }
       continue;
     }
     pos.push(a);
   }
-  if (pos.length < 1 || !o.domain) {
-    process.stderr.write(USAGE('qrexec-client'));
-    process.exit(1);
-  }
+  if (!o.domain) usageError('-d domain_name is required');
+  if (pos.length < 1) usageError('the command (user:remote_cmdline) is missing');
   o.cmd = pos[0] as string;
   return o;
 }
@@ -175,12 +172,10 @@ export async function qrexecClientMain(argv: string[]): Promise<number> {
   const domain = o.domain as string;
   const cmd = o.cmd as string;
   if (Number(o.justExec) + Number(!!o.connect) + Number(o.local !== undefined) > 1) {
-    process.stderr.write(`ERROR: only one of -e, -l, -c can be specified\n${USAGE('qrexec-client')}`);
-    return 1;
+    usageError('ERROR: only one of -e, -l, -c can be specified');
   }
   if (o.local !== undefined && o.stdinSocket) {
-    process.stderr.write(`ERROR: at most one of -l and --use-stdin-socket can be specified\n${USAGE('qrexec-client')}`);
-    return 1;
+    usageError('ERROR: at most one of -l and --use-stdin-socket can be specified');
   }
   const servicePath = (process.env['QREXEC_SERVICE_PATH'] ?? DEFAULT_SERVICE_PATH).split(':').filter((x) => x);
   let venv = vchanEnvFrom();
@@ -310,7 +305,14 @@ async function runInVm(
     return ExitCode.PROBLEM;
   }
   process.env['QREXEC_REMOTE_DOMAIN'] = domain;
-  const listener = await vchanListen(venv, ep.domain, ep.port);
+  let listener;
+  try {
+    listener = await vchanListen(venv, ep.domain, ep.port);
+  } catch (e) {
+    client.close();
+    process.stderr.write(`qrexec-client: ${errorLine(e)}\n`);
+    return ExitCode.PROBLEM;
+  }
   const timer = timeoutMs === undefined ? undefined : setTimeout(() => listener.close(), timeoutMs);
   let ch: net.Socket;
   try {

@@ -2,6 +2,7 @@ import { parseArgs } from 'node:util';
 import { spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { vchanEnvFrom } from '../vchan/index.js';
+import { whatIsMissing } from '../common/errors.js';
 import { DEFAULT_QUBESD_SOCKET } from '../node/qubesd.js';
 import { DEFAULT_SOCKET_DIR } from './client.js';
 import { DEFAULT_SERVICE_PATH } from './dom0.js';
@@ -25,9 +26,10 @@ Options:
       default: ${DEFAULT_QUBESD_SOCKET}; "none": refuse such calls
 `;
 
-function usage(argv0: string): never {
-  process.stderr.write(USAGE(argv0));
-  process.exit(1);
+/** A usage error: the usage, then what was wrong; exit 2. */
+function usage(argv0: string, msg: string): never {
+  process.stderr.write(`${USAGE(argv0)}${argv0}: ${msg}\n`);
+  process.exit(2);
 }
 
 /** `qrexec-daemon` main: command line of the reference daemon/qrexec-daemon.c. */
@@ -51,17 +53,16 @@ export async function qrexecDaemonMain(argv: string[], scriptPath: string): Prom
       },
     });
   } catch (e) {
-    process.stderr.write(`${argv0}: ${(e as Error).message}\n`);
-    usage(argv0);
+    usage(argv0, (e as Error).message.replace(/\. To specify a positional argument.*/s, ''));
   }
   const o = parsed.values;
-  if (o.help) usage(argv0);
-  const pos = parsed.positionals;
-  if (pos.length < 2 || pos.length > 3) usage(argv0);
-  if (!o.uuid) {
-    process.stderr.write('Domain UUID option missing!\n');
-    usage(argv0);
+  if (o.help) {
+    process.stdout.write(USAGE(argv0));
+    process.exit(0);
   }
+  const pos = parsed.positionals;
+  if (pos.length < 2 || pos.length > 3) usage(argv0, 'want domainid domain-name [default user]');
+  if (!o.uuid) usage(argv0, 'Domain UUID option missing! (-u UUID)');
   const domid = Number.parseInt(pos[0] as string, 10) || 0;
   const name = pos[1] as string;
   const quiet = !!o.quiet;
@@ -78,6 +79,12 @@ export async function qrexecDaemonMain(argv: string[], scriptPath: string): Prom
   if (!(startup > 0)) startup = 60;
   const haveTimeout = env['QREXEC_STARTUP_NOWAIT'] === undefined;
 
+  // the agent is waited for on the vchan: a directory that is not there would be waited on silently
+  const noVchanDir = whatIsMissing(vchanEnvFrom(env).dir);
+  if (noVchanDir !== undefined) {
+    process.stderr.write(`${argv0}: vchan socket directory (VCHAN_SOCKET_DIR): ${noVchanDir}\n`);
+    process.exit(1);
+  }
   if (!o.direct && env['QREXEC_DAEMON_NOTIFY_FD'] === undefined) {
     await daemonize(argv, scriptPath, name, haveTimeout, quiet);
     return;

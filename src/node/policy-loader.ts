@@ -4,6 +4,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { CommandError, describeSystemError, isSystemError, systemErrorReason } from '../common/errors.js';
 import { loadRules, Policy, PolicyIoError, type DirEntry, type LoadCache, type PolicySource } from '../policy/index.js';
 
 /** Qubes paths: the runtime overlay shadows the persistent directory. */
@@ -19,8 +20,7 @@ function stat(p: string): fs.Stats | undefined {
 }
 
 function ioError(p: string, e: unknown): PolicyIoError {
-  const err = e as NodeJS.ErrnoException;
-  return new PolicyIoError(p, `[Errno ${err.errno ?? '?'}] ${err.code ?? ''} ${err.message ?? String(e)}`.trim());
+  return new PolicyIoError(p, describeSystemError(e, p), isSystemError(e) ? systemErrorReason(e) : undefined);
 }
 
 /** The real file system. */
@@ -80,4 +80,16 @@ export function loadPolicyFromDisk(opts: DiskPolicyOptions = {}): Policy {
       ...(opts.cache ? { cache: opts.cache } : {}),
     }),
   );
+}
+
+/**
+ * The policy directories a tool reads: those given, else the default ones
+ * that exist. None at all is an error (exit status `exitCode`): a tool must
+ * not silently decide by an empty policy.
+ */
+export function policyDirsOrDefault(given: readonly string[] | undefined, exitCode: number): readonly string[] {
+  if (given !== undefined) return given;
+  const found = DEFAULT_POLICY_DIRS.filter((d) => stat(d)?.isDirectory());
+  if (found.length > 0) return found;
+  throw new CommandError(`${DEFAULT_POLICY_DIRS[DEFAULT_POLICY_DIRS.length - 1]}: policy directory does not exist (use --policy-dir DIR)`, exitCode);
 }

@@ -15,7 +15,7 @@
  * invalid here.
  */
 import * as net from 'node:net';
-import { QrexecError } from '../common/errors.js';
+import { describeSystemError, QrexecError } from '../common/errors.js';
 
 /** qubesd's Admin API socket (reference QUBESD_SOCK). */
 export const DEFAULT_QUBESD_SOCKET = '/var/run/qubesd.sock';
@@ -108,7 +108,7 @@ export function qubesdCall(socketPath: string, method: string, dest = 'dom0', op
       chunks.push(c);
     });
     sock.on('error', (e: Error) => {
-      fail(new QubesdCallError(method, connected ? 'BAD_REPLY' : 'CONNECT', e.message));
+      fail(new QubesdCallError(method, connected ? 'BAD_REPLY' : 'CONNECT', connected ? e.message : `cannot connect to qubesd: ${describeSystemError(e, socketPath)}`));
     });
     sock.on('end', () => {
       if (settled) return;

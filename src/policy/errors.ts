@@ -18,7 +18,7 @@ export class PolicySyntaxError extends SyntaxError {
   readonly detail: string;
 
   constructor(file: string, line: number | null, detail: string) {
-    super(`${file}:${line === null ? 'None' : line}: ${detail}`);
+    super(line === null ? `${file}: ${detail}` : `${file}:${line}: ${detail}`);
     this.file = file;
     this.line = line;
     this.detail = detail;

@@ -38,6 +38,8 @@ export class PolicyIoError extends Error {
   constructor(
     readonly path: string,
     message: string,
+    /** Why, without the path ("does not exist", "permission denied"...), when the source knows. */
+    readonly reason?: string,
   ) {
     super(message);
   }
@@ -172,6 +174,7 @@ class Loader {
       try {
         entries = this.src.readDir(dir);
       } catch (e) {
+        if (e instanceof PolicyIoError && e.reason !== undefined) throw new PolicySyntaxError(dir, null, `policy directory ${e.reason}`);
         throw this.ioError(e, dir, null, dir);
       }
       for (const name of policyFilesIn(entries, dir)) {

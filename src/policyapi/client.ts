@@ -14,6 +14,7 @@ import type { Reply } from './admin.js';
 import type { ImpactDiff } from './diff.js';
 import type { HistoryEntry } from './history.js';
 import { decodeReply, DEFAULT_POLICY_API_SOCKET } from './server.js';
+import { describeSystemError, QrexecError } from '../common/errors.js';
 
 /** A call that failed without a Policy API error: the reference's CalledProcessError. */
 export class PolicyCallFailed extends Error {
@@ -31,6 +32,11 @@ export interface PolicyTransport {
   call(service: string, arg: string | null, payload: Buffer | string): Promise<Reply>;
 }
 
+/** The Policy API cannot be reached at all (no socket, no qrexec-client-vm). */
+export class PolicyTransportError extends QrexecError {
+  override name = 'PolicyTransportError';
+}
+
 /** dom0: the host's socket. */
 export function socketTransport(socketPath: string): PolicyTransport {
   return {
@@ -43,7 +49,7 @@ export function socketTransport(socketPath: string): PolicyTransport {
           s.end(typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload);
         });
         s.on('data', (c: Buffer) => chunks.push(c));
-        s.on('error', (e) => reject(new Error(`cannot reach the policy API at ${socketPath}: ${e.message}`)));
+        s.on('error', (e) => reject(new PolicyTransportError(`cannot reach the Policy API at ${socketPath}: ${describeSystemError(e, socketPath)}`)));
         s.on('end', () => {
           try {
             resolve(decodeReply(Buffer.concat(chunks)));
@@ -66,7 +72,7 @@ export function qrexecTransport(clientVm = 'qrexec-client-vm', clientArgs: reado
         p.stdout.on('data', (c: Buffer) => out.push(c));
         p.stderr.on('data', (c: Buffer) => err.push(c));
         p.stdin.on('error', () => undefined);
-        p.on('error', (e) => reject(new Error(`cannot run ${clientVm}: ${e.message}`)));
+        p.on('error', (e) => reject(new PolicyTransportError(`cannot reach the Policy API: ${describeSystemError(e)}`)));
         p.on('close', (code) => resolve({ code: code ?? 1, stdout: Buffer.concat(out), stderr: Buffer.concat(err).toString('utf8') }));
         p.stdin.end(payload);
       }),

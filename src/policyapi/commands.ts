@@ -11,7 +11,7 @@ import { createInterface } from 'node:readline';
 import { UsageError } from '../common/args.js';
 import { formatDiagnostic, lintPolicyText } from '../policy/index.js';
 import { PolicyAdminException, PolicyAdminFileNotFoundException } from './errors.js';
-import { PolicyCallFailed, PolicyClient } from './client.js';
+import { PolicyCallFailed, PolicyClient, PolicyTransportError } from './client.js';
 import { formatImpactDiff } from './diff.js';
 
 export const QUBES_POLICY_USAGE = `usage: qubes-policy {[-l]|-g|-r|-d} [include/][RPCNAME[+ARGUMENT]]
@@ -162,7 +162,11 @@ async function historyCommand(what: 'log' | 'show' | 'restore', pos: readonly st
 }
 
 /** The reference's handling of a failed call: the exception's message, or "Command failed" and the output. */
-export function reportFailure(e: unknown, io: Io): number {
+export function reportFailure(e: unknown, io: Io, prog = 'qubes-policy'): number {
+  if (e instanceof PolicyTransportError) {
+    io.stderr(`${prog}: ${e.message}\n`);
+    return 1;
+  }
   if (e instanceof PolicyAdminException) {
     io.stderr(e.message + '\n');
     return 1;
@@ -219,6 +223,7 @@ export async function policyEditorMain(argv: readonly string[], client: PolicyCl
   try {
     [content, token] = await client.get(name, include);
   } catch (e) {
+    if (e instanceof PolicyTransportError) return reportFailure(e, io, 'qubes-policy-editor');
     if (!(e instanceof PolicyAdminFileNotFoundException)) {
       io.stderr(`Failed to get policy '${name}': ${e instanceof Error ? e.message : String(e)}\n`);
       return 1;

@@ -101,7 +101,10 @@ export class PolicyAgent {
     private readonly readTimeoutMs = 10_000,
   ) {
     this.server = net.createServer({ allowHalfOpen: true }, (s) => this.accept(s));
-    this.server.on('error', (e) => log.error(`agent socket: ${e.message}`));
+    // a failed listen is the caller's to report (listenUnix rejects); later errors are logged
+    this.server.on('error', (e) => {
+      if (this.server.listening) log.error(`agent socket: ${e.message}`);
+    });
   }
 
   listen(socketPath: string): Promise<void> {

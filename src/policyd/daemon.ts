@@ -16,6 +16,7 @@ import { createLogger, type Logger, type LogLevel } from './log.js';
 import { PolicyStore } from './policy-store.js';
 import { PolicyServer, type ServerContext } from './server.js';
 import { FileSystemInfo, QubesdSystemInfo, type SystemInfoSource } from './system-info-source.js';
+import { errorLine, QrexecError, whatIsMissing } from '../common/errors.js';
 
 export const DAEMON_USAGE = `usage: qrexec-policy-daemon [-h] [--policy-path POLICY_PATH] [--socket-path SOCKET_PATH]
                             [--eval-socket-path PATH] [--gui-socket-path PATH]
@@ -188,8 +189,19 @@ export interface RunningDaemon {
 }
 
 /** Failures that stop the daemon from starting (exit status 1). */
-export class StartupError extends Error {
+export class StartupError extends QrexecError {
   override name = 'StartupError';
+}
+
+/** What a started daemon serves, in one line (printed once at start). */
+export function servingLine(cfg: DaemonConfig): string {
+  const extra = [cfg.evalSocket, cfg.guiSocket].filter((x) => x !== null).map((x) => (x as readonly [string, boolean])[0]);
+  const info = cfg.systemInfoFile ?? `qubesd (${cfg.qubesdSocket})`;
+  return (
+    `serving the policy in ${cfg.policyDirs.join(', ')} on ${cfg.socketPath}` +
+    (extra.length ? ` (also ${extra.join(', ')})` : '') +
+    `; qubes from ${info}; audit log ${cfg.audit === null ? 'off' : cfg.audit[0]}`
+  );
 }
 
 export async function startDaemon(
@@ -197,6 +209,11 @@ export async function startDaemon(
   hooks: { log?: Logger; gui?: GuiServiceCaller | null; systemInfo?: SystemInfoSource } = {},
 ): Promise<RunningDaemon> {
   const log = hooks.log ?? createLogger('qrexec-policy-daemon', { level: cfg.logLevel });
+  // A broken policy file is reported and denies everything until fixed; a
+  // policy directory that is not there at all is a mistake in the set-up.
+  for (const dir of cfg.policyDirs) {
+    if (whatIsMissing(dir) !== undefined) throw new StartupError(`${dir}: policy directory does not exist`);
+  }
   let systemInfo: SystemInfoSource;
   if (hooks.systemInfo) {
     // qubesd in this process (the host process): no socket, no event stream
@@ -271,7 +288,7 @@ export async function startDaemon(
     } catch (e) {
       if (sock[1]) {
         await cleanup();
-        throw new StartupError(`cannot listen on ${sock[0]}: ${(e as Error).message}`);
+        throw new StartupError(`cannot listen on ${sock[0]}: ${errorLine(e)}`);
       }
       log.warning(`${name} not served: cannot listen on ${sock[0]} (${(e as Error).message})`);
     }
@@ -280,7 +297,7 @@ export async function startDaemon(
     await server.listen(cfg.socketPath);
   } catch (e) {
     await cleanup();
-    throw new StartupError(`cannot listen on ${cfg.socketPath}: ${(e as Error).message}`);
+    throw new StartupError(`cannot listen on ${cfg.socketPath}: ${errorLine(e)}`);
   }
   return { store, server, audit, log, systemInfo, close: cleanup };
 }

@@ -34,7 +34,10 @@ export class EvalService {
     private readonly timeoutMs = 5000,
   ) {
     this.server = net.createServer({ allowHalfOpen: true }, (s) => this.accept(s));
-    this.server.on('error', (e) => ctx.log.error(`${name} socket: ${e.message}`));
+    // a failed listen is the caller's to report (listenUnix rejects); later errors are logged
+    this.server.on('error', (e) => {
+      if (this.server.listening) ctx.log.error(`${name} socket: ${e.message}`);
+    });
   }
 
   listen(socketPath: string): Promise<void> {

@@ -28,10 +28,11 @@ import { PolicyStore } from './policy-store.js';
 import { formatRequest, type DaemonRequest } from './request.js';
 import { systemInfoOrError } from './server.js';
 import { FileSystemInfo, QubesdSystemInfo, type SystemInfoSource } from './system-info-source.js';
+import { CommandError, whatIsMissing } from '../common/errors.js';
 
 export const EXEC_USAGE = `usage: qrexec-policy-exec -h
-usage: qrexec-policy-exec [--assume-yes-for-ask] [--just-evaluate] [--path PATH] SOURCE TARGET service+argument
-usage: qrexec-policy-exec [--assume-yes-for-ask] [--just-evaluate] [--path PATH] domain-id SOURCE TARGET service+argument process-ident`;
+usage: qrexec-policy-exec [--assume-yes-for-ask] [--just-evaluate] [--path PATH] [--legacy-dir DIR] SOURCE TARGET service+argument
+usage: qrexec-policy-exec [--assume-yes-for-ask] [--just-evaluate] [--path PATH] [--legacy-dir DIR] domain-id SOURCE TARGET service+argument process-ident`;
 
 export const EXEC_HELP = `${EXEC_USAGE}
 
@@ -56,6 +57,8 @@ options:
   --assume-yes-for-ask  Allow run of service without confirmation if policy say 'ask'
   --just-evaluate       Do not run the service, only evaluate policy; retcode=0 means 'allow'
   --path PATH           Use alternative policy path (evaluated in-process)
+  --legacy-dir DIR      4.0 policy directory for !compat-4.0 in-process
+                        (default /etc/qubes-rpc/policy)
   --socket-path PATH    policy daemon socket (default /var/run/qubes/policy.sock)
   --system-info FILE    system info JSON for in-process evaluation (default: ask qubesd)
   --qubesd-socket PATH  qubesd internal socket (default /var/run/qubesd.internal.sock)
@@ -68,6 +71,7 @@ export const EXEC_OPTIONS = [
   { name: 'assume-yes-for-ask' },
   { name: 'just-evaluate' },
   { name: 'path', value: true, repeat: true },
+  { name: 'legacy-dir', value: true },
   { name: 'socket-path', value: true },
   { name: 'system-info', value: true },
   { name: 'qubesd-socket', value: true },
@@ -169,10 +173,14 @@ export async function runPolicyExec(argv: readonly string[], log: Logger = creat
             eventsSocketPath: null,
             log,
           });
+    const policyDirs = explicitPaths ?? DEFAULT_POLICY_DIRS;
+    for (const d of policyDirs) {
+      if (whatIsMissing(d) !== undefined) throw new CommandError(`${d}: policy directory does not exist`);
+    }
     try {
       return await evaluateInProcess(req, {
-        policyDirs: explicitPaths ?? DEFAULT_POLICY_DIRS,
-        legacyDir: DEFAULT_LEGACY_DIR,
+        policyDirs,
+        legacyDir: last(p, 'legacy-dir') ?? DEFAULT_LEGACY_DIR,
         systemInfo,
         log,
       });

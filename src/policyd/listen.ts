@@ -1,6 +1,12 @@
 /** Listening on a unix socket, as the daemon's servers all do. */
 import * as fs from 'node:fs';
 import type * as net from 'node:net';
+import { describeSystemError, QrexecError } from '../common/errors.js';
+
+/** A unix socket could not be listened on; the message says why, with the path. */
+export class ListenError extends QrexecError {
+  override name = 'ListenError';
+}
 
 /**
  * Listen on `socketPath`, removing a stale socket file first; with `mode`,
@@ -18,7 +24,8 @@ export function listenUnix(
     // absent
   }
   return new Promise((resolve, reject) => {
-    const onError = (e: Error): void => reject(e);
+    // said as what is wrong with the path (Node reports a missing directory as EACCES)
+    const onError = (e: Error): void => reject(new ListenError(describeSystemError(e, socketPath)));
     server.once('error', onError);
     server.listen({ path: socketPath, backlog: opts.backlog ?? 511 }, () => {
       server.off('error', onError);

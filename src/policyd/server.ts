@@ -98,7 +98,10 @@ export class PolicyServer {
   constructor(private readonly ctx: ServerContext) {
     this.requestTimeoutMs = ctx.requestTimeoutMs ?? 5000;
     this.server = net.createServer({ allowHalfOpen: true }, (sock) => this.accept(sock));
-    this.server.on('error', (e) => ctx.log.error(`policy socket: ${e.message}`));
+    // a failed listen is the caller's to report (listenUnix rejects); later errors are logged
+    this.server.on('error', (e) => {
+      if (this.server.listening) ctx.log.error(`policy socket: ${e.message}`);
+    });
     this.sweeper = setInterval(() => this.sweep(), Math.min(1000, Math.max(50, this.requestTimeoutMs / 4)));
     this.sweeper.unref();
   }

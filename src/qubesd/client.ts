@@ -20,7 +20,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { QrexecError } from '../common/errors.js';
+import { describeSystemError, QrexecError } from '../common/errors.js';
 import { localHost } from '../common/local-host.js';
 
 export const SYSTEM_QUBESD_SOCKET = '/var/run/qubesd.sock';
@@ -92,7 +92,7 @@ export class SocketTransport implements AdminTransport {
       s.on('data', (c: Buffer) => chunks.push(c));
       s.on('error', (e) => {
         failed = true;
-        reject(new AdminTransportError(`Failed to connect to qubesd service: ${e.message}`));
+        reject(new AdminTransportError(`Failed to connect to qubesd service: ${describeSystemError(e, this.socketPath)}`));
       });
       s.on('close', () => {
         if (failed) return;

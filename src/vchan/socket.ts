@@ -1,7 +1,7 @@
 import * as net from 'node:net';
 import * as fs from 'node:fs';
 import { basename, join } from 'node:path';
-import { QrexecError } from '../common/errors.js';
+import { describeSystemError, QrexecError } from '../common/errors.js';
 import { loadNative } from '../node/native.js';
 
 /** Default directory of vchan sockets (qubes-core-vchan-socket). */
@@ -80,7 +80,7 @@ export async function vchanListen(env: VchanEnv, remoteDomain: number, port: num
   }
   const server = net.createServer();
   await new Promise<void>((resolve, reject) => {
-    server.once('error', (e) => reject(new VchanError('LISTEN', `listen ${path}: ${e.message}`)));
+    server.once('error', (e) => reject(new VchanError('LISTEN', `cannot listen on vchan ${path}: ${describeSystemError(e, path)}`)));
     server.listen({ path, backlog: 1 }, () => resolve());
   });
   return acceptOne(server, path);

@@ -361,8 +361,8 @@ void test('without qubesd (--qubesd-socket=none) or with qubesd unreachable: aut
   const expect: [Reader, string, RegExp][] = [
     [none.agent, 'n.Auto', /^error: nwork: call n\.Auto to nvault failed: qube nvault is not running and autostart needs qubesd, which this daemon does not use \(--qubesd-socket=none\)$/],
     [none.agent, 'n.Disp', /^error: nwork: call n\.Disp to \S+ failed: Target @dispvm:uuid:\S+: a disposable VM needs qubesd, which this daemon does not use \(--qubesd-socket=none\)$/],
-    [gone.agent, 'n.Auto', /^error: gwork: call n\.Auto to nvault failed: qubesd could not start VM nvault: qubesd admin\.vm\.Start: connect ENOENT \S+no-qubesd\.sock$/],
-    [gone.agent, 'n.Disp', /qubesd could not create disposable VM: qubesd admin\.vm\.CreateDisposable: connect ENOENT/],
+    [gone.agent, 'n.Auto', /^error: gwork: call n\.Auto to nvault failed: qubesd could not start VM nvault: qubesd admin\.vm\.Start: cannot connect to qubesd: \S+no-qubesd\.sock does not exist$/],
+    [gone.agent, 'n.Disp', /qubesd could not create disposable VM: qubesd admin\.vm\.CreateDisposable: cannot connect to qubesd: \S+ does not exist/],
   ];
   for (const [agent, service, log] of expect) {
     const before = logs.length;
