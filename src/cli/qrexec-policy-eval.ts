@@ -7,13 +7,16 @@ import { parseArgs, opt, runMain, UsageError } from '../common/args.js';
 import { basename, decide, decisionToJson, parseRequestJson, parseSystemInfo, PolicySyntaxError } from '../policy/index.js';
 import { loadPolicyFromDisk, DEFAULT_LEGACY_DIR } from '../node/policy-loader.js';
 import { fileProblem } from '../common/errors.js';
+import { answerLines } from '../node/line-stream.js';
 
 const USAGE = `usage: qrexec-policy-eval --policy-dir DIR [--policy-dir DIR ...] --system-info FILE [--legacy-dir DIR] < requests.jsonl
 
-Evaluate qrexec policy requests in batch, exactly as the Qubes policy daemon
-decides them. Each stdin line is {"source":S,"intended_target":T,
+Evaluate qrexec policy requests, exactly as the Qubes policy daemon decides
+them. Each stdin line is {"source":S,"intended_target":T,
 "service_and_arg":"svc+arg"[,"requested_source":R]}; each stdout line the
-decision: {"result":"allow"|"ask"|"deny",...}.
+decision: {"result":"allow"|"ask"|"deny",...}, written as soon as the line is
+read (usable as a coprocess). A line that is not such a request is answered
+{"error":"request","line":N,"message":M}, and the next lines still are.
 
   --policy-dir DIR    policy directory (as /etc/qubes/policy.d); repeat for
                       overlays, earliest first (a file name shadows later ones)
@@ -21,11 +24,12 @@ decision: {"result":"allow"|"ask"|"deny",...}.
   --legacy-dir DIR    4.0 policy directory for !compat-4.0
                       (default ${DEFAULT_LEGACY_DIR})
 
-Exit status: 0 decided; 2 the policy (or system info) does not load: the only
-output line is {"error":"policy","file":F,"line":N}; 1 bad input.
+Exit status: 0 every line decided; 1 some line was not a request; 2 the policy
+(or system info) does not load: the only output line is
+{"error":"policy","file":F,"line":N} (or {"error":"system-info",...}).
 `;
 
-runMain('qrexec-policy-eval', USAGE, () => {
+runMain('qrexec-policy-eval', USAGE, async () => {
   const args = parseArgs(process.argv.slice(2), [
     { name: 'policy-dir', value: true, repeat: true },
     { name: 'system-info', value: true },
@@ -57,21 +61,18 @@ runMain('qrexec-policy-eval', USAGE, () => {
     process.stdout.write(JSON.stringify({ error: 'policy', file: basename(e.file), line: e.line }) + '\n');
     return 2;
   }
-  const input = fs.readFileSync(0, 'utf8');
-  const out: string[] = [];
-  let lineno = 0;
-  for (const line of input.split('\n')) {
-    lineno++;
-    if (line.trim() === '') continue;
-    let req;
+  let bad = 0;
+  await answerLines(process.stdin, process.stdout, (line, lineno) => {
     try {
-      req = parseRequestJson(line);
+      return JSON.stringify(decisionToJson(decide(policy, parseRequestJson(line), info), info));
     } catch (e) {
-      process.stderr.write(`qrexec-policy-eval: stdin:${lineno}: ${e instanceof Error ? e.message : String(e)}\n`);
-      return 1;
+      // a bad line is answered too, and the next lines still are
+      bad++;
+      const message = e instanceof Error ? e.message : String(e);
+      process.stderr.write(`qrexec-policy-eval: stdin:${lineno}: ${message}\n`);
+      return JSON.stringify({ error: 'request', line: lineno, message });
     }
-    out.push(JSON.stringify(decisionToJson(decide(policy, req, info), info)));
-  }
-  process.stdout.write(out.length ? out.join('\n') + '\n' : '');
+  });
+  if (bad > 0) return 1;
   return 0;
 });

@@ -139,18 +139,19 @@ export function systemErrorReason(e: NodeJS.ErrnoException): string {
   }
 }
 
-const BUILTIN_ERRORS: readonly ErrorConstructor[] = [Error, TypeError, RangeError, ReferenceError, SyntaxError, EvalError, URIError];
+/** Errors that mean a bug in our code, not a problem the user can fix. */
+const BUG_ERRORS: readonly ErrorConstructor[] = [TypeError, RangeError, ReferenceError, EvalError, URIError];
 
 /**
  * The line a command prints for an error that ends it: the message of our
- * own errors, a description of system errors; anything else is a bug, said
- * as such (QREXEC_DEBUG=1 adds the stack).
+ * own errors, a description of system errors; a TypeError, RangeError... is a
+ * bug, said as such (QREXEC_DEBUG=1 adds the stack).
  */
 export function errorLine(e: unknown): string {
   if (isSystemError(e)) return describeSystemError(e);
   if (e instanceof Error) {
-    // our error classes (and libraries' own) carry a message meant for the user
-    if (!BUILTIN_ERRORS.includes(e.constructor as ErrorConstructor)) return e.message;
+    // our errors (typed or plain Error) and libraries' own carry a message meant for the user
+    if (!BUG_ERRORS.includes(e.constructor as ErrorConstructor)) return e.message;
     return process.env['QREXEC_DEBUG'] ? `internal error: ${e.stack ?? e.message}` : `internal error: ${e.message} (QREXEC_DEBUG=1 shows where)`;
   }
   return `internal error: ${String(e)}`;

@@ -52,3 +52,57 @@ test('bad request lines and bad options are reported, with exit status 1 and 2',
   assert.equal(help.code, 0);
   assert.match(help.out, /^usage: qrexec-policy-eval/);
 });
+
+test('a bad line is answered with an error object, and the lines after it still are', () => {
+  const args = ['--policy-dir', path.join(ROOT, 'examples/policy.d'), '--legacy-dir', path.join(ROOT, 'examples/legacy'), '--system-info', path.join(ROOT, 'examples/system-info.json')];
+  const good = '{"source":"work","intended_target":"vault","service_and_arg":"no.Such"}';
+  const r = run(args, `${good}\nnot json\n{"source":1}\n${good}\n`);
+  assert.equal(r.code, 1, r.err);
+  const lines = r.out.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  assert.equal(lines.length, 4, r.out);
+  assert.equal(lines[0]?.['result'], 'deny');
+  assert.equal(lines[1]?.['error'], 'request');
+  assert.equal(lines[1]?.['line'], 2);
+  assert.equal(lines[2]?.['error'], 'request');
+  assert.match(String(lines[2]?.['message']), /"source" must be a string/);
+  assert.deepEqual(lines[3], lines[0]);
+});
+
+test('a coprocess: each line is answered before the next one is written', async () => {
+  const { spawn } = await import('node:child_process');
+  const child = spawn(EVAL, ['--policy-dir', path.join(ROOT, 'examples/policy.d'), '--legacy-dir', path.join(ROOT, 'examples/legacy'), '--system-info', path.join(ROOT, 'examples/system-info.json')], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let buf = '';
+  const waiters: (() => void)[] = [];
+  child.stdout.setEncoding('utf8');
+  child.stdout.on('data', (d: string) => {
+    buf += d;
+    waiters.splice(0).forEach((w) => w());
+  });
+  const nextLine = async (): Promise<string> => {
+    const deadline = Date.now() + 20_000;
+    while (!buf.includes('\n')) {
+      if (Date.now() > deadline) throw new Error(`no answer; stdout so far: ${JSON.stringify(buf)}`);
+      await new Promise<void>((r) => {
+        waiters.push(r);
+        setTimeout(r, 200);
+      });
+    }
+    const i = buf.indexOf('\n');
+    const line = buf.slice(0, i);
+    buf = buf.slice(i + 1);
+    return line;
+  };
+  try {
+    child.stdin.write('{"source":"work","intended_target":"@default","service_and_arg":"qubes.Filecopy+"}\n');
+    assert.equal((JSON.parse(await nextLine()) as Record<string, unknown>)['result'], 'ask');
+    child.stdin.write('{"source":"personal","intended_target":"vault","service_and_arg":"qubes.Gpg"}\n');
+    assert.equal((JSON.parse(await nextLine()) as Record<string, unknown>)['result'], 'deny');
+    child.stdin.write('{oops}\n');
+    assert.equal((JSON.parse(await nextLine()) as Record<string, unknown>)['error'], 'request');
+    child.stdin.end();
+    const code = await new Promise((r) => child.on('close', r));
+    assert.equal(code, 1);
+  } finally {
+    child.kill();
+  }
+});
