@@ -198,6 +198,7 @@ const QUBESD_CLIENTS: Record<string, string[]> = {
   'qvm-ls': [],
   'qvm-create': ['-l', 'red', 'new'],
   'qvm-clone': ['work', 'copy'],
+  'qvm-run': ['work', 'true'],
   'qubes-prefs': [],
 };
 
