@@ -1,6 +1,6 @@
 /** qubes-host (`npm start`): the whole host in one process, with a demo system; see src/host/start.ts. */
 import { parseArgs, last, UsageError } from '../common/args.js';
-import { QrexecError } from '../common/errors.js';
+import { errorLine, isSystemError, QrexecError } from '../common/errors.js';
 import { StartupError } from '../policyd/daemon.js';
 import { runHost } from '../host/start.js';
 import { RuntimeError } from '../runtime/types.js';
@@ -74,8 +74,8 @@ try {
   });
   process.exit(code);
 } catch (e) {
-  if (e instanceof QrexecError || e instanceof StartupError || e instanceof RuntimeError) {
-    process.stderr.write(`${prog}: error: ${e.message}\n`);
+  if (e instanceof QrexecError || e instanceof StartupError || e instanceof RuntimeError || isSystemError(e)) {
+    process.stderr.write(`${prog}: error: ${errorLine(e)}\n`);
     process.exit(1);
   }
   throw e;

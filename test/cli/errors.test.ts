@@ -187,6 +187,10 @@ const CASES: Record<string, Case[]> = {
     { what: 'unreadable backup', args: () => ['--dir', `${fx.tmp}/restore`, 'restore', fx.unreadable], code: 1, err: /unreadable:? (permission denied|is a directory)/ },
   ],
   'qubes-policy-lint': [usage('no file', () => [], /FILE/)],
+  'qubes-host': [
+    usage('bad runtime', () => ['--runtime', 'xen'], /--runtime/),
+    { what: 'data dir under a file', args: () => ['--data-dir', '/dev/null/host', '--run-dir', `${fx.tmp}/hrun`, '--runtime', 'none', '--no-demo-system'], code: 1, err: /\/dev\/null is not a directory/ },
+  ],
   qubesd: [
     usage('no --data-dir', () => ['--run-dir', fx.tmp], /--data-dir/),
     { what: 'data dir under a file', args: () => ['--data-dir', '/dev/null/qubesd', '--run-dir', `${fx.tmp}/qrun`, '--runtime', 'none'], code: 1, err: /\/dev\/null is not a directory/ },
