@@ -44,6 +44,8 @@ runMain('qrexec-legacy-convert', USAGE, () => {
     return 0;
   }
   let legacyDir = path.resolve(opt(args, 'legacy-dir') ?? DEFAULT_LEGACY_DIR);
+  // the output's comments name the directory as the user did
+  let shownAs = opt(args, 'legacy-dir') ?? DEFAULT_LEGACY_DIR;
   let only: string[] | undefined;
   if (args.positional.length > 0) {
     const dirs = new Set(args.positional.map((f) => path.dirname(path.resolve(f))));
@@ -53,6 +55,7 @@ runMain('qrexec-legacy-convert', USAGE, () => {
       throw new UsageError(`the named files are not in --legacy-dir ${legacyDir}`);
     }
     legacyDir = dir;
+    shownAs = opt(args, 'legacy-dir') ?? path.dirname(args.positional[0] as string);
     only = args.positional.map((f) => path.basename(f));
   }
   const missing = whatIsMissing(legacyDir);
@@ -62,7 +65,7 @@ runMain('qrexec-legacy-convert', USAGE, () => {
   }
   let result;
   try {
-    result = convertLegacy(diskSource, { legacyDir, only, comments: !args.flags.has('no-comments') });
+    result = convertLegacy(diskSource, { legacyDir, only, comments: !args.flags.has('no-comments'), shownAs });
   } catch (e) {
     if (e instanceof PolicySyntaxError || e instanceof LegacyConvertError) {
       process.stderr.write(`qrexec-legacy-convert: ${e.message}\n`);

@@ -74,16 +74,21 @@ runMain('qrexec-policy-explain', USAGE, () => {
     process.stderr.write(`qrexec-policy-explain: warning: source ${source} is not in the system info\n`);
   }
   let policy;
+  // The legacy directory must be absolute: 4.0 file paths are resolved against
+  // it. Its files are shown under the directory as given (relative, as the
+  // policy directories' files are).
+  const legacy = opt(args, 'legacy-dir');
+  const legacyAbs = legacy === undefined ? undefined : path.resolve(legacy);
+  const showFile = (f: string): string =>
+    legacy !== undefined && legacyAbs !== undefined && f.startsWith(legacyAbs + path.sep) ? path.join(legacy, f.slice(legacyAbs.length + 1)) : f;
   try {
-    // The legacy directory must be absolute: 4.0 file paths are resolved against it.
-    const legacy = opt(args, 'legacy-dir');
-    policy = loadPolicyFromDisk({ policyDirs: dirs, legacyDir: legacy === undefined ? undefined : path.resolve(legacy) });
+    policy = loadPolicyFromDisk({ policyDirs: dirs, legacyDir: legacyAbs });
   } catch (e) {
     if (!(e instanceof PolicySyntaxError)) throw e;
     process.stderr.write(`qrexec-policy-explain: the policy does not load, so every call is denied: ${e.message}\n`);
     return 2;
   }
   const x = explain(policy, { source, intendedTarget: target, serviceAndArg, requestedSource: opt(args, 'requested-source') }, info);
-  process.stdout.write(args.flags.has('json') ? JSON.stringify(explanationToJson(x)) + '\n' : formatExplanation(x));
+  process.stdout.write(args.flags.has('json') ? JSON.stringify(explanationToJson(x)) + '\n' : formatExplanation(x, { showFile }));
   return 0;
 });

@@ -391,12 +391,16 @@ export function explanationToJson(x: Explanation): unknown {
   };
 }
 
-function where(r: Rule): string {
-  return `${r.file}:${r.line ?? 0}`;
+/** Options of {@link formatExplanation}. */
+export interface FormatOptions {
+  /** How a rule's file is written (e.g. relative, as the user named its directory); default: as loaded. */
+  readonly showFile?: (file: string) => string;
 }
 
 /** Human-readable form of an explanation. */
-export function formatExplanation(x: Explanation): string {
+export function formatExplanation(x: Explanation, opts: FormatOptions = {}): string {
+  const show = opts.showFile ?? ((f: string): string => f);
+  const where = (r: Rule): string => `${show(r.file)}:${r.line ?? 0}`;
   const out: string[] = [];
   const r = x.resolved;
   const svc = r ? `${r.service}${r.argument === '+' ? '' : r.argument}` : x.request.serviceAndArg;

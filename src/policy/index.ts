@@ -35,6 +35,6 @@ export {
 export { basename } from './paths.js';
 export { decide, decisionToJson, parseRequestJson, ruleLabel, type DecisionJson } from './report.js';
 export { lintPolicyText, formatDiagnostic, includePathProblem, type LintDiagnostic, type LintOptions } from './lint.js';
-export { explain, explanationToJson, formatExplanation, type Explanation, type RuleMiss, type RuleColumn, type AskStep, type AskTrace } from './explain.js';
+export { explain, explanationToJson, formatExplanation, type FormatOptions, type Explanation, type RuleMiss, type RuleColumn, type AskStep, type AskTrace } from './explain.js';
 export { convertLegacy, isLegacyPolicyFile, LegacyConvertError, type LegacyConvertOptions, type LegacyConversion } from './legacy-convert.js';
 export { policyGraph, validateGraphOptions, GraphOptionError, type GraphOptions } from './graph.js';

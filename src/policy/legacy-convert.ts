@@ -34,6 +34,8 @@ export interface LegacyConvertOptions {
   readonly only?: readonly string[] | undefined;
   /** Keep the files' comments (default true). */
   readonly comments?: boolean | undefined;
+  /** How the output's comments write the legacy directory (e.g. as the user gave it, relative); default: resolved. */
+  readonly shownAs?: string | undefined;
 }
 
 export interface LegacyConversion {
@@ -117,6 +119,9 @@ interface Row {
 export function convertLegacy(src: PolicySource, opts: LegacyConvertOptions): LegacyConversion {
   // resolved as the loader resolves it, so that rule positions compare equal
   const legacyDir = src.resolve(opts.legacyDir);
+  const shownAs = opts.shownAs;
+  const shown = (p: string): string =>
+    shownAs === undefined ? p : p === legacyDir ? shownAs : p.startsWith(legacyDir + '/') ? join(shownAs, p.slice(legacyDir.length + 1)) : p;
   const keepComments = opts.comments ?? true;
   let names: string[];
   const entries = src.readDir(legacyDir);
@@ -197,7 +202,7 @@ export function convertLegacy(src: PolicySource, opts: LegacyConvertOptions): Le
     const path = src.resolve(join(legacyDir, join(legacyDir, name)));
     files.push(path);
     rows.push({ comment: '' });
-    rows.push({ comment: `# ${service}${argument === '*' ? '' : argument}  (from ${path})` });
+    rows.push({ comment: `# ${service}${argument === '*' ? '' : argument}  (from ${shown(path)})` });
     emitFile(path, service, argument, 0);
     if (argument !== '*') {
       take(path, null);
@@ -218,7 +223,7 @@ export function convertLegacy(src: PolicySource, opts: LegacyConvertOptions): Le
     if (r.cols) for (let c = 0; c < 4; c++) width[c] = Math.min(24, Math.max(width[c] as number, r.cols[c]!.length));
   }
   const out: string[] = [
-    `# Converted by qrexec-legacy-convert from the Qubes 4.0 policy in ${legacyDir}.`,
+    `# Converted by qrexec-legacy-convert from the Qubes 4.0 policy in ${shown(legacyDir)}.`,
     '# It decides every call as those files read through !compat-4.0 did: put it',
     '# where the !compat-4.0 line was, then move the 4.0 files away.',
   ];

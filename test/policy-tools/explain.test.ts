@@ -230,3 +230,16 @@ test('CLI: text and --json on the shipped example', () => {
   assert.equal(r.status, 2);
   assert.match(r.stderr, /expected SOURCE TARGET SERVICE/);
 });
+
+test('CLI: 4.0 files are shown under the legacy directory as given (relative stays relative)', () => {
+  const root = path.resolve(import.meta.dirname, '../../..');
+  const r = spawnSync(
+    path.join(root, 'bin/qrexec-policy-explain'),
+    ['--policy-dir', 'examples/policy.d', '--legacy-dir', 'examples/legacy', '--system-info', 'examples/system-info.json', 'untrusted', 'personal', 'qubes.StartApp+firefox'],
+    { encoding: 'utf8', cwd: root },
+  );
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^rule: {5}examples\/legacy\/qubes\.StartApp\+firefox:0$/m);
+  assert.match(r.stdout, /^ {2}examples\/legacy\/qubes\.StartApp\+firefox:2: /m);
+  assert.doesNotMatch(r.stdout, new RegExp(root.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+});

@@ -275,3 +275,14 @@ test('CLI: stdout, --output, named files, errors', () => {
     fs.rmSync(tmp, { recursive: true, force: true });
   }
 });
+
+test('CLI: the comments name the 4.0 files as given (relative stays relative)', () => {
+  const bin = path.join(ROOT, 'bin/qrexec-legacy-convert');
+  for (const args of [['--legacy-dir', 'examples/legacy'], ['examples/legacy/qubes.Gpg']]) {
+    const r = spawnSync(bin, args, { encoding: 'utf8', cwd: ROOT });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^# Converted by qrexec-legacy-convert from the Qubes 4\.0 policy in examples\/legacy\.$/m);
+    assert.match(r.stdout, /^# qubes\.Gpg {2}\(from examples\/legacy\/qubes\.Gpg\)$/m);
+    assert.ok(!r.stdout.includes(ROOT), r.stdout);
+  }
+});
