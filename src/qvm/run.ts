@@ -14,7 +14,8 @@
  * started (--no-autostart) or paused; 255 when qubesd refuses something
  * (the reference's `return -1`); 2 on usage errors.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
+import { constants as osConstants } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UsageError } from '../common/args.js';
@@ -207,36 +208,68 @@ interface RunOptions {
   gui: boolean;
 }
 
-/** Starts `qrexec-client` for one call; resolves with its exit status. */
-async function runService(app: QubesApp, t: Target, call: Call, o: RunOptions, wait: boolean, timeout: number | undefined): Promise<number> {
-  const dest = t.created ?? t.qube?.name ?? t.name;
+/** How `qrexec-client` is run for a call. */
+export interface ClientCall {
+  /** `-t` / `-T`. */
+  readonly filterStdout?: boolean;
+  readonly filterStderr?: boolean;
+  readonly localcmd?: string;
+  /** `-e`: exit once the command is sent. */
+  readonly noWait?: boolean;
+  readonly prefix?: string;
+  /** `-w SECONDS`. */
+  readonly timeout?: number;
+  readonly stdio: StdioOptions;
+}
+
+/**
+ * Starts the qube `dest` (admin.vm.Start; a running one is fine), then
+ * `qrexec-client -d DEST USER:QUBESRPC SERVICE+ARG dom0` with qrexec found
+ * as dom0Qrexec says. The user is DEFAULT unless given.
+ */
+export async function spawnQrexecClient(app: QubesApp, dest: string, service: string, user: string | undefined, c: ClientCall): Promise<ChildProcess> {
   try {
     await app.call(dest, 'admin.vm.Start');
   } catch (e) {
     if (!(e instanceof AdminError && e.excType === 'QubesVMNotHaltedError')) throw e;
   }
-  if (dest === 'dom0') throw new AdminError('QubesException', 'qvm-run cannot run commands in dom0 itself');
+  if (dest === 'dom0') throw new AdminError('QubesException', 'calls to dom0 itself are not supported');
   const xidText = await app.call(dest, 'admin.vm.property.Get', 'xid').catch(() => '');
   const xid = Number(/ (-?\d+)$/.exec(xidText)?.[1] ?? NaN);
   const q = dom0Qrexec(app.transport, Number.isFinite(xid) ? xid : null);
   const args = [`--socket-dir=${q.socketDir}`, '-d', dest];
-  if (o.filterEsc) args.push('-t');
-  if (o.filterEsc || process.stderr.isTTY) args.push('-T');
-  if (o.localcmd !== undefined) args.push('-l', o.localcmd);
-  if (!wait) args.push('-e');
-  if (call.prefix !== undefined) args.push('-p', call.prefix);
-  if (timeout !== undefined) args.push('-w', String(timeout));
-  args.push(`${call.user ?? 'DEFAULT'}:QUBESRPC ${call.service}${call.service.includes('+') ? '' : '+'} dom0`);
+  if (c.filterStdout) args.push('-t');
+  if (c.filterStderr) args.push('-T');
+  if (c.localcmd !== undefined) args.push('-l', c.localcmd);
+  if (c.noWait) args.push('-e');
+  if (c.prefix !== undefined) args.push('-p', c.prefix);
+  if (c.timeout !== undefined) args.push('-w', String(c.timeout));
+  args.push(`${user ?? 'DEFAULT'}:QUBESRPC ${service}${service.includes('+') ? '' : '+'} dom0`);
   const program = process.env['QREXEC_CLIENT'];
   const [file, argv] = program ? [program, args] : [process.execPath, [QREXEC_CLIENT, ...args]];
-  const child = spawn(file, argv, {
-    stdio: o.passio ? (o.localcmd !== undefined ? ['ignore', 'ignore', 'inherit'] : 'inherit') : 'ignore',
-    env: { ...process.env, ...q.env },
-  });
+  return spawn(file, argv, { stdio: c.stdio, env: { ...process.env, ...q.env } });
+}
+
+/** A child's exit status (125 when it could not start, 128+N for a signal). */
+export function exitStatus(child: ChildProcess): Promise<number> {
   return new Promise((resolve) => {
     child.on('error', () => resolve(125));
-    child.on('exit', (code, sig) => resolve(code ?? (sig ? 128 + 15 : 255)));
+    child.on('exit', (code, sig) => resolve(code ?? 128 + (sig ? (osConstants.signals[sig] ?? 15) : 15)));
   });
+}
+
+/** One call of qvm-run; resolves with its exit status. */
+async function runService(app: QubesApp, t: Target, call: Call, o: RunOptions, wait: boolean, timeout: number | undefined): Promise<number> {
+  const child = await spawnQrexecClient(app, t.created ?? t.qube?.name ?? t.name, call.service, call.user, {
+    filterStdout: o.filterEsc,
+    filterStderr: o.filterEsc || process.stderr.isTTY === true,
+    ...(o.localcmd !== undefined ? { localcmd: o.localcmd } : {}),
+    noWait: !wait,
+    ...(call.prefix !== undefined ? { prefix: call.prefix } : {}),
+    ...(timeout !== undefined ? { timeout } : {}),
+    stdio: o.passio ? (o.localcmd !== undefined ? ['ignore', 'ignore', 'inherit'] : 'inherit') : 'ignore',
+  });
+  return exitStatus(child);
 }
 
 function positionals(p: Parsed): { vmname: string | undefined; cmd: string; cmdArgs: string[] } {

@@ -143,3 +143,16 @@ test('src/policy compiles without Node types (tsconfig.pure.json)', { timeout: 1
   const r = spawnSync(process.execPath, [tsc, '-p', path.join(ROOT, 'tsconfig.pure.json')], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stdout + r.stderr);
 });
+
+test('src/qube (our programs and services inside a qube) imports nothing host-side', () => {
+  const allowed = ['qube', 'agent', 'protocol', 'vchan', 'common'];
+  const bad: string[] = [];
+  for (const [f, deps] of graph) {
+    if (area(f) !== 'qube') continue;
+    for (const d of deps) {
+      if (d.startsWith('node:')) continue;
+      if (!allowed.some((a) => d.startsWith(path.join(SRC, a) + path.sep))) bad.push(`${path.relative(ROOT, f)} imports ${d}`);
+    }
+  }
+  assert.deepEqual(bad, []);
+});

@@ -109,7 +109,7 @@ export async function startSystem(opts: { policy?: string } = {}): Promise<TestS
         ...['--policy-path', policyDir, '--socket-path', policySock, '--eval-socket-path', 'none', '--gui-socket-path', 'none'],
         ...['--qubesd-socket', path.join(runDir, 'qubesd.internal.sock'), '--qubesd-events-socket', sock, '--no-audit'],
       ],
-      { stdio: ['ignore', 'ignore', 'inherit'] },
+      { stdio: 'ignore' },
     );
     procs.push(pd);
     for (let i = 0; i < 500 && !fs.existsSync(policySock); i++) await sleep(20);

@@ -120,7 +120,8 @@ export function sandboxPlan(spec: SandboxSpec, cgroupProcs: readonly string[] = 
     dirs: ['/run/qubes', '/run/qubes-rpc', INSIDE_PROJECT, `${INSIDE_PROJECT}/native`],
     ...(spec.network ? { netns: spec.network.path } : {}),
     env: {
-      PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+      // then our commands (qvm-copy...) and the node that runs them
+      PATH: `/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${INSIDE_PROJECT}/bin:${INSIDE_PROJECT}`,
       HOME: '/root',
       LANG: 'C.UTF-8',
       VCHAN_SOCKET_DIR: INSIDE_VCHAN_DIR,
