@@ -105,6 +105,8 @@ export class Agent {
   private readonly pending = new Map<number, PendingCaller>();
   private nextId = 1;
   private server: net.Server | undefined;
+  /** The control vchan listener while dom0 has not connected yet. */
+  private ctrlListener: { close(): void } | undefined;
   private waiting: Promise<void> | undefined;
   private readonly native: NativeHelper | null = loadNative();
   private closed = false;
@@ -128,7 +130,11 @@ export class Agent {
   /** Listens on the control vchan, waits for dom0's handshake, then opens the agent socket. */
   async start(): Promise<void> {
     const listener = await vchanListen(this.opts.vchan, 0, VCHAN_BASE_PORT);
+    // close() while we wait for dom0 (SIGTERM) stops the wait
+    this.ctrlListener = listener;
+    if (this.closed) listener.close();
     const ctrl = await listener.accepted;
+    this.ctrlListener = undefined;
     this.ctrl = ctrl;
     ctrl.setNoDelay?.(true);
     await this.handshake(ctrl);
@@ -139,6 +145,7 @@ export class Agent {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.ctrlListener?.close();
     this.server?.close();
     try {
       fs.unlinkSync(this.opts.agentSocket);
@@ -643,7 +650,9 @@ export class Agent {
     }
     ch.setNoDelay?.(true);
     const single = (flags & LauncherFlag.STDIN_SOCKET) !== 0;
-    const sinkS = openLocal(sinkFd, single ? 'duplex' : (flags & LauncherFlag.LOCAL_PROGRAM) !== 0 ? 'duplex' : 'write');
+    const ownStdout = !single && (flags & LauncherFlag.LOCAL_PROGRAM) === 0;
+    // the launcher's own stdout and stderr: closed at the end, not shut down (openLocal)
+    const sinkS = openLocal(sinkFd, ownStdout ? 'write' : 'duplex', { inherited: ownStdout });
     let sourceS: LocalStream;
     if (single) {
       closeFd(sourceFd);
@@ -651,7 +660,7 @@ export class Agent {
     } else {
       sourceS = openLocal(sourceFd, 'read');
     }
-    const errS = openLocal(errFd, 'write');
+    const errS = openLocal(errFd, 'write', { inherited: true });
     let resolveLocal: (n: number) => void = () => undefined;
     const localExit =
       (flags & LauncherFlag.LOCAL_PROGRAM) !== 0 ? new Promise<number>((r) => (resolveLocal = r)) : undefined;

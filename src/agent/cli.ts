@@ -120,8 +120,10 @@ export async function runAgentCli(args: string[]): Promise<number> {
   try {
     await agent.start();
   } catch (e) {
-    process.stderr.write(`${argv0}: ${errorLine(e)}\n`);
     agent.close();
+    // SIGTERM before dom0 connected: a clean stop
+    if (terminated) return 0;
+    process.stderr.write(`${argv0}: ${errorLine(e)}\n`);
     return 1;
   }
   if (process.env['NOTIFY_SOCKET']) log('NOTIFY_SOCKET set: sd_notify is not implemented');

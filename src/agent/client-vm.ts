@@ -229,7 +229,7 @@ export async function runClientVmCli(args: string[]): Promise<number> {
     ours.on('error', () => undefined);
     release.push(() => ours.destroy());
   } else {
-    const out = openLocal(parsed.stdinSocket ? 0 : 1, parsed.stdinSocket ? 'duplex' : 'write');
+    const out = openLocal(parsed.stdinSocket ? 0 : 1, parsed.stdinSocket ? 'duplex' : 'write', { inherited: !parsed.stdinSocket });
     const inp = parsed.stdinSocket ? out : openLocal(0, 'read');
     sink = out.stream as Writable;
     source = inp.stream as Readable;

@@ -40,7 +40,14 @@ export function flushed(w: Writable): Promise<void> {
   });
 }
 
-export function openLocal(fd: number, mode: 'read' | 'write' | 'duplex'): LocalStream {
+/**
+ * `inherited`: the descriptor is a caller's own stdout or stderr (what
+ * qrexec-client-vm handed us, or our own fd 1): at its end it is flushed and
+ * closed, never shut down, because the socket is shared with the caller's
+ * shell, whose later writes a shutdown would break (EPIPE), as the
+ * reference's close_stdio does for inherited descriptors.
+ */
+export function openLocal(fd: number, mode: 'read' | 'write' | 'duplex', opts: { inherited?: boolean } = {}): LocalStream {
   const native = loadNative();
   let st: fs.Stats | undefined;
   try {
@@ -64,6 +71,10 @@ export function openLocal(fd: number, mode: 'read' | 'write' | 'duplex'): LocalS
   if (st && (st.isSocket() || st.isFIFO())) {
     const s = new net.Socket({ fd, readable: mode !== 'write', writable: mode !== 'read', allowHalfOpen: true });
     s.on('error', () => undefined);
+    if (opts.inherited && mode === 'write' && st.isSocket()) {
+      // end() = everything written, then 'finish'; no shutdown(SHUT_WR) of the shared socket
+      (s as unknown as { _final: (cb: () => void) => void })._final = (cb) => cb();
+    }
     // libuv made the descriptor non-blocking; the file description is shared
     // with the caller's shell, so restore blocking mode before letting go.
     const restore = (): void => {

@@ -77,7 +77,7 @@ function callerStdout(): Writable {
     return process.stdout;
   }
   if (!st.isFIFO() && !st.isSocket()) return process.stdout;
-  return openLocal(1, 'write').stream as Writable;
+  return openLocal(1, 'write', { inherited: true }).stream as Writable;
 }
 
 /** getopt_long-like parsing of the reference's options "hd:l:eEc:p:tTw:Wk". */
