@@ -8,10 +8,15 @@ The programs behind two qrexec services every qube has (qubes-rpc/qube/):
   open-url     qubes.OpenURL: reads a URL (http, https, ftp) and opens it with qubes-open
 `;
 const [cmd, ...rest] = process.argv.slice(2);
-if (cmd === '-h' || cmd === '--help') process.stdout.write(HELP);
-else if (cmd === 'file-editor' && rest.length === 0) process.exitCode = await fileEditorMain();
-else if (cmd === 'open-url' && rest.length === 0) process.exitCode = await openUrlMain();
-else {
-  process.stderr.write(HELP);
-  process.exitCode = 2;
+try {
+  if (cmd === '-h' || cmd === '--help') process.stdout.write(HELP);
+  else if (cmd === 'file-editor' && rest.length === 0) process.exitCode = await fileEditorMain();
+  else if (cmd === 'open-url' && rest.length === 0) process.exitCode = await openUrlMain();
+  else {
+    process.stderr.write(HELP);
+    process.exitCode = 2;
+  }
+} catch (e) {
+  process.stderr.write(`qubes-service ${cmd ?? ''}: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exitCode = 1;
 }

@@ -1,42 +1,75 @@
 /**
- * A call from inside a qube to another one through this qube's agent, for
- * our in-qube commands (qvm-copy, qvm-open-in-vm, qvm-run-vm,
- * qvm-connect-tcp): the agent library, no qrexec-client-vm process. The
- * agent socket is QUBES_QREXEC_AGENT_SOCKET when set (the `process` runtime
- * sets it), else the reference's /var/run/qubes/qrexec-agent.
+ * A call from inside a qube to another one, for our in-qube commands
+ * (qvm-copy, qvm-open-in-vm, qvm-run-vm, qvm-connect-tcp): through our
+ * `qrexec-client-vm` launcher, which hands its descriptors to the qube's
+ * agent. The agent (root in a sandbox) makes the data vchan; the command
+ * itself may run as any user. The agent socket is QUBES_QREXEC_AGENT_SOCKET
+ * when set (the `process` runtime sets it), else the launcher's default
+ * /var/run/qubes/qrexec-agent. A refused call: the launcher prints
+ * `Request refused`, status 126.
  */
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Readable, Writable } from 'node:stream';
-import { callService, DEFAULT_AGENT_SOCKET } from '../agent/index.js';
+import { DEFAULT_AGENT_SOCKET } from '../agent/index.js';
+
+const LAUNCHER = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../bin/qrexec-client-vm');
 
 export const agentSocket = (env: NodeJS.ProcessEnv = process.env): string => env['QUBES_QREXEC_AGENT_SOCKET'] || DEFAULT_AGENT_SOCKET;
+
+export interface SpawnCallOptions {
+  readonly stdio: StdioOptions;
+  /** Sent before stdin (`--prefix-data`). */
+  readonly prefix?: string;
+  readonly filterStderr?: boolean;
+}
+
+/** `qrexec-client-vm TARGET SERVICE` with these descriptors. */
+export function spawnCall(target: string, service: string, o: SpawnCallOptions): ChildProcess {
+  const args: string[] = [];
+  if (process.env['QUBES_QREXEC_AGENT_SOCKET']) args.push(`--agent-socket=${agentSocket()}`);
+  if (o.filterStderr) args.push('--filter-escape-chars-stderr');
+  if (o.prefix !== undefined) args.push(`--prefix-data=${o.prefix}`);
+  args.push('--', target, service);
+  return spawn(LAUNCHER, args, { stdio: o.stdio });
+}
+
+/** The exit status of a call's launcher (125 when it could not start). */
+export function callStatus(child: ChildProcess): Promise<number> {
+  return new Promise((resolve) => {
+    child.on('error', (e) => {
+      process.stderr.write(`cannot run qrexec-client-vm: ${e.message}\n`);
+      resolve(125);
+    });
+    child.on('exit', (code, sig) => resolve(code ?? (sig ? 128 + 15 : 255)));
+  });
+}
 
 export interface QubeCall {
   readonly target: string;
   readonly service: string;
+  /** The service's stdin (default: none). */
   readonly stdin?: Readable | Buffer | string;
+  /** Where its stdout goes (default: discarded). */
   readonly stdout?: Writable;
-  readonly stderr?: Writable;
   readonly filterStderr?: boolean;
 }
 
-/** The call's exit status: 126 when refused (after "Request refused" on stderr, as qrexec-client-vm). */
+/** One call with its stdio relayed through pipes; resolves with its exit status. */
 export async function callQube(c: QubeCall): Promise<number> {
-  let r;
-  try {
-    r = await callService(c.target, c.service, {
-      agentSocket: agentSocket(),
-      ...(c.stdin !== undefined ? { stdin: c.stdin } : {}),
-      ...(c.stdout ? { stdout: c.stdout } : {}),
-      stderr: c.stderr ?? process.stderr,
-      filterStderr: c.filterStderr ?? false,
-    });
-  } catch (e) {
-    process.stderr.write(`cannot reach the qrexec agent (${agentSocket()}): ${(e as Error).message}\n`);
-    return 125;
-  }
-  if (r.refused) process.stderr.write('Request refused\n');
-  return r.exitCode;
+  const child = spawnCall(c.target, c.service, { stdio: ['pipe', 'pipe', 'inherit'], ...(c.filterStderr ? { filterStderr: true } : {}) });
+  const status = callStatus(child);
+  const cin = child.stdin as Writable;
+  cin.on('error', () => undefined);
+  if (c.stdin === undefined) cin.end();
+  else if (typeof c.stdin === 'string' || Buffer.isBuffer(c.stdin)) cin.end(c.stdin);
+  else c.stdin.pipe(cin);
+  const cout = child.stdout as Readable;
+  if (c.stdout) cout.pipe(c.stdout);
+  else cout.resume();
+  return status;
 }
 
 /**

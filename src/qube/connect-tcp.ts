@@ -9,7 +9,7 @@
  */
 import { spawn } from 'node:child_process';
 import * as net from 'node:net';
-import { callQube } from './call.js';
+import { callStatus, spawnCall } from './call.js';
 
 export const CONNECT_TCP_USAGE = `Usage: qvm-connect-tcp [--foreground] [localport]:[vmname]:[port]
 Bind localport to another VM port using the qubes.ConnectTCP RPC service.
@@ -34,9 +34,14 @@ export function parseTcpSpec(arg: string): TcpSpec | string {
 
 /** Serves connections until the process ends; resolves once listening. */
 export function serveTcp(spec: TcpSpec, host = '127.0.0.1'): Promise<net.Server> {
-  const server = net.createServer({ allowHalfOpen: true }, (sock) => {
+  // paused: not a byte read here, the descriptor goes to the launcher as it is
+  const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (sock) => {
     sock.on('error', () => undefined);
-    void callQube({ target: spec.target, service: `qubes.ConnectTCP+${spec.port}`, stdin: sock, stdout: sock }).then(() => sock.destroy());
+    // the connection itself is the call's stdin and stdout (the launcher hands it to the agent)
+    const child = spawnCall(spec.target, `qubes.ConnectTCP+${spec.port}`, { stdio: [sock, sock, 'inherit'] });
+    void callStatus(child);
+    child.once('spawn', () => sock.destroy());
+    child.once('error', () => sock.destroy());
   });
   return new Promise((resolve, reject) => {
     server.once('error', reject);

@@ -7,8 +7,7 @@
  * shell reading commands) needs nothing else. Unlike the reference, the
  * remote exit status is propagated.
  */
-import { PassThrough } from 'node:stream';
-import { callQube } from './call.js';
+import { callStatus, spawnCall } from './call.js';
 
 export const RUN_VM_USAGE = `Usage: qvm-run-vm [OPTIONS] vmname command arguments
 Executes a command in another VM using the qubes.VMShell RPC service.  The
@@ -68,10 +67,7 @@ export async function runVmMain(argv: readonly string[]): Promise<number> {
   const vm = dispvm ? '@dispvm' : (rest.shift() as string);
   let service = 'qubes.VMShell';
   if (/^[@$]dispvm(:|$)/.test(vm) && !nogui) service += '+WaitForSession';
-  const stdin = new PassThrough();
-  stdin.write(shellLine(rest));
-  process.stdin.pipe(stdin);
-  const code = await callQube({ target: vm.replace(/^\$/, '@'), service, stdin, stdout: process.stdout });
-  process.stdin.destroy();
+  // our own descriptors go to the agent: nothing is relayed through this process
+  const code = await callStatus(spawnCall(vm.replace(/^\$/, '@'), service, { stdio: 'inherit', prefix: shellLine(rest) }));
   return code;
 }

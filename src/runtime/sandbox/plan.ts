@@ -163,10 +163,15 @@ export function bwrapArgs(p: SandboxPlan): string[] {
     '/proc',
     '--dev',
     '/dev',
+    // /tmp and /dev/shm are everyone's, sticky, as on a Qubes qube (services run as `user`)
+    '--perms',
+    '1777',
     '--tmpfs',
     '/tmp',
     '--tmpfs',
     '/run',
+    '--perms',
+    '1777',
     '--tmpfs',
     '/dev/shm',
   ];
