@@ -15,8 +15,8 @@ import type { QubesdCaller } from '../daemon/index.js';
 import type { Registry } from '../qubesd/registry.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
-/** The default policy shipped in the repository. */
-export const DEFAULT_POLICY_DIR = path.join(ROOT, 'examples', 'policy.d');
+/** The default policy shipped in the repository: the qrexec defaults, then the services' (policy/). */
+export const DEFAULT_POLICY_DIRS = [path.join(ROOT, 'examples', 'policy.d'), path.join(ROOT, 'policy')];
 
 /** The demo's own rules (they come before the defaults, 90-*). */
 export const DEMO_USER_POLICY = `# Your own rules: they come before the defaults (90-*.policy).
@@ -29,7 +29,10 @@ export const DEMO_USER_POLICY = `# Your own rules: they come before the defaults
 
 # Files go from work to personal after a confirmation (as the default).
 qubes.Filecopy    *    work     personal  ask
-# work may run cat (the built-in qubes.VMExec) in personal after a confirmation.
+`;
+
+/** The demo's rule for the tour without qvm-copy (src/host/tour.ts). */
+const VMEXEC_RULE = `# work may run cat (the built-in qubes.VMExec) in personal after a confirmation.
 qubes.VMExec      +cat work     personal  ask
 `;
 
@@ -85,10 +88,15 @@ export async function ensureDemoSystem(registry: Registry, call: QubesdCaller, p
 export function ensureDemoPolicy(policyDir: string): void {
   fs.mkdirSync(policyDir, { recursive: true });
   if (fs.readdirSync(policyDir).length > 0) return;
-  for (const e of fs.readdirSync(DEFAULT_POLICY_DIR, { withFileTypes: true })) {
-    // the example owner's rules and the 4.0 compatibility include are not the demo's
-    if (e.name === '30-user.policy' || e.name === '35-compat.policy') continue;
-    fs.cpSync(path.join(DEFAULT_POLICY_DIR, e.name), path.join(policyDir, e.name), { recursive: true });
+  for (const dir of DEFAULT_POLICY_DIRS) {
+    if (!fs.existsSync(dir)) continue;
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+      // the example owner's rules and the 4.0 compatibility include are not the demo's
+      if (e.name === '30-user.policy' || e.name === '35-compat.policy') continue;
+      if (e.isDirectory() ? e.name !== 'include' : !e.name.endsWith('.policy')) continue;
+      fs.cpSync(path.join(dir, e.name), path.join(policyDir, e.name), { recursive: true });
+    }
   }
-  fs.writeFileSync(path.join(policyDir, '30-user.policy'), DEMO_USER_POLICY);
+  const withCopy = fs.existsSync(path.join(ROOT, 'bin', 'qvm-copy-to-vm'));
+  fs.writeFileSync(path.join(policyDir, '30-user.policy'), DEMO_USER_POLICY + (withCopy ? '' : VMEXEC_RULE));
 }

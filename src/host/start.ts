@@ -32,12 +32,19 @@ export async function runHost(o: HostOptions): Promise<number> {
   const prog = 'qubes-host';
   const log = createLogger(prog, { level: o.verbose ? 'info' : 'warning' });
   // --once answers the ask itself: what the frontend reads is typed by the tour
+  // (the suggested target, else the first offered)
   const answers = new PassThrough();
+  let question = '';
   const frontend = o.once
     ? new TtyFrontend(answers, {
         write: (s: string) => {
           o.out(s.replace(/\n$/, ''));
-          if (s.startsWith('Target number')) setImmediate(() => answers.write('1\n'));
+          if (!s.startsWith('Target number')) question += s;
+          else {
+            const n = /^ +(\d+)\) .*\(suggested\)$/m.exec(question)?.[1] ?? '1';
+            question = '';
+            setImmediate(() => answers.write(`${n}\n`));
+          }
           return true;
         },
       } as NodeJS.WritableStream)

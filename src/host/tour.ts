@@ -43,11 +43,7 @@ function inQube(vm: string, cmd: string): string {
 
 /** The tour, with the tools there are in bin/. */
 export function tourSteps(o: TourOptions): TourStep[] {
-  const userPolicy = path.join(o.policyDir, '30-user.policy');
   const sandboxed = o.runtime === 'bwrap';
-  // qrexec-client-vm in a qube: the project is bound read-only at /run/qrexec-ts in
-  // a sandbox; a process qube is a plain process whose agent socket is in its dir
-  const clientVm = sandboxed ? '/run/qrexec-ts/bin/qrexec-client-vm' : `${path.join(ROOT, 'bin', 'qrexec-client-vm')} --agent-socket=${path.join(o.dataDir, 'qubes', 'work', 'agent.sock')}`;
   const steps: TourStep[] = [
     { what: 'the qubes, from qubesd', command: 'bin/qvm-ls', status: 0, expect: /^work +Running +AppVM/m },
     {
@@ -66,6 +62,36 @@ export function tourSteps(o: TourOptions): TourStep[] {
           },
         ]
       : []),
+    ...(has('qvm-copy-to-vm') ? copySteps(o, sandboxed) : callSteps(o, sandboxed)),
+  ];
+  return steps;
+}
+
+const editWhat = (o: TourOptions): string =>
+  `edit the policy through the Policy API (or edit ${path.join(o.policyDir, '30-user.policy')}: reloaded when saved): allow it without asking`;
+const editCommand = (rule: string): string => `{ echo '${rule}'; bin/qubes-policy -g 30-user; } | bin/qubes-policy -r 30-user`;
+
+/** A file copy from work to personal (qvm-copy-to-vm in work, qubes.Filecopy in personal). */
+function copySteps(o: TourOptions, sandboxed: boolean): TourStep[] {
+  // in a sandbox our commands are on PATH (/run/qrexec-ts/bin); a process qube runs the host's
+  const copy = sandboxed ? 'qvm-copy-to-vm' : path.join(ROOT, 'bin', 'qvm-copy-to-vm');
+  const send = inQube('work', `echo hello from work > hello.txt && ${copy} personal hello.txt`);
+  const read = inQube('personal', 'cat QubesIncoming/work/hello.txt && rm QubesIncoming/work/hello.txt');
+  return [
+    { what: 'copy a file from work to personal: the policy asks, answer in the host terminal', command: send, status: 0, expect: /^/, asks: true },
+    { what: 'the file in personal (~/QubesIncoming/work/)', command: read, status: 0, expect: /^hello from work$/m },
+    { what: editWhat(o), command: editCommand('qubes.Filecopy * work personal allow'), status: 0, expect: /^$/ },
+    { what: 'the same copy, allowed now', command: `${send} && ${read}`, status: 0, expect: /^hello from work$/m },
+    { what: 'how the policy decides it', command: 'bin/qubes-policy --eval qubes.Filecopy work personal', status: 0, expect: /"result": "allow"/ },
+  ];
+}
+
+/** Without qvm-copy: a call from work to personal (qubes.VMExec+cat, built into the agent). */
+function callSteps(o: TourOptions, sandboxed: boolean): TourStep[] {
+  // qrexec-client-vm in a qube: the project is bound read-only at /run/qrexec-ts in
+  // a sandbox; a process qube is a plain process whose agent socket is in its dir
+  const clientVm = sandboxed ? '/run/qrexec-ts/bin/qrexec-client-vm' : `${path.join(ROOT, 'bin', 'qrexec-client-vm')} --agent-socket=${path.join(o.dataDir, 'qubes', 'work', 'agent.sock')}`;
+  return [
     {
       what: 'work calls personal: the policy asks, answer in the host terminal',
       command: inQube('work', `echo hello from work | ${clientVm} personal qubes.VMExec+cat`),
@@ -73,16 +99,10 @@ export function tourSteps(o: TourOptions): TourStep[] {
       expect: /hello from work/,
       asks: true,
     },
-    {
-      what: `edit the policy through the Policy API (or edit ${userPolicy}: reloaded when saved): allow work -> personal without asking`,
-      command: `{ echo 'qubes.VMExec +cat work personal allow'; bin/qubes-policy -g 30-user; } | bin/qubes-policy -r 30-user`,
-      status: 0,
-      expect: /^$/,
-    },
+    { what: editWhat(o), command: editCommand('qubes.VMExec +cat work personal allow'), status: 0, expect: /^$/ },
     { what: 'the same call, allowed now', command: inQube('work', `echo again | ${clientVm} personal qubes.VMExec+cat`), status: 0, expect: /again/ },
-    { what: 'how the policy decides it', command: 'bin/qubes-policy --eval qubes.VMExec+cat work personal', status: 0, expect: /allow/ },
+    { what: 'how the policy decides it', command: 'bin/qubes-policy --eval qubes.VMExec+cat work personal', status: 0, expect: /"result": "allow"/ },
   ];
-  return steps;
 }
 
 /** The tour as printed at the start. */
