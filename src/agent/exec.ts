@@ -247,6 +247,9 @@ function planSpawn(call: PreparedCall, program: string | null, ctx: ExecContext,
       SHELL: pw.shell,
       USER: call.user,
       LOGNAME: call.user,
+      // the vchan transport's settings (where a Xen qube's vchan library asks
+      // the hypervisor): the agent library in a service needs them for its calls
+      ...Object.fromEntries(Object.entries(ctx.env).filter(([k]) => k === 'VCHAN_SOCKET_DIR' || k === 'VCHAN_DOMAIN')),
     };
   }
   const who = { ...(uid !== undefined ? { uid } : {}), ...(gid !== undefined ? { gid } : {}), ...(cwd ? { cwd } : {}) };

@@ -11,7 +11,7 @@ import { defaultDataDir, runDirOf } from '../common/local-host.js';
 import { TtyFrontend } from '../policyd/agent.js';
 import { createLogger, SocketServiceCaller } from '../policyd/index.js';
 import { ensureDemoSystem } from './demo-system.js';
-import { startSystem, type RunningSystem } from './system.js';
+import { startSystem } from './system.js';
 import { TerminalAsk } from './terminal-ask.js';
 import { ROOT, runStep, tourSteps, tourText, type TourOptions } from './tour.js';
 
@@ -32,19 +32,14 @@ export async function runHost(o: HostOptions): Promise<number> {
   const prog = 'qubes-host';
   const log = createLogger(prog, { level: o.verbose ? 'info' : 'warning' });
   // --once answers the ask itself: what the frontend reads is typed by the tour
-  // (the suggested target, else the first offered)
+  // (the step's answer; nothing: Enter, deny)
   const answers = new PassThrough();
-  let question = '';
+  const step: { answer: string } = { answer: '' };
   const frontend = o.once
     ? new TtyFrontend(answers, {
         write: (s: string) => {
           o.out(s.replace(/\n$/, ''));
-          if (!s.startsWith('Target number')) question += s;
-          else {
-            const n = /^ +(\d+)\) .*\(suggested\)$/m.exec(question)?.[1] ?? '1';
-            question = '';
-            setImmediate(() => answers.write(`${n}\n`));
-          }
+          if (s.startsWith('Target number')) setImmediate(() => answers.write(`${step.answer}\n`));
           return true;
         },
       } as NodeJS.WritableStream)
@@ -72,7 +67,7 @@ export async function runHost(o: HostOptions): Promise<number> {
     o.out(`${prog}: running: ${running.join(', ') || 'none'} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
     const defaultRun = runDirOf(defaultDataDir());
     const tour: TourOptions = { policyDir: sys.info.policyDir, dataDir, runtime: sys.info.runtime, ...(runDir !== defaultRun ? { exportLine: `export QREXEC_HOST_DIR=${runDir}` } : {}) };
-    if (o.once) code = await once(sys, tour, runDir !== defaultRun ? { QREXEC_HOST_DIR: runDir } : {}, o.out);
+    if (o.once) code = await once(tour, runDir !== defaultRun ? { QREXEC_HOST_DIR: runDir } : {}, step, o.out);
     else {
       o.out('');
       o.out(tourText(tour).trimEnd());
@@ -89,9 +84,10 @@ export async function runHost(o: HostOptions): Promise<number> {
   return code;
 }
 
-async function once(_sys: RunningSystem, tour: TourOptions, env: Record<string, string>, out: (s: string) => void): Promise<number> {
+async function once(tour: TourOptions, env: Record<string, string>, answering: { answer: string }, out: (s: string) => void): Promise<number> {
   let failed = 0;
   for (const step of tourSteps(tour)) {
+    answering.answer = step.answer ?? '';
     out(`\n$ ${step.command}    # ${step.what}`);
     const r = await runStep(step, { ...process.env, ...env });
     if (r.output) out(r.output.trimEnd());

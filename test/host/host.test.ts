@@ -106,6 +106,9 @@ void test('SIGTERM shuts every qube down; kill -9 leaves nothing running and the
     assert.ok(line, h.out());
     const ls = spawnSync('/bin/sh', ['-c', `${line.trim()}; bin/qvm-ls --running --raw-list`], { cwd: ROOT, encoding: 'utf8' });
     assert.equal(ls.stdout, 'dom0\nsys-net\nwork\n', ls.stderr);
+    // a service running as the qube's user keeps the vchan transport's settings (for the agent library's calls)
+    const env = spawnSync('/bin/sh', ['-c', `${line.trim()}; bin/qvm-run -p work 'echo "$VCHAN_DOMAIN $VCHAN_SOCKET_DIR"'`], { cwd: ROOT, encoding: 'utf8' });
+    assert.match(env.stdout, bwrap ? /^\d+ \/run\/vchan\n$/ : /^\d+ \/\S+\n$/, env.stderr);
     h.proc.kill('SIGTERM');
     assert.equal(await exited, 0, h.out());
     assert.match(h.out(), /shutting every qube down/);

@@ -12,7 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { SandboxError } from './errors.js';
 import { launchCommand, type MountOp, type SandboxBind, type SandboxPlan } from './plan.js';
-import { commitPendingLayer, volumeMounts, type QubeVolumes } from './volumes.js';
+import { QUBE_USER_UID, commitPendingLayer, volumeMounts, type QubeVolumes } from './volumes.js';
 import { SandboxCgroup, type Limits } from './cgroup.js';
 import type { QubeNetwork } from './netvm.js';
 
@@ -196,6 +196,10 @@ export class Sandbox {
     fs.mkdirSync(spec.runDir, { recursive: true, mode: 0o700 });
     fs.writeFileSync(path.join(spec.runDir, 'hostname'), `${spec.name}\n`);
     fs.mkdirSync(spec.vchanDir, { recursive: true, mode: 0o700 });
+    // the qube's user may make its own vchan ends too (a program calling through the
+    // agent library, as qvm-copy does): the directory is this qube's alone, and its
+    // root could already write there (CAP_DAC_OVERRIDE)
+    fs.chownSync(spec.vchanDir, QUBE_USER_UID, QUBE_USER_UID);
     const cgroup = spec.limits ? SandboxCgroup.create(spec.cgroupName ?? path.basename(spec.runDir), spec.limits) : undefined;
     const plan = sandboxPlan(spec, cgroup?.procsFiles ?? []);
     const cmd = launchCommand(plan, support.tools);
