@@ -7,10 +7,11 @@
  *   payload on stdin and the reply on stdout; qubesd then sees the calling
  *   qube as the source, as the qrexec daemon knows it.
  *
- * The socket is QUBESD_SOCKET if set, else the one of the host `npm start`
- * runs (src/common/local-host.ts) if it runs, else /var/run/qubesd.sock; if no socket exists and
- * `qrexec-client-vm` is on PATH (or QREXEC_CLIENT_VM names it), calls go
- * through qrexec.
+ * The socket is QUBESD_SOCKET if set; else QREXEC_CLIENT_VM, if set,
+ * names the qrexec client to call through; else the socket of the host
+ * `npm start` runs (src/common/local-host.ts) if it runs, else
+ * /var/run/qubesd.sock; if no socket exists and `qrexec-client-vm` is on
+ * PATH, calls go through qrexec.
  *
  * Replies are parsed as qubesadmin's _parse_qubesd_response does; an
  * exception's message gets the `%` formatting the Python client applies
@@ -193,10 +194,12 @@ function onPath(prog: string, env: NodeJS.ProcessEnv): string | null {
 export function defaultTransport(env: NodeJS.ProcessEnv = process.env): AdminTransport {
   const explicit = env['QUBESD_SOCKET'];
   if (explicit) return new SocketTransport(explicit);
+  const client = env['QREXEC_CLIENT_VM'];
+  if (client) return new QrexecTransport(client);
   const host = localHost(env);
   if (host) return new SocketTransport(host.qubesdSocket);
   if (fs.existsSync(SYSTEM_QUBESD_SOCKET)) return new SocketTransport(SYSTEM_QUBESD_SOCKET);
-  const vm = env['QREXEC_CLIENT_VM'] ?? onPath('qrexec-client-vm', env);
+  const vm = onPath('qrexec-client-vm', env);
   if (vm) return new QrexecTransport(vm);
   return new SocketTransport(SYSTEM_QUBESD_SOCKET);
 }

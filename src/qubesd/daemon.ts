@@ -10,11 +10,13 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import type { Policy } from '../policy/index.js';
 import type { Runtime } from '../runtime/types.js';
-import { ADMIN_METHODS, type ApiContext, type PermissionHook } from './admin-api.js';
+import { ADMIN_METHODS, type ApiContext } from './admin-api.js';
 import { SystemInfoCache, internalMethods } from './internal-api.js';
 import { Lifecycle } from './lifecycle.js';
 import { miscMethods } from './misc-api.js';
+import { policyFilterHook } from './policy-filter.js';
 import { Registry } from './registry.js';
 import { serveApi, type ApiServer, type ServerLog } from './server.js';
 import { SqliteStore } from './store.js';
@@ -53,8 +55,12 @@ export interface QubesdOptions {
   readonly runDir: string | null;
   readonly runtime: Runtime | null;
   readonly log?: ServerLog;
-  /** Filters and refusals for calls from qubes (policy-based, §C). */
-  readonly hook?: PermissionHook;
+  /**
+   * The qrexec policy, for filtering what qubes see (admin.vm.List,
+   * admin.Events: qubes/ext/admin.py); null when it failed to load (hide
+   * everything). Absent: no filtering (a qubesd reached only by dom0).
+   */
+  readonly policy?: () => Policy | null;
   readonly synchronous?: 'FULL' | 'NORMAL';
 }
 
@@ -74,7 +80,9 @@ export async function startQubesd(opts: QubesdOptions): Promise<Qubesd> {
   const registry = new Registry(store);
   const lifecycle = new Lifecycle(registry, opts.runtime, (m) => log('error', m));
   const systemInfo = new SystemInfoCache(registry);
-  const ctx: ApiContext = { registry, power: lifecycle, ...(opts.hook ? { hook: opts.hook } : {}) };
+  const policy = opts.policy;
+  const hook = policy ? policyFilterHook({ policy, systemInfo: () => systemInfo.info() }) : undefined;
+  const ctx: ApiContext = { registry, power: lifecycle, ...(hook ? { hook } : {}) };
   const servers: ApiServer[] = [];
   try {
     if (opts.runDir !== null) {

@@ -12,3 +12,4 @@ export { Lifecycle } from './lifecycle.js';
 export { serveApi, removeStaleSocket, type ApiServer, type ServerLog } from './server.js';
 export * from './daemon.js';
 export { adminPolicyFiles } from './admin-policy.js';
+export { policyFilterHook, type PolicyFilterSource } from './policy-filter.js';

@@ -5,6 +5,7 @@
  * reference's SystemInfoCache.vm_events, plus qube add/remove), so 1,000
  * qubes cost one JSON.stringify per change, not per call.
  */
+import { parseSystemInfo, type SystemInfo } from '../policy/index.js';
 import { defineMethod, type MethodSpec, type MethodTable } from './admin-api.js';
 import { NO_VALUE } from './properties.js';
 import type { Qube, Registry } from './registry.js';
@@ -33,12 +34,21 @@ const str = (q: Qube, prop: string): string | null => {
 /** The system info document, cached per registry until an event changes it. */
 export class SystemInfoCache {
   private cache: string | null = null;
+  private parsed: SystemInfo | null = null;
   private readonly off: () => void;
 
   constructor(private readonly registry: Registry) {
     this.off = registry.on((_s, event) => {
-      if (this.cache !== null && INVALIDATING.some((p) => (p.endsWith(':') ? event.startsWith(p) : event === p))) this.cache = null;
+      if ((this.cache !== null || this.parsed !== null) && INVALIDATING.some((p) => (p.endsWith(':') ? event.startsWith(p) : event === p))) {
+        this.cache = null;
+        this.parsed = null;
+      }
     });
+  }
+
+  /** The same document as the policy engine reads it (for evaluating policy inside qubesd). */
+  info(): SystemInfo {
+    return (this.parsed ??= parseSystemInfo(JSON.parse(this.json()) as unknown));
   }
 
   /** The JSON text of internal.GetSystemInfo. */

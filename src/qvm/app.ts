@@ -6,7 +6,7 @@
  * property), falling back to one Get per property when GetAll is refused
  * (a management qube is denied GetAll by default policy).
  */
-import { AdminError, type AdminTransport } from '../qubesd/client.js';
+import { AdminError, AdminTransportError, type AdminTransport } from '../qubesd/client.js';
 
 export type PropType = 'str' | 'int' | 'bool' | 'vm' | 'label';
 
@@ -70,7 +70,8 @@ export class Qube {
           }
           this.all = m;
         } catch (e) {
-          if (!(e instanceof AdminError)) throw e;
+          // refused by the policy (a qube is denied GetAll by default) or by qubesd: one Get per property
+          if (!(e instanceof AdminError) && !(e instanceof AdminTransportError)) throw e;
           this.allFailed = true;
         }
       }
@@ -82,7 +83,9 @@ export class Qube {
       this.one.set(name, v);
       return v;
     } catch (e) {
-      if (e instanceof AdminError && e.excType === 'QubesNoSuchPropertyError') {
+      // a property the policy does not let us read is shown as absent when listing
+      // (the reference's QubesPropertyAccessError is an AttributeError)
+      if ((e instanceof AdminError && e.excType === 'QubesNoSuchPropertyError') || (e instanceof AdminTransportError && this.app.cacheEnabled)) {
         this.one.set(name, null);
         return null;
       }

@@ -43,6 +43,8 @@ const volNum = async (q: Qube, vol: string, key: 'size' | 'usage'): Promise<numb
 };
 
 const BUILTIN: Readonly<Record<string, Cell>> = {
+  // known from admin.vm.List, never asked (a qube may list what it may not read)
+  NAME: async (q) => q.name,
   STATE: (q) => q.powerState(),
   CLASS: async (q) => q.klass,
   GATEWAY: async (q) => {
@@ -270,7 +272,7 @@ ${Object.entries(FORMATS).map(([k, v]) => `  ${k}: ${v.join(', ')}`).join('\n')}
       return 0;
     }
     if (flag(p, 'help_columns')) {
-      const heads = [...Object.keys(BUILTIN), 'NAME'].sort();
+      const heads = Object.keys(BUILTIN).sort();
       io.out(`Available columns:\n${heads.map((h) => `  ${h}`).join('\n')}\n\nAdditionally any VM property may be used as a column, see qvm-prefs --help-properties for available values\n\n`);
       return 0;
     }
