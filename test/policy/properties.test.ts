@@ -41,12 +41,19 @@ test('adding a rule after the matching rule never changes the decision', () => {
       const d1 = decisionToJson(decide(p1, q, INFO), INFO);
       const d2 = decisionToJson(decide(p2, q, INFO), INFO);
       if (d1.rule === null) return; // nothing matched: the new rule may
-      assert.equal(d2.result, d1.result);
       assert.equal(d2.rule, d1.rule);
-      // an ask's candidates come from every rule for the service, by design
-      if (d1.result !== 'ask') assert.deepEqual(d2, d1);
+      // an ask's candidates come from every rule for the service, as the
+      // reference's collect_targets_for_ask: a later rule may add some, so an
+      // ask that had none (a deny at that rule) may become an ask
+      const matched = rules[Number(d1.rule.split(':').at(-1)) - 1] ?? '';
+      if (/\sask(\s|$)/.test(matched)) {
+        if (d1.result === 'ask') assert.equal(d2.result, 'ask');
+        return;
+      }
+      assert.deepEqual(d2, d1);
     }),
-    { numRuns: 400 },
+    // found by seed 1438663362: a loopback ask with no other target, then a rule that offers some
+    { numRuns: 400, examples: [[['q.A * * sys-relay ask', 'q.A * @adminvm * allow'], 'q.A * * * allow', { source: 'sys-relay', target: 'sys-relay', svc: 'q.A' }]] },
   );
 });
 
