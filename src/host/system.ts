@@ -198,6 +198,11 @@ export async function startSystem(cfg: SystemConfig): Promise<RunningSystem> {
       log: (level, msg) => {
         if (level !== 'info' || cfg.debug) log[level](`qubesd: ${msg}`);
       },
+      // what qubes see through the Admin API is filtered by the policy the daemon decides with
+      policy: () => {
+        const st = late?.policy.store.current;
+        return st?.ok ? st.policy : null;
+      },
     });
   } catch (e) {
     await runtime?.close();
