@@ -155,15 +155,20 @@ export class QrexecTransport implements AdminTransport {
 
   call(dest: string, method: string, arg = '', payload: Buffer | string = ''): Promise<string> {
     return new Promise((resolve, reject) => {
-      const p = spawn(this.program, [dest, arg ? `${method}+${arg}` : method], { stdio: ['pipe', 'pipe', 'inherit'] });
+      // stderr is captured, as qubesadmin's QubesRemote does: a refusal is reported in the error, and a
+      // refused GetAll that the tool falls back from prints nothing
+      const p = spawn(this.program, [dest, arg ? `${method}+${arg}` : method], { stdio: ['pipe', 'pipe', 'pipe'] });
       const out: Buffer[] = [];
+      const err: Buffer[] = [];
       p.stdout.on('data', (c: Buffer) => out.push(c));
+      p.stderr.on('data', (c: Buffer) => err.push(c));
       p.stdin.on('error', () => undefined);
       p.stdin.end(payload);
       p.on('error', (e) => reject(new AdminTransportError(`Service call error: ${e.message}`)));
       p.on('close', (code) => {
         if (code !== 0) {
-          reject(new AdminTransportError(`Service call error: ${method}: qrexec-client-vm exited with ${code}`, code));
+          const said = Buffer.concat(err).toString().trim();
+          reject(new AdminTransportError(`Service call error: ${said || `${method}: ${path.basename(this.program)} exited with ${code}`}`, code));
           return;
         }
         try {

@@ -67,9 +67,9 @@ export async function runTool(spec: ToolSpec, argv: readonly string[], io: ToolI
       return 1;
     }
     if (e instanceof AdminTransportError) {
+      // as QubesArgumentParser.error_runtime for a QubesDaemonAccessError
       io.err(`${spec.prog}: error: ${e.message}\n`);
-      // a refused qrexec call keeps qrexec's status (126: denied by policy)
-      return e.exitCode !== null && e.exitCode > 0 ? e.exitCode : 1;
+      return 1;
     }
     throw e;
   }

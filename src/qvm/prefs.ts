@@ -6,7 +6,7 @@
  * global properties (admin.property.*).
  */
 import { UsageError } from '../common/args.js';
-import { AdminError } from '../qubesd/client.js';
+import { AdminError, AdminTransportError } from '../qubesd/client.js';
 import { parsePropReply, type PropValue, type QubesApp } from './app.js';
 import { COMMON_OPTS, flag, type Parsed } from './argparse.js';
 import { domainsFrom, ToolError, type ToolIO, type ToolSpec } from './common.js';
@@ -19,6 +19,21 @@ interface Target {
   set(prop: string, value: string): Promise<void>;
   reset(prop: string): Promise<void>;
   help(prop: string): Promise<string>;
+}
+
+/**
+ * A property call refused by qrexec (the policy) or naming a qube qubesd does
+ * not know: the reference's QubesPropertyAccessError.
+ */
+async function accessed<T>(prop: string, f: () => Promise<T>): Promise<T> {
+  try {
+    return await f();
+  } catch (e) {
+    if (e instanceof AdminTransportError || (e instanceof AdminError && e.excType === 'QubesVMNotFoundError')) {
+      throw new ToolError(`Failed to access '${prop}' property`);
+    }
+    throw e;
+  }
 }
 
 function target(app: QubesApp, vm: string | null): Target {
@@ -36,13 +51,14 @@ function target(app: QubesApp, vm: string | null): Target {
         }
         return m;
       } catch (e) {
-        if (e instanceof AdminError) return null;
+        // refused (by qubesd, or by the policy for a qube): one Get per property
+        if (e instanceof AdminError || e instanceof AdminTransportError) return null;
         throw e;
       }
     },
-    get: async (prop) => parsePropReply(await app.call(dest, `${pre}.Get`, prop)),
-    set: async (prop, v) => void (await app.call(dest, `${pre}.Set`, prop, v)),
-    reset: async (prop) => void (await app.call(dest, `${pre}.Reset`, prop)),
+    get: (prop) => accessed(prop, async () => parsePropReply(await app.call(dest, `${pre}.Get`, prop))),
+    set: (prop, v) => accessed(prop, async () => void (await app.call(dest, `${pre}.Set`, prop, v))),
+    reset: (prop) => accessed(prop, async () => void (await app.call(dest, `${pre}.Reset`, prop))),
     help: (prop) => app.call(dest, `${pre}.Help`, prop),
   };
 }
