@@ -13,7 +13,7 @@ try {
   else if (cmd === 'file-editor' && rest.length === 0) process.exitCode = await fileEditorMain();
   else if (cmd === 'open-url' && rest.length === 0) process.exitCode = await openUrlMain();
   else {
-    process.stderr.write(HELP);
+    process.stderr.write(`qubes-service: ${cmd === undefined ? 'a program name is required' : `unknown program '${[cmd, ...rest].join(' ')}'`}\n${HELP}`);
     process.exitCode = 2;
   }
 } catch (e) {

@@ -55,8 +55,12 @@ export async function connectTcpMain(argv: readonly string[], self: string): Pro
   const serve = args[0] === '--serve';
   if (fg) args.shift();
   if (args[0] === '-h' || args[0] === '--help') {
-    process.stderr.write(CONNECT_TCP_USAGE);
+    process.stdout.write(CONNECT_TCP_USAGE);
     return 0;
+  }
+  if (!serve && args[0]?.startsWith('-')) {
+    process.stderr.write(`qvm-connect-tcp: unrecognized option '${args[0]}'\n${CONNECT_TCP_USAGE}`);
+    return 2;
   }
   if (args.length !== 1) {
     process.stderr.write(CONNECT_TCP_USAGE);

@@ -57,7 +57,7 @@ export function parseCopyArgs(prog: CopyProg, argv: readonly string[], toVm = pr
       i++;
       break;
     } else if (a.startsWith('-')) {
-      process.stderr.write(copyUsage(prog));
+      process.stderr.write(`${prog}: unrecognized option '${a}'\n${copyUsage(prog)}`);
       return 2;
     } else break;
   }

@@ -86,7 +86,10 @@ export async function openInVmMain(prog: 'qvm-open-in-vm' | 'qvm-open-in-dvm', a
         viewOnly = true;
         continue;
       }
-      if (a.startsWith('-')) return usage(prog, 2);
+      if (a.startsWith('-')) {
+        process.stderr.write(`${prog}: unrecognized option '${a}'\n`);
+        return usage(prog, 2);
+      }
     }
     if (target === undefined) target = a;
     else if (file === undefined) file = a;

@@ -43,14 +43,14 @@ export async function runVmMain(argv: readonly string[]): Promise<number> {
       break;
     }
     if (a === '-h' || a === '--help') {
-      process.stderr.write(RUN_VM_USAGE);
+      process.stdout.write(RUN_VM_USAGE);
       return 0;
     }
     if (a === '-t' || a === '--no-gui') nogui = true;
     else if (a === '-d' || a === '--dispvm') dispvm = true;
     else if (/^-[htd]+$/.test(a)) {
       if (a.includes('h')) {
-        process.stderr.write(RUN_VM_USAGE);
+        process.stdout.write(RUN_VM_USAGE);
         return 0;
       }
       if (a.includes('t')) nogui = true;

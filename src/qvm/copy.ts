@@ -14,6 +14,9 @@ import type { Readable, Writable } from 'node:stream';
 
 export async function dom0CopyMain(prog: CopyProg, argv: readonly string[]): Promise<number> {
   if (!prog.endsWith('-to-vm')) {
+    // --help and usage errors as in a qube; anything else is refused here
+    const parsed = parseCopyArgs(prog, argv);
+    if (typeof parsed === 'number' && (parsed !== 2 || argv.some((a) => a.startsWith('-') && a !== '--'))) return parsed;
     process.stdout.write(`${prog} is not supported in dom0; use ${prog}-to-vm instead.\n`);
     return 1;
   }

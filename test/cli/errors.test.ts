@@ -204,7 +204,12 @@ const QUBESD_CLIENTS: Record<string, string[]> = {
   'qvm-clone': ['work', 'copy'],
   'qvm-run': ['work', 'true'],
   'qubes-prefs': [],
+  'qvm-copy-to-vm': ['work', '/etc/hostname'],
+  'qvm-move-to-vm': ['work', '/etc/hostname'],
 };
+
+/** qvm-* commands that run inside a qube and call through qrexec, never qubesd. */
+const IN_QUBE = new Set(['qvm-copy', 'qvm-move', 'qvm-open-in-vm', 'qvm-open-in-dvm', 'qvm-connect-tcp', 'qvm-run-vm']);
 
 const STACK = /^\s+at /m;
 
@@ -328,7 +333,7 @@ describe('every command in bin/', { concurrency: 3 }, () => {
       check(cmd, { what: 'bogus', args: () => ['--bogus-option'], code: 2, err: /bogus-option/, moreLines: true }, r);
       assert.equal(r.stdout, '', `${cmd} --bogus-option wrote to stdout`);
     });
-    const qubesdArgs = QUBESD_CLIENTS[cmd] ?? (cmd.startsWith('qvm-') ? ['work'] : undefined);
+    const qubesdArgs = QUBESD_CLIENTS[cmd] ?? (cmd.startsWith('qvm-') && !IN_QUBE.has(cmd) ? ['work'] : undefined);
     const cases: Case[] = [...(CASES[cmd] ?? [])];
     if (qubesdArgs !== undefined && !cases.some((c) => c.what.includes('qubesd'))) {
       cases.push({ what: 'missing qubesd socket', args: () => qubesdArgs, env: () => ({ QUBESD_SOCKET: fx.badOut }), code: 1, err: /missing does not exist/ });
