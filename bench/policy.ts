@@ -17,7 +17,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { decide, parseSystemInfo, type Policy, type PolicyRequest, type SystemInfo } from '../src/policy/index.js';
-import { loadPolicyFromDisk } from '../src/node/policy-loader.js';
+import { loadPolicyFromDisk } from '../src/policy-files/disk.js';
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);

@@ -13,6 +13,6 @@
  * 'qrexec-ts/client'. Anything else under dist/ is internal.
  */
 export * from './policy/index.js';
-export { loadPolicyFromDisk, diskSource, DEFAULT_POLICY_DIRS, DEFAULT_LEGACY_DIR, type DiskPolicyOptions } from './node/policy-loader.js';
+export { loadPolicyFromDisk, diskSource, DEFAULT_POLICY_DIRS, DEFAULT_LEGACY_DIR, type DiskPolicyOptions } from './policy-files/disk.js';
 export { callService, type CallOptions, type CallResult } from './agent/client.js';
 export * from './protocol/index.js';

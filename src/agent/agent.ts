@@ -52,10 +52,10 @@ import {
   type FailedService,
   type PreparedCall,
   type StartedService,
-} from './exec.js';
-import { loadNative, type NativeHelper } from '../node/native.js';
+} from '../services/exec.js';
+import { loadNative, type NativeHelper } from '../native/addon.js';
 import { describeSystemError, QrexecError } from '../common/errors.js';
-import { flushed, openLocal, type LocalStream } from './local.js';
+import { flushed, openLocal, type LocalStream } from '../native/local-stream.js';
 
 /** The reference's default agent socket. */
 export const DEFAULT_AGENT_SOCKET = '/var/run/qubes/qrexec-agent';

@@ -4,8 +4,8 @@ import * as path from 'node:path';
 import { errorLine, whatIsMissing } from '../common/errors.js';
 import { DataLimitError, IDLE_TIMEOUT_ENV, SETUP_TIMEOUT_ENV, dataLimitsFromEnv, parseSeconds, vchanEnvFrom, type DataLimits } from '../vchan/index.js';
 import { Agent, DEFAULT_AGENT_SOCKET } from './agent.js';
-import { execContextFromEnv } from './exec.js';
-import { watchSignalSender } from '../node/native.js';
+import { execContextFromEnv } from '../services/exec.js';
+import { watchSignalSender } from '../native/addon.js';
 
 const FORK_SERVER_SOCKET = '/var/run/qubes/qrexec-server.%s.sock';
 

@@ -5,7 +5,7 @@
  * passes the accepted connection as `--x-resume=FD:DOMAIN:PORT`). It can also
  * be run directly: `node dist/src/cli/qrexec-client-vm.js`.
  */
-import { spawnHeld } from '../node/spawn-held.js';
+import { spawnHeld } from '../native/spawn-held.js';
 import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -15,7 +15,7 @@ import { ExitCode } from '../protocol/index.js';
 import { DataLimitError, connectStream, dataLimitsFromEnv, vchanEnvFrom, type DataLimits, type Pump } from '../vchan/index.js';
 import { DEFAULT_AGENT_SOCKET } from './agent.js';
 import { encodeClientRequest, requestCall, serveCall } from './client.js';
-import { flushed, openLocal } from './local.js';
+import { flushed, openLocal } from '../native/local-stream.js';
 
 function usage(argv0: string): string {
   return (

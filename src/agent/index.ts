@@ -5,8 +5,8 @@
  */
 export { Agent, DEFAULT_AGENT_SOCKET, type AgentOptions } from './agent.js';
 export { runAgentCli } from './cli.js';
-export { parseServiceConfig, forceUserClash, defaultServiceConfig, ServiceConfigError, type ServiceConfig } from './config.js';
-export { execContextFromEnv, prepareCall, startService, type ExecContext } from './exec.js';
+export { parseServiceConfig, forceUserClash, defaultServiceConfig, ServiceConfigError, type ServiceConfig } from '../services/config.js';
+export { execContextFromEnv, prepareCall, startService, type ExecContext } from '../services/exec.js';
 export {
   findFile,
   findServiceFile,
@@ -19,7 +19,7 @@ export {
   DEFAULT_CONFIG_PATH,
   type ServiceTarget,
   type ServiceLookupFailure,
-} from './lookup.js';
+} from '../services/lookup.js';
 /** The data-vchan pump lives in vchan/; re-exported for existing importers. */
 export { startPump, type Pump, type PumpOptions } from '../vchan/index.js';
 export { callService, encodeClientRequest, type CallOptions, type CallResult } from './client.js';

@@ -5,7 +5,7 @@ import { DAEMON_OPTIONS, daemonConfig, servingLine, StartupError } from '../poli
 import { exitOnUncaught, whatIsMissing } from '../common/errors.js';
 import { startHost } from '../host/index.js';
 import { vchanEnvFrom } from '../vchan/index.js';
-import { DEFAULT_QUBESD_SOCKET } from '../node/qubesd.js';
+import { DEFAULT_QUBESD_SOCKET } from '../qubesd-client/call.js';
 import { DEFAULT_POLICY_API_SOCKET } from '../policyapi/server.js';
 
 const prog = 'qrexec-host';

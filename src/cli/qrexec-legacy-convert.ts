@@ -6,8 +6,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { opt, parseArgs, runMain, UsageError } from '../common/args.js';
 import { convertLegacy, LegacyConvertError, PolicySyntaxError } from '../policy/index.js';
-import { DEFAULT_LEGACY_DIR, diskSource } from '../node/policy-loader.js';
-import { writeOutputFile } from '../node/files.js';
+import { DEFAULT_LEGACY_DIR, diskSource } from '../policy-files/disk.js';
+import { writeOutputFile } from '../common/command-files.js';
 import { whatIsMissing } from '../common/errors.js';
 
 const USAGE = `usage: qrexec-legacy-convert [--legacy-dir DIR] [--output FILE] [--no-comments] [FILE ...]

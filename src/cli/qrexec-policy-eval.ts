@@ -5,9 +5,9 @@
 import * as fs from 'node:fs';
 import { parseArgs, opt, runMain, UsageError } from '../common/args.js';
 import { basename, decide, decisionToJson, parseRequestJson, parseSystemInfo, PolicySyntaxError } from '../policy/index.js';
-import { loadPolicyFromDisk, DEFAULT_LEGACY_DIR } from '../node/policy-loader.js';
+import { loadPolicyFromDisk, DEFAULT_LEGACY_DIR } from '../policy-files/disk.js';
 import { fileProblem } from '../common/errors.js';
-import { answerLines } from '../node/line-stream.js';
+import { answerLines } from '../common/line-stream.js';
 
 const USAGE = `usage: qrexec-policy-eval --policy-dir DIR [--policy-dir DIR ...] --system-info FILE [--legacy-dir DIR] < requests.jsonl
 

@@ -15,7 +15,7 @@ import {
   PolicySyntaxError,
   type SystemInfo,
 } from '../policy/index.js';
-import { DEFAULT_LEGACY_DIR, DEFAULT_POLICY_DIRS, loadPolicyFromDisk, policyDirsOrDefault } from '../node/policy-loader.js';
+import { DEFAULT_LEGACY_DIR, DEFAULT_POLICY_DIRS, loadPolicyFromDisk, policyDirsOrDefault } from '../policy-files/disk.js';
 import { fileProblem } from '../common/errors.js';
 
 const USAGE = `usage: qrexec-policy-explain [--policy-dir DIR ...] [--legacy-dir DIR] --system-info FILE

@@ -6,8 +6,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { opt, parseArgs, runMain, UsageError } from '../common/args.js';
 import { GraphOptionError, parseSystemInfo, policyGraph, PolicySyntaxError, type SystemInfo } from '../policy/index.js';
-import { DEFAULT_POLICY_DIRS, loadPolicyFromDisk, policyDirsOrDefault } from '../node/policy-loader.js';
-import { writeOutputFile } from '../node/files.js';
+import { DEFAULT_POLICY_DIRS, loadPolicyFromDisk, policyDirsOrDefault } from '../policy-files/disk.js';
+import { writeOutputFile } from '../common/command-files.js';
 import { fileProblem } from '../common/errors.js';
 
 const USAGE = `usage: qrexec-policy-graph [--include-ask] [--source QUBE [QUBE ...]] [--target TARGET [TARGET ...]]

@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import { last, parseArgs, runMain, UsageError } from '../common/args.js';
 import { parseSystemInfo } from '../policy/index.js';
-import { loadPolicyFromDisk } from '../node/policy-loader.js';
+import { loadPolicyFromDisk } from '../policy-files/disk.js';
 import { loadTestDir, runPolicyTests } from '../policyapi/policy-tests.js';
 import { errorLine, fileProblem } from '../common/errors.js';
 

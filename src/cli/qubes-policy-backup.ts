@@ -1,7 +1,7 @@
 /** qubes-policy-backup: back up or restore a whole policy directory (src/policyapi/backup.ts). */
 import { last, parseArgs, runMain, UsageError } from '../common/args.js';
 import { BackupError, createBackup, parseBackup, restoreBackup } from '../policyapi/backup.js';
-import { readInputFile, writeOutputFile } from '../node/files.js';
+import { readInputFile, writeOutputFile } from '../common/command-files.js';
 import { errorLine, isSystemError } from '../common/errors.js';
 
 const USAGE = `usage: qubes-policy-backup [--dir DIR] create FILE|-

@@ -3,7 +3,7 @@ import { parseArgs, last, runMain, UsageError } from '../common/args.js';
 import { startQubesd, ADMIN_SOCKET, INTERNAL_SOCKET, MISC_SOCKET } from '../qubesd/index.js';
 import { runtimeFromOptions, RUNTIME_HELP } from '../runtime/select.js';
 import { errorLine } from '../common/errors.js';
-import { DEFAULT_POLICY_DIRS } from '../node/policy-loader.js';
+import { DEFAULT_POLICY_DIRS } from '../policy-files/disk.js';
 import { PolicyStore } from '../policyd/policy-store.js';
 import { createLogger } from '../policyd/log.js';
 import * as fs from 'node:fs';

@@ -1,20 +1,11 @@
 import type * as net from 'node:net';
 import { spawn } from 'node:child_process';
 import { PassThrough, Writable } from 'node:stream';
-import {
-  connectService,
-  DEFAULT_CONFIG_PATH,
-  DEFAULT_SERVICE_PATH,
-  findFile,
-  findQrexecService,
-  forceUserClash,
-  loadServiceConfig,
-  warnIgnoredOptions,
-  type ServiceConfig,
-} from '../agent/index.js';
+import { connectService, DEFAULT_CONFIG_PATH, DEFAULT_SERVICE_PATH, findFile, findQrexecService, loadServiceConfig, warnIgnoredOptions } from '../services/lookup.js';
+import { forceUserClash, type ServiceConfig } from '../services/config.js';
 import { ExitCode, parseCommand, ProtocolError, type RpcCommand } from '../protocol/index.js';
 import { startPump, type Channel, type PumpOptions } from '../vchan/index.js';
-import { spawnHeld, type HeldChild } from '../node/spawn-held.js';
+import { spawnHeld, type HeldChild } from '../native/spawn-held.js';
 
 export { DEFAULT_SERVICE_PATH };
 

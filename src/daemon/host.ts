@@ -1,4 +1,4 @@
-import { QubeDaemon, type QubeDaemonOptions } from './qube.js';
+import { QubeDaemon, type QubeDaemonOptions, type QubeDirectory } from './qube.js';
 
 /**
  * The qubes one host process serves (ARCHITECTURE: one event loop, all
@@ -7,7 +7,7 @@ import { QubeDaemon, type QubeDaemonOptions } from './qube.js';
  * target's `qrexec.<name>` socket; targets served elsewhere are still reached
  * through their socket, so per-qube processes and a shared host mix freely.
  */
-export class QubeHost {
+export class QubeHost implements QubeDirectory {
   private readonly byKey = new Map<string, QubeDaemon>();
 
   /** Registers a qube under its domain id, name and `uuid:<uuid>` (the names its socket has). */

@@ -3,7 +3,7 @@
  * socket, service calls), the policy client, data-port allocation, the local
  * client library used by qrexec-client, and dom0 service execution.
  */
-export { QubeDaemon, MAX_PENDING_CALLS, MAX_CLIENTS, type QubeDaemonOptions, type QubesdCaller, type Logger, type LogLevel } from './qube.js';
+export { QubeDaemon, MAX_PENDING_CALLS, MAX_CLIENTS, type QubeDaemonOptions, type QubeDirectory, type QubesdCaller, type Logger, type LogLevel } from './qube.js';
 export {
   askPolicy,
   formatPolicyRequest,

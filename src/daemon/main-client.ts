@@ -1,15 +1,15 @@
 import { spawn } from 'node:child_process';
-import { spawnHeld } from '../node/spawn-held.js';
+import { spawnHeld } from '../native/spawn-held.js';
 import type { Readable, Writable } from 'node:stream';
 import * as net from 'node:net';
 import { fstatSync, type Stats } from 'node:fs';
-import { findQrexecService } from '../agent/index.js';
-import { flushed, openLocal } from '../agent/local.js';
+import { findQrexecService } from '../services/lookup.js';
+import { flushed, openLocal } from '../native/local-stream.js';
 import { parseCommand, targetRefersToDom0, ExitCode, MsgType } from '../protocol/index.js';
 import { startPump, vchanConnect, vchanEnvFrom, vchanListen, type VchanEnv } from '../vchan/index.js';
 import { DaemonClient, DEFAULT_SOCKET_DIR } from './client.js';
 import { DEFAULT_SERVICE_PATH, runDom0Service } from './dom0.js';
-import { DEFAULT_QUBESD_SOCKET, qubesdCall } from '../node/qubesd.js';
+import { DEFAULT_QUBESD_SOCKET, qubesdCall } from '../qubesd-client/call.js';
 import { localHost } from '../common/local-host.js';
 import { errorLine } from '../common/errors.js';
 

@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { vchanEnvFrom } from '../vchan/index.js';
 import { whatIsMissing } from '../common/errors.js';
-import { DEFAULT_QUBESD_SOCKET } from '../node/qubesd.js';
+import { DEFAULT_QUBESD_SOCKET } from '../qubesd-client/call.js';
 import { DEFAULT_SOCKET_DIR } from './client.js';
 import { DEFAULT_SERVICE_PATH } from './dom0.js';
 import { DEFAULT_POLICY_PROGRAM, DEFAULT_POLICY_SOCKET } from './policy.js';

@@ -33,15 +33,23 @@ import {
   type Trigger,
 } from '../protocol/index.js';
 import { vchanConnect, type Channel, type VchanEnv } from '../vchan/index.js';
-import { qubesdCall, QubesdError, type QubesdCallOptions } from '../node/qubesd.js';
+import { qubesdCall, QubesdError, type QubesdCallOptions } from '../qubesd-client/call.js';
 import { DaemonClient, DaemonClientError, type DataEndpoint } from './client.js';
-import type { QubeHost } from './host.js';
 import { runDom0Service, type InProcessServices } from './dom0.js';
 import { askPolicy, type PolicyAllow, type PolicyOutcome, type PolicyQuery } from './policy.js';
 import { PortAllocator } from './ports.js';
 
 export type LogLevel = 'info' | 'warning' | 'error';
 export type Logger = (level: LogLevel, msg: string) => void;
+
+/**
+ * The daemons of the other qubes this process serves, by domain id, name or
+ * `uuid:…` (QubeHost in host.ts implements it; declared here so that this
+ * file does not import host.ts, which imports this one).
+ */
+export interface QubeDirectory {
+  find(target: string): QubeDaemon | undefined;
+}
 
 /** Configuration of the host side of one qube. */
 export interface QubeDaemonOptions {
@@ -65,7 +73,7 @@ export interface QubeDaemonOptions {
   /** Replaces the policy query over the socket: a policy daemon in this process (qrexec-host), or tests. */
   readonly policy?: (q: PolicyQuery) => Promise<PolicyOutcome>;
   /** The other qubes this process serves: calls to them are set up in-process. */
-  readonly host?: QubeHost;
+  readonly host?: QubeDirectory;
   /**
    * qubesd's Admin API socket: starts a stopped target whose policy says
    * autostart, and creates, starts and kills the DispVMs of `@dispvm:` targets.
@@ -84,7 +92,7 @@ export interface QubeDaemonOptions {
   readonly autostartTimeoutMs?: number;
 }
 
-/** An Admin API call as dom0 (see qubesdCall in src/node/qubesd.ts). */
+/** An Admin API call as dom0 (see qubesdCall in src/qubesd-client/call.ts). */
 export type QubesdCaller = (method: string, dest: string, opts: QubesdCallOptions) => Promise<Buffer>;
 
 /** Most policy requests in flight per qube (reference: MAX_CLIENTS slots); more are refused. */

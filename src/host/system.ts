@@ -23,7 +23,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { QubeDaemon, QubeHost, type QubesdCaller } from '../daemon/index.js';
-import { QubesdCallError, QubesdError } from '../node/qubesd.js';
+import { QubesdCallError, QubesdError } from '../qubesd-client/call.js';
 import { parseSystemInfo, type SystemInfo } from '../policy/index.js';
 import { daemonConfig, parseDaemonArgs, startDaemon, type GuiServiceCaller, type Logger, type RunningDaemon, type SystemInfoSource } from '../policyd/index.js';
 import { startPolicyApi, type RunningPolicyApi } from '../policyapi/host.js';

@@ -1,6 +1,6 @@
 /**
  * The qrexec policy language: loading, evaluation, explanation. Pure: file
- * access goes through {@link PolicySource}; see src/node/policy-loader.ts
+ * access goes through {@link PolicySource}; see src/policy-files/disk.ts
  * for the disk.
  */
 export { PolicySyntaxError, EvaluationCrash } from './errors.js';

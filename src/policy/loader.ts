@@ -20,7 +20,7 @@ export interface DirEntry {
 
 /**
  * The file system as the loader sees it. Implementations: the disk
- * (src/node/policy-loader.ts) and in-memory maps in tests. Methods throw
+ * (src/policy-files/disk.ts) and in-memory maps in tests. Methods throw
  * {@link PolicyIoError} for I/O problems.
  */
 export interface PolicySource {

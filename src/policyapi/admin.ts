@@ -11,7 +11,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LoadCache, loadRules, Policy, PolicySyntaxError, type Rule } from '../policy/index.js';
-import { diskSource } from '../node/policy-loader.js';
+import { diskSource } from '../policy-files/disk.js';
 import {
   PolicyAdminException,
   PolicyAdminFileNotFoundException,

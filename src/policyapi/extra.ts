@@ -9,7 +9,7 @@
  *   check made, nothing written; the reply is the impact diff as JSON.
  */
 import * as path from 'node:path';
-import { diskSource } from '../node/policy-loader.js';
+import { diskSource } from '../policy-files/disk.js';
 import { explain, explanationToJson, type Policy, type SystemInfo } from '../policy/index.js';
 import { PolicyAdminProtocolException } from './errors.js';
 import type { ExtraService, PolicyAdmin } from './admin.js';

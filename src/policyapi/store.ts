@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { PolicyIoError, type DirEntry, type PolicySource } from '../policy/index.js';
-import { diskSource } from '../node/policy-loader.js';
+import { diskSource } from '../policy-files/disk.js';
 
 /** `sha256:<hex>` of a file's bytes (reference compute_token). */
 export function computeToken(data: Uint8Array): string {

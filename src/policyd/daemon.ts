@@ -6,7 +6,7 @@
  */
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { DEFAULT_LEGACY_DIR, DEFAULT_POLICY_DIRS } from '../node/policy-loader.js';
+import { DEFAULT_LEGACY_DIR, DEFAULT_POLICY_DIRS } from '../policy-files/disk.js';
 import { AuditLog } from '../audit/index.js';
 import { last, numberOption, parseArgs, UsageError, type OptionSpec, type ParsedArgs } from '../common/args.js';
 import { Notifier } from './decide.js';

@@ -18,8 +18,8 @@
  */
 import { spawn } from 'node:child_process';
 import * as net from 'node:net';
-import { DEFAULT_LEGACY_DIR, DEFAULT_POLICY_DIRS } from '../node/policy-loader.js';
-import { qubesdCall } from '../node/qubesd.js';
+import { DEFAULT_LEGACY_DIR, DEFAULT_POLICY_DIRS } from '../policy-files/disk.js';
+import { qubesdCall } from '../qubesd-client/call.js';
 import { last, parseArgs, UsageError, type ParsedArgs } from '../common/args.js';
 import { decide, Notifier, type Outcome } from './decide.js';
 import { SocketServiceCaller } from './gui-caller.js';

@@ -22,7 +22,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LoadCache, PolicySyntaxError, type Policy } from '../policy/index.js';
-import { loadPolicyFromDisk } from '../node/policy-loader.js';
+import { loadPolicyFromDisk } from '../policy-files/disk.js';
 import type { Logger } from './log.js';
 
 export type PolicyState =

@@ -16,7 +16,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { parseSystemInfo, type SystemInfo } from '../policy/index.js';
-import { qubesdCall } from '../node/qubesd.js';
+import { qubesdCall } from '../qubesd-client/call.js';
 import type { Logger } from './log.js';
 
 /** A source of system info: a value when it is cached, a promise when it must be fetched. */

@@ -6,7 +6,7 @@
  * property), falling back to one Get per property when GetAll is refused
  * (a management qube is denied GetAll by default policy).
  */
-import { AdminError, AdminTransportError, type AdminTransport } from '../qubesd/client.js';
+import { AdminError, AdminTransportError, type AdminTransport } from '../qubesd-client/client.js';
 
 export type PropType = 'str' | 'int' | 'bool' | 'vm' | 'label';
 

@@ -7,7 +7,7 @@
  * padded).
  */
 import { UsageError } from '../common/args.js';
-import { AdminError, AdminTransportError, defaultTransport, type AdminTransport } from '../qubesd/client.js';
+import { AdminError, AdminTransportError, defaultTransport, type AdminTransport } from '../qubesd-client/client.js';
 import { QubesApp, type Qube } from './app.js';
 import { parse, type Opt, type ParseHow, type Parsed } from './argparse.js';
 

@@ -5,7 +5,7 @@
  * call through the qube's qrexec daemon (`qrexec-client`). The files land in
  * the qube's ~/QubesIncoming/dom0/. qvm-copy and qvm-move are not for dom0.
  */
-import { AdminError, AdminTransportError, defaultTransport } from '../qubesd/client.js';
+import { AdminError, AdminTransportError, defaultTransport } from '../qubesd-client/client.js';
 import { parseCopyArgs, sendFiles, type CopyProg } from '../qube/filecopy.js';
 import * as fs from 'node:fs';
 import { QubesApp } from './app.js';

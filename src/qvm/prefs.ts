@@ -6,7 +6,7 @@
  * global properties (admin.property.*).
  */
 import { UsageError } from '../common/args.js';
-import { AdminError, AdminTransportError } from '../qubesd/client.js';
+import { AdminError, AdminTransportError } from '../qubesd-client/client.js';
 import { parsePropReply, type PropValue, type QubesApp } from './app.js';
 import { COMMON_OPTS, flag, type Parsed } from './argparse.js';
 import { domainsFrom, ToolError, type ToolIO, type ToolSpec } from './common.js';

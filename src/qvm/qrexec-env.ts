@@ -15,7 +15,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { localHost } from '../common/local-host.js';
-import { SocketTransport, type AdminTransport } from '../qubesd/client.js';
+import { SocketTransport, type AdminTransport } from '../qubesd-client/client.js';
 
 export interface Dom0Qrexec {
   /** --socket-dir of qrexec-client. */

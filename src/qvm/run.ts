@@ -19,7 +19,7 @@ import { constants as osConstants } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UsageError } from '../common/args.js';
-import { AdminError, AdminTransportError } from '../qubesd/client.js';
+import { AdminError, AdminTransportError } from '../qubesd-client/client.js';
 import type { Qube, QubesApp } from './app.js';
 import { COMMON_OPTS, flag, list, value, type Opt, type Parsed } from './argparse.js';
 import { isRunning, type ToolSpec } from './common.js';

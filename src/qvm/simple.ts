@@ -5,7 +5,7 @@
  * qvm_unpause.py, qvm_create.py, qvm_remove.py, qvm_clone.py).
  */
 import { UsageError } from '../common/args.js';
-import { AdminError } from '../qubesd/client.js';
+import { AdminError } from '../qubesd-client/client.js';
 import { parsePropReply, type Qube, type QubesApp } from './app.js';
 import { ALL_OPTS, COMMON_OPTS, flag, list, value, type Parsed } from './argparse.js';
 import { domainsFrom, formatTable, isRunning, needDomains, ToolError, type ToolIO, type ToolSpec } from './common.js';

@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import { loadNative } from '../node/native.js';
+import { loadNative } from '../native/addon.js';
 
 /** The descriptor under a net.Socket (undefined for in-memory streams or once closed). */
 function socketFd(s: object): number | undefined {

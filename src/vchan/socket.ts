@@ -2,7 +2,7 @@ import * as net from 'node:net';
 import * as fs from 'node:fs';
 import { basename, join } from 'node:path';
 import { describeSystemError, QrexecError } from '../common/errors.js';
-import { loadNative } from '../node/native.js';
+import { loadNative } from '../native/addon.js';
 
 /** Default directory of vchan sockets (qubes-core-vchan-socket). */
 export const DEFAULT_VCHAN_SOCKET_DIR = '/var/run/vchan';

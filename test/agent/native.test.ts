@@ -8,7 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as fs from 'node:fs';
 import { describe, it } from 'node:test';
-import { loadNative } from '../../src/node/native.js';
+import { loadNative } from '../../src/native/addon.js';
 
 const native = loadNative();
 

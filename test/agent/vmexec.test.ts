@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { afterEach, describe, it } from 'node:test';
 import fc from 'fast-check';
-import { decodeVmExecArg, encodeVmExecArgs, VmExecDecodeError } from '../../src/agent/vmexec.js';
+import { decodeVmExecArg, encodeVmExecArgs, VmExecDecodeError } from '../../src/services/vmexec.js';
 import { Fixture, T, msg } from './peer.js';
 
 describe('qubes.VMExec argument decoding', () => {

@@ -26,11 +26,11 @@ function sources(dir = SRC): string[] {
  * dynamic imports of literals); `import type` is erased by the compiler and
  * does not count.
  */
-function importsOf(file: string): string[] {
+function importsOf(file: string, withTypes = false): string[] {
   const text = fs.readFileSync(file, 'utf8');
   const out: string[] = [];
   for (const m of text.matchAll(/^\s*((?:import|export)\b[^'"]*?)\bfrom\s*['"]([^'"]+)['"]|^\s*import\s*['"]([^'"]+)['"]|\bimport\(\s*['"]([^'"]+)['"]\s*\)/gm)) {
-    if (m[1] !== undefined && /^(?:import|export)\s+type\b/.test(m[1].trim())) continue;
+    if (!withTypes && m[1] !== undefined && /^(?:import|export)\s+type\b/.test(m[1].trim())) continue;
     out.push((m[2] ?? m[3] ?? m[4]) as string);
   }
   return out;
@@ -38,13 +38,45 @@ function importsOf(file: string): string[] {
 
 const area = (file: string): string => path.relative(SRC, file).split(path.sep)[0] as string;
 
+const resolved = (f: string, withTypes: boolean): string[] =>
+  importsOf(f, withTypes).map((s) => (s.startsWith('.') ? path.resolve(path.dirname(f), s).replace(/\.js$/, '.ts') : s));
+/** file -> what it imports at run time (a path for our files, the specifier for others). */
 const graph = new Map<string, string[]>();
+/** The same, `import type` included. */
+const typedGraph = new Map<string, string[]>();
 for (const f of sources()) {
-  graph.set(
-    f,
-    importsOf(f).map((s) => (s.startsWith('.') ? path.resolve(path.dirname(f), s).replace(/\.js$/, '.ts') : s)),
-  );
+  graph.set(f, resolved(f, false));
+  typedGraph.set(f, resolved(f, true));
 }
+
+/** True when the dependency `d` is a file in one of the src folders `areas`. */
+const inArea = (d: string, areas: readonly string[]): boolean => areas.some((a) => d.startsWith(path.join(SRC, a) + path.sep));
+
+/** Cycles of a graph, each as `a → b → a`. */
+function cyclesOf(g: ReadonlyMap<string, readonly string[]>, show: (n: string) => string): string[] {
+  const state = new Map<string, 'visiting' | 'done'>();
+  const cycles: string[] = [];
+  const visit = (f: string, stack: string[]): void => {
+    state.set(f, 'visiting');
+    for (const d of g.get(f) ?? []) {
+      if (!g.has(d)) continue;
+      if (state.get(d) === 'visiting') {
+        cycles.push([...stack.slice(stack.indexOf(d)), d].map(show).join(' → '));
+      } else if (!state.has(d)) {
+        visit(d, [...stack, d]);
+      }
+    }
+    state.set(f, 'done');
+  };
+  for (const f of g.keys()) if (!state.has(f)) visit(f, [f]);
+  return cycles;
+}
+
+/**
+ * Code that runs inside a qube, and what it may use: nothing else (no
+ * host-side folder, no npm package), Node's own modules aside.
+ */
+const QUBE_SIDE = ['agent', 'qube', 'services', 'native', 'vchan', 'protocol', 'common'];
 
 test('src/policy is pure: it imports only itself', () => {
   const bad: string[] = [];
@@ -68,7 +100,7 @@ test('src/protocol imports only itself and src/common, and no Node module but no
 });
 
 test('src/gui runs inside a qube: it imports only Node modules and qube-side code (no host-side code)', () => {
-  const qubeSide = ['gui', 'agent', 'vchan', 'protocol', 'common', 'node'];
+  const qubeSide = ['gui', ...QUBE_SIDE];
   const bad: string[] = [];
   for (const [f, deps] of graph) {
     if (area(f) !== 'gui' || f.includes(`${path.sep}web${path.sep}`)) continue;
@@ -119,40 +151,56 @@ test('qubesd, the runtime and the host import in one direction: host -> qubesd -
   assert.deepEqual(bad, []);
 });
 
-test('no import cycles between src modules (type-only imports aside)', () => {
-  const state = new Map<string, 'visiting' | 'done'>();
-  const cycles: string[] = [];
-  const visit = (f: string, stack: string[]): void => {
-    state.set(f, 'visiting');
-    for (const d of graph.get(f) ?? []) {
-      if (!graph.has(d)) continue;
-      if (state.get(d) === 'visiting') {
-        cycles.push([...stack.slice(stack.indexOf(d)), d].map((x) => path.relative(SRC, x)).join(' → '));
-      } else if (!state.has(d)) {
-        visit(d, [...stack, d]);
-      }
+test('no import cycles between src files, type-only imports included', () => {
+  assert.deepEqual(cyclesOf(typedGraph, (x) => path.relative(SRC, x)), []);
+});
+
+test('no import cycles between src folders (the folders form layers), type-only imports included', () => {
+  const folders = new Map<string, string[]>();
+  for (const [f, deps] of typedGraph) {
+    const from = area(f);
+    const to = folders.get(from) ?? [];
+    for (const d of deps) if (d.startsWith(SRC + path.sep) && area(d) !== from && !to.includes(area(d))) to.push(area(d));
+    folders.set(from, to);
+  }
+  assert.deepEqual(cyclesOf(folders, (x) => `src/${x}`), []);
+});
+
+test('code that runs inside a qube (src/agent, src/services, src/native, ...) imports nothing host-side', () => {
+  const bad: string[] = [];
+  for (const [f, deps] of typedGraph) {
+    if (!QUBE_SIDE.includes(area(f))) continue;
+    for (const d of deps) if (!d.startsWith('node:') && !inArea(d, QUBE_SIDE)) bad.push(`${path.relative(ROOT, f)} imports ${d}`);
+  }
+  assert.deepEqual(bad, []);
+});
+
+test('src/daemon (the host side of qrexec) reaches what dom0 runs through src/services, not src/agent', () => {
+  const bad: string[] = [];
+  for (const [f, deps] of typedGraph) {
+    if (area(f) !== 'daemon') continue;
+    for (const d of deps) if (inArea(d, ['agent'])) bad.push(`${path.relative(ROOT, f)} imports ${path.relative(ROOT, d)}`);
+  }
+  assert.deepEqual(bad, []);
+});
+
+test('only the host process and commands import the qubesd server; its clients (src/qubesd-client) import none of it', () => {
+  const bad: string[] = [];
+  for (const [f, deps] of typedGraph) {
+    const from = area(f);
+    for (const d of deps) {
+      if (!inArea(d, ['qubesd']) || ['qubesd', 'host', 'cli'].includes(from)) continue;
+      bad.push(`${path.relative(ROOT, f)} imports ${path.relative(ROOT, d)}`);
     }
-    state.set(f, 'done');
-  };
-  for (const f of graph.keys()) if (!state.has(f)) visit(f, [f]);
-  assert.deepEqual(cycles, []);
+    if (from === 'qubesd-client') {
+      for (const d of deps) if (!d.startsWith('node:') && !inArea(d, ['qubesd-client', 'common'])) bad.push(`${path.relative(ROOT, f)} imports ${d}`);
+    }
+  }
+  assert.deepEqual(bad, []);
 });
 
 test('src/policy compiles without Node types (tsconfig.pure.json)', { timeout: 120_000 }, () => {
   const tsc = path.join(ROOT, 'node_modules/typescript/bin/tsc');
   const r = spawnSync(process.execPath, [tsc, '-p', path.join(ROOT, 'tsconfig.pure.json')], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stdout + r.stderr);
-});
-
-test('src/qube (our programs and services inside a qube) imports nothing host-side', () => {
-  const allowed = ['qube', 'agent', 'protocol', 'vchan', 'common'];
-  const bad: string[] = [];
-  for (const [f, deps] of graph) {
-    if (area(f) !== 'qube') continue;
-    for (const d of deps) {
-      if (d.startsWith('node:')) continue;
-      if (!allowed.some((a) => d.startsWith(path.join(SRC, a) + path.sep))) bad.push(`${path.relative(ROOT, f)} imports ${d}`);
-    }
-  }
-  assert.deepEqual(bad, []);
 });

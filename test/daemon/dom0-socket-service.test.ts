@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runDom0Service } from '../../src/daemon/index.js';
-import { loadNative } from '../../src/node/native.js';
+import { loadNative } from '../../src/native/addon.js';
 import { memoryPair } from '../../src/vchan/index.js';
 import { Reader, T, decodeMessages, msg, u32, within as withinMs } from './peer.js';
 

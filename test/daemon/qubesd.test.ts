@@ -1,5 +1,5 @@
 /**
- * The qubesd Admin API client (src/node/qubesd.ts) and what the qrexec
+ * The qubesd Admin API client (src/qubesd-client/call.ts) and what the qrexec
  * daemon does with it (reference daemon/qrexec-daemon-common.c
  * qrexec_execute_vm): autostart through admin.vm.Start, `@dispvm:` targets
  * through admin.vm.CreateDisposable + Start + Kill at the call's end, and
@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { QubeDaemon, QubeHost, type PolicyOutcome, type QubeDaemonOptions } from '../../src/daemon/index.js';
-import { formatQubesdRequest, qubesdCall, QubesdCallError, QubesdError } from '../../src/node/qubesd.js';
+import { formatQubesdRequest, qubesdCall, QubesdCallError, QubesdError } from '../../src/qubesd-client/call.js';
 import { T, u32, msg, pad, trigger4, Reader, fakeAgentListen } from './peer.js';
 import { FakeQubesd, ok, exc } from './fake-qubesd.js';
 

@@ -21,7 +21,7 @@ import {
   type PolicyRequest,
   type SystemInfo,
 } from '../../src/policy/index.js';
-import { diskSource } from '../../src/node/policy-loader.js';
+import { diskSource } from '../../src/policy-files/disk.js';
 import { INFO } from '../policy/helpers.js';
 import { corpusDir } from '../conformance/corpus.js';
 

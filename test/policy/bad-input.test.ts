@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { loadRules, memorySource, PolicyIoError, PolicySyntaxError, type PolicySource } from '../../src/policy/index.js';
-import { diskSource, loadPolicyFromDisk } from '../../src/node/policy-loader.js';
+import { diskSource, loadPolicyFromDisk } from '../../src/policy-files/disk.js';
 
 let root: string;
 let n = 0;

@@ -14,7 +14,7 @@ import { policyTestsCheck } from '../../src/policyapi/policy-tests.js';
 import { PolicyClient, type PolicyTransport } from '../../src/policyapi/client.js';
 import { policyEditorMain, type Io } from '../../src/policyapi/commands.js';
 import { parseSystemInfo } from '../../src/policy/index.js';
-import { loadPolicyFromDisk } from '../../src/node/policy-loader.js';
+import { loadPolicyFromDisk } from '../../src/policy-files/disk.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 let dir: string;

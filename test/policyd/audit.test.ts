@@ -6,7 +6,7 @@ import Database from 'better-sqlite3';
 import { AuditLog, type AuditRecord } from '../../src/audit/index.js';
 import { journalSegments } from '../../src/audit/audit-log.js';
 import { parseSystemInfo } from '../../src/policy/index.js';
-import { loadPolicyFromDisk } from '../../src/node/policy-loader.js';
+import { loadPolicyFromDisk } from '../../src/policy-files/disk.js';
 import { decideAndRecord, Notifier, staticSystemInfo, type ServerContext } from '../../src/policyd/index.js';
 import { silentLogger } from '../../src/policyd/log.js';
 import { systemInfo, writeFixture } from './fixture.js';

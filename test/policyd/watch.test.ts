@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FileSystemInfo, PolicyStore } from '../../src/policyd/index.js';
 import { silentLogger } from '../../src/policyd/log.js';
-import { loadPolicyFromDisk } from '../../src/node/policy-loader.js';
+import { loadPolicyFromDisk } from '../../src/policy-files/disk.js';
 import { tmpDirs } from './helpers.js';
 import { systemInfo } from './fixture.js';
 

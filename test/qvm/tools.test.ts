@@ -5,7 +5,7 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { SocketTransport } from '../../src/qubesd/client.js';
+import { SocketTransport } from '../../src/qubesd-client/client.js';
 import { runTool, QVM_LS, QVM_PREFS, QUBES_PREFS, QVM_TAGS, QVM_FEATURES, QVM_CHECK, QVM_CREATE, QVM_REMOVE, QVM_CLONE, QVM_START, QVM_KILL, type ToolSpec } from '../../src/qvm/index.js';
 import { startTestQubesd, type TestQubesd } from '../qubesd/helpers.js';
 

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
 import * as net from 'node:net';
-import { loadNative } from '../../src/node/native.js';
+import { loadNative } from '../../src/native/addon.js';
 import { memoryPair, startPump, vchanConnect, vchanEnvFrom, vchanListen, vchanPath } from '../../src/vchan/index.js';
 
 const u32 = (...v: number[]): Buffer => {

@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CommandError, describeSystemError } from '../common/errors.js';
+import { CommandError, describeSystemError } from './errors.js';
 
 /** Write `text` to `file`; with `atomic`, through a temporary file in the same directory and a rename. */
 export function writeOutputFile(file: string, text: string, opts: { readonly atomic?: boolean; readonly mode?: number } = {}): void {

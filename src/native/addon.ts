@@ -65,7 +65,7 @@ let cached: NativeHelper | null | undefined;
 
 /** Where the addon is built. */
 export function nativeAddonPath(): string {
-  const here = path.dirname(fileURLToPath(import.meta.url)); // dist/src/node
+  const here = path.dirname(fileURLToPath(import.meta.url)); // dist/src/native
   return path.resolve(here, '..', '..', '..', 'native', 'build', 'qrexec_native.node');
 }
 

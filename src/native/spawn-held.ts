@@ -21,7 +21,7 @@ import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process'
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
-import { nativePipe } from './native.js';
+import { nativePipe } from './addon.js';
 
 /** One stdio slot: 'pipe' (a stream for us), 'ignore', 'inherit', a descriptor or a stream to hand over. */
 export type HeldStdio = 'pipe' | 'ignore' | 'inherit' | number | net.Socket;

@@ -22,8 +22,8 @@ import {
   warnIgnoredOptions,
   type ServiceTarget,
 } from './lookup.js';
-import { loadNative, nativeSocketpair } from '../node/native.js';
-import { spawnHeld } from '../node/spawn-held.js';
+import { loadNative, nativeSocketpair } from '../native/addon.js';
+import { spawnHeld } from '../native/spawn-held.js';
 import { decodeVmExecArg, VMEXEC_SERVICES, VmExecDecodeError } from './vmexec.js';
 
 /** What the agent needs to know about its environment to run services. */

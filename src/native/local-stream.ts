@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import type { Readable, Writable } from 'node:stream';
-import { loadNative } from '../node/native.js';
+import { loadNative } from './addon.js';
 
 /**
  * A local descriptor wrapped in a stream: sockets and pipes become net.Socket
