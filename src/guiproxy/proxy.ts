@@ -46,20 +46,34 @@ export async function dom0Call(o: Dom0CallOptions, service: string, sink: Writab
   const d = await o.decide({ source: 'dom0', intendedTarget: o.guivm, serviceAndArg: `${service}+` });
   if (d.result === 'error') throw new GuiProxyError(`${service} to ${o.guivm}: no policy decision: ${d.reason}`);
   if (d.result === 'deny') throw new GuiProxyError(`${service} to ${o.guivm}: refused by the policy`);
-  const client = await DaemonClient.connect(o.socketDir, d.target);
+  return dom0Exec(o, d.target, `${d.user}:QUBESRPC ${service}+ dom0`, { sink, source, single });
+}
+
+/**
+ * Runs `cmdline` (`USER:COMMAND`) in qube `target` from dom0, as
+ * qrexec-client does (with `justExec`: started and left running, as
+ * `qrexec-client -e`); resolves with its exit status.
+ */
+export async function dom0Exec(
+  o: Pick<Dom0CallOptions, 'socketDir' | 'vchan' | 'log'>,
+  target: string,
+  cmdline: string,
+  io: { sink: Writable; source: Readable; single: boolean; justExec?: boolean },
+): Promise<number> {
+  const client = await DaemonClient.connect(o.socketDir, target);
   try {
-    const ep = await client.exec(`${d.user}:QUBESRPC ${service}+ dom0`, 0);
+    const ep = await client.exec(cmdline, 0, io.justExec === true);
     const listener = await vchanListen(o.vchan, ep.domain, ep.port);
     const timer = setTimeout(() => listener.close(), 10_000);
     let ch: net.Socket;
     try {
       ch = await listener.accepted;
     } catch (e) {
-      throw new GuiProxyError(`${service} to ${d.target}: data connection not made: ${(e as Error).message}`);
+      throw new GuiProxyError(`${cmdline.split(' ')[0] ?? ''} in ${target}: data connection not made: ${(e as Error).message}`);
     } finally {
       clearTimeout(timer);
     }
-    const pump = startPump({ channel: ch, role: 'client', sink, source, single, errSink: null, ...(o.log ? { log: o.log } : {}) });
+    const pump = startPump({ channel: ch, role: 'client', sink: io.sink, source: io.source, single: io.single, errSink: null, ...(o.log ? { log: o.log } : {}) });
     return await pump.done;
   } finally {
     client.close();

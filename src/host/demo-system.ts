@@ -3,8 +3,10 @@
  * dir, through the Admin API as dom0 (the calls qvm-create, qvm-prefs and
  * qubes-prefs make): the default template (made from the host's own /usr and
  * /etc by the bwrap runtime), `sys-net` (provides_network, autostart), `work`
- * (autostart) and `personal` behind sys-net, `vault` without network, and
- * `default-dvm`, the disposable template. The policy directory gets the
+ * (autostart) and `personal` behind sys-net, `vault` without network,
+ * `default-dvm`, the disposable template, and `sys-gui` (autostart), the GUI
+ * domain of every other qube (default_guivm), whose web app the host
+ * serves on 127.0.0.1 (src/host/gui.ts). The policy directory gets the
  * default policy of examples/policy.d and a 30-user.policy of the demo's
  * own rules: every call to vault asks.
  */
@@ -50,7 +52,7 @@ export function defaultTemplateName(osRelease = '/etc/os-release'): string {
   return 'host-template';
 }
 
-export const DEMO_QUBES = ['sys-net', 'work', 'personal', 'vault', 'default-dvm'] as const;
+export const DEMO_QUBES = ['sys-net', 'sys-gui', 'work', 'personal', 'vault', 'default-dvm'] as const;
 
 /** Creates the demo system if the registry holds no qube but dom0; returns whether it did. */
 export async function ensureDemoSystem(registry: Registry, call: QubesdCaller, policyDir: string): Promise<boolean> {
@@ -73,6 +75,13 @@ export async function ensureDemoSystem(registry: Registry, call: QubesdCaller, p
   await pref('default_netvm', 'sys-net');
   await pref('updatevm', 'sys-net');
   await pref('clockvm', 'sys-net');
+  // the GUI domain: its own GUI is dom0's; every other qube's is sys-gui, and so
+  // is that of the qubes it creates (policy/50-gui.policy says what it may do)
+  await create('AppVM', 'sys-gui', 'black');
+  await set('sys-gui', 'guivm', 'dom0');
+  await set('sys-gui', 'autostart', 'True');
+  await run('admin.vm.feature.Set', 'sys-gui', 'set-created-guivm', 'sys-gui');
+  await pref('default_guivm', 'sys-gui');
   await create('AppVM', 'work', 'blue');
   await set('work', 'autostart', 'True');
   await create('AppVM', 'personal', 'yellow');

@@ -9,11 +9,13 @@ import { PassThrough } from 'node:stream';
 import * as path from 'node:path';
 import { defaultDataDir, runDirOf } from '../common/local-host.js';
 import { TtyFrontend } from '../policyd/agent.js';
-import { createLogger, SocketServiceCaller } from '../policyd/index.js';
+import { createLogger } from '../policyd/index.js';
 import { ensureDemoSystem } from './demo-system.js';
 import { startSystem } from './system.js';
+import { Dom0GuiCaller, guiDomains, startGui, type RunningGui } from './gui.js';
+import type { RunningSystem } from './system.js';
 import { TerminalAsk } from './terminal-ask.js';
-import { ROOT, runStep, tourSteps, tourText, type TourOptions } from './tour.js';
+import { runStep, tourSteps, tourText, type TourOptions } from './tour.js';
 
 export interface HostOptions {
   readonly dataDir?: string;
@@ -45,7 +47,9 @@ export async function runHost(o: HostOptions): Promise<number> {
       } as NodeJS.WritableStream)
     : new TtyFrontend(process.stdin, process.stdout);
   const t0 = performance.now();
-  const gui = new TerminalAsk(frontend, new SocketServiceCaller({ rpcDir: path.join(runDir, 'qubes-rpc'), qrexecClient: path.join(ROOT, 'bin', 'qrexec-client') }), log);
+  // the questions for sys-gui's qubes go to its web app (--once answers them here)
+  let system: RunningSystem | null = null;
+  const gui = new TerminalAsk(frontend, o.once ? null : new Dom0GuiCaller(() => system), log);
   const sys = await startSystem({
     dataDir,
     runDir,
@@ -55,7 +59,9 @@ export async function runHost(o: HostOptions): Promise<number> {
     debug: o.verbose,
     warn: (m) => o.out(m.trimEnd()),
   });
+  system = sys;
   let code = 0;
+  const guis: RunningGui[] = [];
   try {
     const created = o.demoSystem ? await ensureDemoSystem(sys.qubesd.registry, sys.call, sys.info.policyDir) : false;
     const names = sys.qubesd.registry.list().filter((q) => q.klass !== 'AdminVM').map((q) => q.name);
@@ -64,9 +70,26 @@ export async function runHost(o: HostOptions): Promise<number> {
     o.out(`${prog}: runtime ${sys.info.runtime}${sys.info.runtime === 'bwrap' ? ': each qube is a bubblewrap sandbox' : sys.info.runtime === 'process' ? ': qubes are plain processes, NOT isolated' : ''}`);
     await sys.autostart();
     const running = sys.qubesd.registry.list().filter((q) => q.klass !== 'AdminVM' && q.power === 'Running').map((q) => q.name);
+    for (const g of guiDomains(sys)) {
+      if (sys.qubesd.registry.byName(g)?.power !== 'Running') continue;
+      try {
+        const r = await startGui(sys, g, log);
+        guis.push(r);
+        o.out(`${prog}: ${g}: open ${r.url}`);
+      } catch (e) {
+        o.out(`${prog}: ${g}: ${(e as Error).message}`);
+      }
+    }
     o.out(`${prog}: running: ${running.join(', ') || 'none'} (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
     const defaultRun = runDirOf(defaultDataDir());
-    const tour: TourOptions = { policyDir: sys.info.policyDir, dataDir, runtime: sys.info.runtime, ...(runDir !== defaultRun ? { exportLine: `export QREXEC_HOST_DIR=${runDir}` } : {}) };
+    const askWhere = !o.once && guis.some((g) => g.name === sys.qubesd.registry.byName('work')?.get('guivm')) ? 'in the browser (the sys-gui URL above)' : undefined;
+    const tour: TourOptions = {
+      policyDir: sys.info.policyDir,
+      dataDir,
+      runtime: sys.info.runtime,
+      ...(runDir !== defaultRun ? { exportLine: `export QREXEC_HOST_DIR=${runDir}` } : {}),
+      ...(askWhere ? { askWhere } : {}),
+    };
     if (o.once) code = await once(tour, runDir !== defaultRun ? { QREXEC_HOST_DIR: runDir } : {}, step, o.out);
     else {
       o.out('');
@@ -79,6 +102,7 @@ export async function runHost(o: HostOptions): Promise<number> {
       o.out(`${prog}: shutting every qube down`);
     }
   } finally {
+    await Promise.all(guis.map((g) => g.proxy.close()));
     await sys.close();
   }
   return code;

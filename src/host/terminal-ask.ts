@@ -1,8 +1,8 @@
 /**
  * policy.Ask and policy.Notify for qubes whose GUI domain is dom0, answered
- * at the host's terminal (until the GUI domain exists): the policy agent's
- * request handling and its terminal front end, called in-process. Other
- * GUI domains are reached as the policy daemon reaches them.
+ * at the host's terminal: the policy agent's request handling and its
+ * terminal front end, called in-process. Other GUI domains (sys-gui) are
+ * reached through `others`, or answered here too when it is null.
  */
 import { PolicyAgent, type AgentFrontend } from '../policyd/agent.js';
 import type { GuiService, GuiServiceCaller, Logger } from '../policyd/index.js';
@@ -12,14 +12,15 @@ export class TerminalAsk implements GuiServiceCaller {
 
   constructor(
     frontend: AgentFrontend,
-    private readonly others: GuiServiceCaller,
+    /** Where other GUI domains' questions go; null: answered here too (`--once`). */
+    private readonly others: GuiServiceCaller | null,
     log: Logger,
   ) {
     this.agent = new PolicyAgent(frontend, log);
   }
 
   call(guivm: string, service: GuiService, params: unknown, timeoutMs: number): Promise<string> {
-    if (guivm !== 'dom0') return this.others.call(guivm, service, params, timeoutMs);
+    if (guivm !== 'dom0' && this.others) return this.others.call(guivm, service, params, timeoutMs);
     return this.agent.handle(Buffer.concat([Buffer.from(`${service} dom0\0`, 'latin1'), Buffer.from(JSON.stringify(params), 'utf8')]));
   }
 }

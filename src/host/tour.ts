@@ -31,6 +31,8 @@ export interface TourOptions {
   readonly runtime: string;
   /** Printed first when the host does not run with the default data dir. */
   readonly exportLine?: string;
+  /** Where the ask is answered (default: in the host terminal). */
+  readonly askWhere?: string;
 }
 
 const has = (tool: string): boolean => fs.existsSync(path.join(ROOT, 'bin', tool));
@@ -78,7 +80,7 @@ function copySteps(o: TourOptions, sandboxed: boolean): TourStep[] {
   const send = inQube('work', `echo hello from work > hello.txt && ${copy} personal hello.txt`);
   const read = inQube('personal', 'cat QubesIncoming/work/hello.txt && rm QubesIncoming/work/hello.txt');
   return [
-    { what: 'copy a file from work to personal: the policy asks, answer in the host terminal', command: send, status: 0, expect: /^/, answer: 'personal' },
+    { what: `copy a file from work to personal: the policy asks, answer ${o.askWhere ?? 'in the host terminal'}`, command: send, status: 0, expect: /^/, answer: 'personal' },
     { what: 'the file in personal (~/QubesIncoming/work/)', command: read, status: 0, expect: /^hello from work$/m },
     { what: editWhat(o), command: editCommand('qubes.Filecopy * work personal allow'), status: 0, expect: /^$/ },
     { what: 'the same copy, allowed now', command: send, status: 0, expect: /^/ },
@@ -94,7 +96,7 @@ function callSteps(o: TourOptions, sandboxed: boolean): TourStep[] {
   const clientVm = sandboxed ? '/run/qrexec-ts/bin/qrexec-client-vm' : `${path.join(ROOT, 'bin', 'qrexec-client-vm')} --agent-socket=${path.join(o.dataDir, 'qubes', 'work', 'agent.sock')}`;
   return [
     {
-      what: 'work calls personal: the policy asks, answer in the host terminal',
+      what: `work calls personal: the policy asks, answer ${o.askWhere ?? 'in the host terminal'}`,
       command: inQube('work', `echo hello from work | ${clientVm} personal qubes.VMExec+cat`),
       status: 0,
       expect: /hello from work/,

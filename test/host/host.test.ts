@@ -56,7 +56,9 @@ void test('npm start --once: the demo system at first start, the tour as printed
     noWarnings(a.stdout + a.stderr);
     assert.match(a.stdout, /demo system created/);
     assert.match(a.stdout, bwrap ? /runtime bwrap: each qube is a bubblewrap sandbox/ : /WARNING: the bwrap runtime cannot run here/);
-    assert.match(a.stdout, /running: sys-net, work/);
+    assert.match(a.stdout, /running: sys-gui, sys-net, work/);
+    // the GUI domain's web app, through the proxy on loopback, with its login token
+    assert.match(a.stdout, /^qubes-host: sys-gui: open http:\/\/127\.0\.0\.1:\d+\/\?token=[0-9a-f]{48}$/m);
     assert.match(a.stdout, /^\$ bin\/qvm-ls/m);
     for (const q of ['sys-net', 'work', 'personal', 'vault', 'default-dvm']) assert.match(a.stdout, new RegExp(`^${q} `, 'm'));
     if (bwrap) assert.match(a.stdout, /cat \/etc\/hostname'.*\nwork\n\[exit status 0\]/);
@@ -105,7 +107,14 @@ void test('SIGTERM shuts every qube down; kill -9 leaves nothing running and the
     const line = h.out().split('\n').find((l) => l.trim().startsWith('export QREXEC_HOST_DIR='));
     assert.ok(line, h.out());
     const ls = spawnSync('/bin/sh', ['-c', `${line.trim()}; bin/qvm-ls --running --raw-list`], { cwd: ROOT, encoding: 'utf8' });
-    assert.equal(ls.stdout, 'dom0\nsys-net\nwork\n', ls.stderr);
+    assert.equal(ls.stdout, 'dom0\nsys-gui\nsys-net\nwork\n', ls.stderr);
+    // sys-gui's web app answers through the proxy: the login page without the token, the app with it
+    const url = /sys-gui: open (http:\/\/127\.0\.0\.1:\d+)\/\?token=(\w+)/.exec(h.out());
+    assert.ok(url, h.out());
+    assert.equal((await fetch(`${url[1]}/`)).status, 401);
+    const app = await fetch(`${url[1]}/?token=${url[2]}`, { redirect: 'manual' });
+    assert.ok(app.status === 200 || app.status === 303, `status ${app.status}`);
+    assert.match(h.out(), /the policy asks, answer in the browser/);
     // a service running as the qube's user keeps the vchan transport's settings (for the agent library's calls)
     const env = spawnSync('/bin/sh', ['-c', `${line.trim()}; bin/qvm-run -p work 'echo "$VCHAN_DOMAIN $VCHAN_SOCKET_DIR"'`], { cwd: ROOT, encoding: 'utf8' });
     assert.match(env.stdout, bwrap ? /^\d+ \/run\/vchan\n$/ : /^\d+ \/\S+\n$/, env.stderr);
