@@ -1,9 +1,9 @@
 /** qrexec-gui-server: the GUI domain's web app (runs inside sys-gui); see src/gui/server.ts. */
 import { last, numberOption, parseArgs, runMain, UsageError } from '../common/args.js';
-import { GuiServer } from '../gui/index.js';
+import { GuiServer, QrexecAdmin, agentSocketFromEnv } from '../gui/index.js';
 
 const prog = 'qrexec-gui-server';
-const USAGE = `usage: ${prog} [--name NAME] [--rpc-dir DIR] [--ask-timeout SEC] [--allow-source QUBE]...\n`;
+const USAGE = `usage: ${prog} [--name NAME] [--rpc-dir DIR] [--ask-timeout SEC] [--allow-source QUBE]... [--agent-socket PATH | --no-admin]\n`;
 const HELP = `${USAGE}
 Runs inside a GUI domain (sys-gui). Serves, as qrexec socket services in the
 qube's service directory:
@@ -21,6 +21,10 @@ options:
                        of $QREXEC_SERVICE_PATH, else /run/qubes-rpc)
   --ask-timeout SEC    deny a question not answered in time (default 110)
   --allow-source QUBE  accept calls from QUBE (repeatable; default dom0)
+  --agent-socket PATH  this qube's qrexec agent, for the Admin API calls of
+                       the qube manager (default: $QUBES_QREXEC_AGENT_SOCKET,
+                       else /var/run/qubes/qrexec-agent)
+  --no-admin           no qube manager (no Admin API calls)
 `;
 
 runMain(prog, USAGE, async () => {
@@ -29,6 +33,8 @@ runMain(prog, USAGE, async () => {
     { name: 'rpc-dir', value: true },
     { name: 'ask-timeout', value: true },
     { name: 'allow-source', value: true, repeat: true },
+    { name: 'agent-socket', value: true },
+    { name: 'no-admin' },
   ]);
   if (p.help) {
     process.stdout.write(HELP);
@@ -40,7 +46,9 @@ runMain(prog, USAGE, async () => {
   const askTimeoutMs = numberOption(p, 'ask-timeout', 110) * 1000;
   let server: GuiServer;
   try {
-    server = new GuiServer({ name, rpcDir, askTimeoutMs, allowedSources: p.options.get('allow-source') ?? ['dom0'] });
+    server = new GuiServer({ name, rpcDir, askTimeoutMs, allowedSources: p.options.get('allow-source') ?? ['dom0'],
+      ...(p.flags.has('no-admin') ? {} : { admin: new QrexecAdmin(last(p, 'agent-socket') ?? agentSocketFromEnv()) }),
+    });
     await server.listen();
   } catch (e) {
     process.stderr.write(`${prog}: error: ${(e as Error).message}\n`);

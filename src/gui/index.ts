@@ -6,3 +6,5 @@ export { GuiServer, SERVICES, type GuiServerOptions, type GuiServiceName } from 
 export { WebApp, HttpError, CSP, type Route, type ApiRequest } from './http.js';
 export { Prompts, parseAsk, parseNotice, labelOfIcon, LABELS, type Ask, type Notice, type Label } from './prompts.js';
 export { parseHeader, readHeader, HeaderError, type CallHeader } from './socket-service.js';
+export { QrexecAdmin, AdminError, EventDecoder, parseReply, agentSocketFromEnv, type AdminTransport, type AdminEvent } from './admin.js';
+export { QubeManager, parseVmList, parseGetAll, type QubeRow, type QubeAction, type QubeDetails } from './qubes.js';

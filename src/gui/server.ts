@@ -20,6 +20,8 @@ import * as path from 'node:path';
 import { HttpError, WebApp, type Route } from './http.js';
 import { parseAsk, parseNotice, Prompts, type Ask, type Notice } from './prompts.js';
 import { listenAt, readAll, readHeader, type CallHeader } from './socket-service.js';
+import { AdminError, type AdminTransport } from './admin.js';
+import { ACTIONS, QubeManager, type QubeAction } from './qubes.js';
 
 export const SERVICES = ['gui.Http', 'gui.Token', 'policy.Ask', 'policy.Notify'] as const;
 export type GuiServiceName = (typeof SERVICES)[number];
@@ -36,9 +38,26 @@ export interface GuiServerOptions {
   readonly askTimeoutMs?: number;
   readonly assetsDir?: string;
   readonly log?: (msg: string) => void;
-  /** More API routes (the qube manager...). */
+  /** More API routes. */
   readonly routes?: readonly Route[];
+  /** The Admin API (the qube manager); none: the manager says it has no access. */
+  readonly admin?: AdminTransport;
 }
+
+/** An Admin API error as the page shows it. */
+function adminHttpError(e: unknown): HttpError {
+  if (e instanceof HttpError) return e;
+  if (e instanceof AdminError) {
+    const status = e.excType === 'Refused' ? 403 : e.excType === 'QubesVMNotFoundError' ? 404 : 400;
+    return new HttpError(status, e.excType === 'Refused' ? e.message : `${e.excType}: ${e.message}`);
+  }
+  return new HttpError(500, (e as Error).message);
+}
+
+const str = (v: unknown, what: string): string => {
+  if (typeof v !== 'string') throw new HttpError(400, `${what}: expected a string`);
+  return v;
+};
 
 /** Strip what could drive a terminal or forge a log line. */
 export function printable(s: string, max = 200): string {
@@ -50,6 +69,7 @@ export class GuiServer {
   readonly token: string;
   readonly prompts: Prompts;
   readonly app: WebApp;
+  readonly qubes: QubeManager | null;
   private readonly http: http.Server;
   private readonly servers: net.Server[] = [];
   private readonly log: (msg: string) => void;
@@ -61,15 +81,22 @@ export class GuiServer {
     this.log = opts.log ?? ((m) => void process.stderr.write(`qrexec-gui-server: ${m}\n`));
     this.allowed = new Set(opts.allowedSources ?? ['dom0']);
     this.prompts = new Prompts({ askTimeoutMs: opts.askTimeoutMs ?? 110_000, armMs: 1000, historySize: 500 });
+    this.qubes = opts.admin ? new QubeManager(opts.admin, opts.name, (m) => this.log(m)) : null;
     this.app = new WebApp({
       token: this.token,
       name: opts.name,
       ...(opts.assetsDir !== undefined ? { assetsDir: opts.assetsDir } : {}),
-      routes: [...this.promptRoutes(), ...(opts.routes ?? [])],
+      routes: [...this.promptRoutes(), ...this.qubeRoutes(), ...(opts.routes ?? [])],
       events: (send, onClose) => {
         send('hello', { name: opts.name });
         send('asks', this.asksEvent());
         send('history', this.prompts.history());
+        const qm = this.qubes;
+        if (qm) {
+          void qm.start();
+          send('qubes', this.qubesEvent());
+          onClose(qm.subscribe((c) => (('all' in c) ? send('qubes', this.qubesEvent()) : send('qube', c))));
+        }
         onClose(
           this.prompts.subscribe((what, n) => {
             if (what === 'asks') send('asks', this.asksEvent());
@@ -83,6 +110,52 @@ export class GuiServer {
 
   private asksEvent(): { now: number; asks: Ask[] } {
     return { now: Date.now(), asks: this.prompts.asks() };
+  }
+
+  private qubesEvent(): { loaded: boolean; error: string | null; rows: unknown[] } {
+    const qm = this.qubes;
+    if (!qm) return { loaded: true, error: 'This GUI domain has no Admin API access.', rows: [] };
+    return { loaded: qm.loaded, error: qm.error, rows: qm.list() };
+  }
+
+  private qubeRoutes(): Route[] {
+    const qm = (): QubeManager => {
+      if (!this.qubes) throw new HttpError(503, 'This GUI domain has no Admin API access.');
+      return this.qubes;
+    };
+    const guard = <T>(f: () => Promise<T>): Promise<T> => f().catch((e: unknown) => Promise.reject(adminHttpError(e)));
+    return [
+      { method: 'GET', pattern: '/api/qubes', handler: () => this.qubesEvent() },
+      { method: 'GET', pattern: '/api/labels', handler: () => guard(async () => ({ labels: await qm().labels() })) },
+      { method: 'GET', pattern: '/api/qubes/:name', handler: (r) => guard(() => qm().details(r.params[0] as string)) },
+      {
+        method: 'POST',
+        pattern: '/api/qubes',
+        handler: (r) =>
+          guard(async () => {
+            const b = r.body as Record<string, unknown>;
+            const netvm = b['netvm'] === undefined || b['netvm'] === null ? null : str(b['netvm'], 'netvm');
+            await qm().create({ name: str(b['name'], 'name'), label: str(b['label'], 'label'), template: str(b['template'] ?? '', 'template'), netvm });
+            return { ok: true };
+          }),
+      },
+      {
+        method: 'POST',
+        pattern: '/api/qubes/:name/:what',
+        handler: (r) =>
+          guard(async () => {
+            const [name, what] = r.params as [string, string];
+            const b = (r.body ?? {}) as Record<string, unknown>;
+            const value = b['value'] === null ? null : b['value'] === undefined ? undefined : str(b['value'], 'value');
+            if ((ACTIONS as readonly string[]).includes(what)) await qm().act(name, what as QubeAction);
+            else if (what === 'property') await qm().setProperty(name, str(b['name'], 'name'), value ?? null);
+            else if (what === 'feature') await qm().setFeature(name, str(b['name'], 'name'), value ?? null);
+            else if (what === 'tag') await qm().setTag(name, str(b['name'], 'name'), b['on'] !== false);
+            else throw new HttpError(404, 'no such action');
+            return { ok: true };
+          }),
+      },
+    ];
   }
 
   private promptRoutes(): Route[] {
@@ -197,6 +270,7 @@ export class GuiServer {
 
   async close(): Promise<void> {
     this.prompts.close();
+    this.qubes?.close();
     for (const s of this.calls) s.destroy();
     await Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     this.http.close();

@@ -20,6 +20,16 @@ export const CHROMIUM = process.env['CHROMIUM'] ?? '/usr/bin/chromium';
 /** Where screenshots go (ignored by git). */
 export const ARTIFACTS = process.env['GUI_ARTIFACTS'] ?? path.join(ROOT, 'test-artifacts', 'gui');
 
+/** Debian's Chromium, headless, with a fresh temporary profile (launch() makes one: --user-data-dir). */
+export async function launchChromium(): Promise<Browser> {
+  const { chromium } = await import('playwright-core');
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+  });
+}
+
 export interface GuiQube {
   readonly name: string;
   readonly domid: number;
@@ -186,15 +196,7 @@ export class GuiWorld {
 
   /** A fresh browser context (no cookies). */
   async context(): Promise<BrowserContext> {
-    if (!this.browser) {
-      const { chromium } = await import('playwright-core');
-      // launch() gives every browser a fresh temporary profile (--user-data-dir)
-      this.browser = await chromium.launch({
-        executablePath: CHROMIUM,
-        headless: true,
-        args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-      });
-    }
+    this.browser ??= await launchChromium();
     return this.browser.newContext({ viewport: { width: 1200, height: 760 } });
   }
 

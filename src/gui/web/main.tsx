@@ -4,11 +4,12 @@ import { useCallback, useEffect, useState } from 'preact/hooks';
 import { events, GUI_NAME, post } from './api.js';
 import { AskDialog } from './ask.js';
 import { NoticeHistory, Toasts } from './notices.js';
-import type { Ask, AsksEvent, Notice } from './types.js';
+import type { Ask, AsksEvent, Notice, QubeRow, QubesEvent } from './types.js';
+import { QubeManagerView } from './qubes.js';
 import { rpcName } from './types.js';
 import { QubeName } from './qube.js';
 
-type View = 'prompts' | 'notifications';
+type View = 'qubes' | 'prompts' | 'notifications';
 const TOAST_MS = 8000;
 
 interface AskState {
@@ -18,7 +19,9 @@ interface AskState {
 }
 
 function App() {
-  const [view, setView] = useState<View>('prompts');
+  const [view, setView] = useState<View>('qubes');
+  const [qubes, setQubes] = useState<QubesEvent>({ loaded: false, error: null, rows: [] });
+  const [status, setStatus] = useState<{ msg: string; error: boolean }>({ msg: '', error: false });
   const [asks, setAsks] = useState<AskState>({ asks: [], now: 0, receivedAt: 0 });
   const [history, setHistory] = useState<readonly Notice[]>([]);
   const [toasts, setToasts] = useState<readonly Notice[]>([]);
@@ -33,6 +36,18 @@ function App() {
             setAsks({ asks: e.asks, now: e.now, receivedAt: performance.now() });
           },
           history: (d) => setHistory(d as Notice[]),
+          qubes: (d) => setQubes(d as QubesEvent),
+          qube: (d) => {
+            const c = d as { row?: QubeRow; removed?: string };
+            setQubes((q) => {
+              if (c.removed !== undefined) return { ...q, rows: q.rows.filter((r) => r.name !== c.removed) };
+              const row = c.row;
+              if (!row) return q;
+              const i = q.rows.findIndex((r) => r.name === row.name);
+              const rows = i < 0 ? [...q.rows, row].sort((a, b) => a.name.localeCompare(b.name)) : q.rows.map((r, j) => (j === i ? row : r));
+              return { ...q, rows };
+            });
+          },
           notice: (d) => {
             const n = d as Notice;
             setHistory((h) => [...h, n].slice(-500));
@@ -51,6 +66,7 @@ function App() {
 
   const current = asks.asks[0];
   const nav: { id: View; label: string; badge?: number }[] = [
+    { id: 'qubes', label: 'Qubes' },
     { id: 'prompts', label: 'Requests', badge: asks.asks.length },
     { id: 'notifications', label: 'Notifications', badge: history.length },
   ];
@@ -75,6 +91,10 @@ function App() {
         </span>
       </header>
       <main class="content">
+        <p class={`status-line ${status.error ? 'error' : ''}`} role="status" aria-live="polite">
+          {status.msg}
+        </p>
+        {view === 'qubes' && <QubeManagerView data={qubes} onStatus={(msg, error) => setStatus({ msg, error: error === true })} />}
         {view === 'prompts' && (
           <section class="panel" aria-labelledby="req-title">
             <div class="panel-head">

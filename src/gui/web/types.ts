@@ -37,3 +37,27 @@ export function noticeText(n: Notice): string {
   const what = n.resolution === 'allow' ? 'Allowed' : n.resolution === 'deny' ? 'Denied' : 'Failed';
   return `${what}: ${rpcName(n.service, n.argument)} from ${n.source} to ${n.target}`;
 }
+
+export interface QubeRow {
+  readonly name: string;
+  readonly klass: string;
+  readonly state: string;
+  readonly label: string;
+  readonly template: string;
+  readonly netvm: string;
+  readonly providesNetwork: boolean;
+  readonly diskBytes: number | null;
+}
+
+export interface QubesEvent {
+  readonly loaded: boolean;
+  readonly error: string | null;
+  readonly rows: readonly QubeRow[];
+}
+
+export interface QubeDetails {
+  readonly name: string;
+  readonly properties: Readonly<Record<string, { readonly value: string; readonly isDefault: boolean; readonly type: string }>>;
+  readonly tags: readonly string[];
+  readonly features: Readonly<Record<string, string>>;
+}

@@ -1,0 +1,167 @@
+/**
+ * The qube manager in Chromium, on the real host: each GUI domain's web
+ * app runs in its qube and reaches dom0 only through qrexec (the Admin API
+ * under the shipped policy, 50-gui.policy); the browser reaches it only
+ * through dom0's proxy. Two GUI domains see disjoint sets of qubes, and one
+ * cannot see or change the other's, neither through its web app nor with
+ * Admin API calls of its own (forged requests).
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import * as path from 'node:path';
+import type { Page } from 'playwright-core';
+import { GUI_QUBES, HostWorld } from './host-world.js';
+import { ARTIFACTS, ROOT } from './harness.js';
+
+let w: HostWorld;
+
+before(async () => {
+  w = await HostWorld.start();
+});
+after(async () => {
+  await w?.close();
+});
+
+const rowNames = (page: Page): Promise<string[]> => page.locator('table[aria-label="Qubes"] tbody tr[data-qube]').evaluateAll((rs) => rs.map((r) => r.getAttribute('data-qube') ?? ''));
+const stateOf = (page: Page, q: string) => page.getByLabel(`State of ${q}`, { exact: true });
+const shot = async (page: Page, name: string): Promise<void> => {
+  await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`) });
+};
+
+async function until(ok: () => boolean | Promise<boolean>, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await ok())) {
+    if (Date.now() > end) throw new Error(`timeout: ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** A call from inside qube `from` with qrexec-client-vm; its exit status and output. */
+function callFrom(from: string, target: string, service: string, input = ''): Promise<{ code: number | null; out: string }> {
+  const { env, agentSocket } = w.inside(from);
+  return new Promise((resolve) => {
+    const p = spawn(path.join(ROOT, 'bin', 'qrexec-client-vm'), [`--agent-socket=${agentSocket}`, target, service], { env, stdio: ['pipe', 'pipe', 'ignore'] });
+    let out = '';
+    p.stdout.on('data', (c: Buffer) => (out += c.toString('latin1')));
+    p.stdin.end(input);
+    p.on('close', (code) => resolve({ code, out }));
+  });
+}
+
+void test('qube manager: the GUI domain lists its qubes live, starts and shuts one down, sees a change made elsewhere, creates a qube and changes its settings', { timeout: 120_000 }, async () => {
+  const page = await w.page('sys-gui');
+  await page.getByRole('button', { name: 'Qubes' }).click();
+  await page.getByRole('table', { name: 'Qubes' }).waitFor();
+  await until(async () => (await rowNames(page)).length === GUI_QUBES['sys-gui']?.length, 20_000, 'the rows');
+  // its own qubes only: not itself, not dom0, not sys-gui-2's
+  assert.deepEqual(await rowNames(page), GUI_QUBES['sys-gui']);
+  const work = page.locator('tr[data-qube="work"]');
+  assert.deepEqual(await work.locator('td').evaluateAll((tds) => tds.slice(0, 4).map((td) => td.textContent)), ['Halted', 'AppVM', 'tpl', '—']);
+  await shot(page, '10-qubes');
+
+  // start: the Admin API call from sys-gui, then the state follows admin.Events
+  await page.getByRole('button', { name: 'Start work', exact: true }).click();
+  await until(async () => (await stateOf(page, 'work').textContent()) === 'Running', 30_000, 'work Running in the page');
+  assert.equal(w.sys.qubesd.registry.byName('work')?.power, 'Running');
+  await shot(page, '11-qube-started');
+  await page.getByRole('button', { name: 'Shut down work', exact: true }).click();
+  await until(async () => (await stateOf(page, 'work').textContent()) === 'Halted', 30_000, 'work Halted in the page');
+  assert.equal(w.sys.qubesd.registry.byName('work')?.power, 'Halted');
+
+  // a change made by dom0 (qvm-prefs) shows at once
+  await w.admin('admin.vm.property.Set', 'personal', 'label', 'green');
+  await page.locator('tr[data-qube="personal"] .qube.label-green').waitFor({ timeout: 10_000 });
+
+  // create: the new qube is sys-gui's (set-created-guivm), with the label and netvm chosen
+  await page.getByRole('button', { name: 'Create qube' }).click();
+  const dlg = page.getByRole('dialog', { name: 'Create qube' });
+  await dlg.getByRole('textbox', { name: 'Name' }).fill('banking');
+  await dlg.getByRole('combobox', { name: 'Template' }).selectOption('tpl');
+  await dlg.getByRole('combobox', { name: 'Label' }).selectOption('purple');
+  await dlg.getByRole('combobox', { name: 'NetVM' }).selectOption('(none)');
+  await shot(page, '12-create');
+  await dlg.getByRole('button', { name: 'Create' }).click();
+  await page.locator('tr[data-qube="banking"] .qube.label-purple').waitFor({ timeout: 10_000 });
+  const banking = w.sys.qubesd.registry.byName('banking');
+  assert.equal(banking?.get('guivm'), 'sys-gui');
+  assert.equal(banking?.get('netvm'), null);
+  assert.ok(banking?.tags.has('guivm-sys-gui'));
+
+  // settings: a property, a tag, a feature
+  await page.getByRole('button', { name: 'Settings of banking' }).click();
+  const set = page.getByRole('dialog', { name: 'Settings of banking' });
+  await set.getByRole('combobox', { name: 'label' }).selectOption('orange');
+  await set.getByRole('button', { name: 'Save' }).click();
+  await page.locator('tr[data-qube="banking"] .qube.label-orange').waitFor({ timeout: 10_000 });
+  await set.getByRole('textbox', { name: 'New tag' }).fill('finance');
+  await set.getByRole('button', { name: 'Add tag' }).click();
+  await set.getByRole('list', { name: 'Tags' }).getByText('finance').waitFor();
+  await set.getByRole('textbox', { name: 'Feature name' }).fill('menu-items');
+  await set.getByRole('textbox', { name: 'Feature value' }).fill('firefox.desktop');
+  await set.getByRole('button', { name: 'Set feature' }).click();
+  await set.getByRole('table', { name: 'Features' }).getByText('firefox.desktop').waitFor();
+  assert.ok(banking?.tags.has('finance'));
+  assert.equal(banking?.features.get('menu-items'), 'firefox.desktop');
+  await shot(page, '13-settings');
+  // remove (confirmed): gone from the registry and the page
+  page.once('dialog', (d) => void d.accept());
+  await set.getByRole('button', { name: 'Remove qube' }).click();
+  await until(async () => !(await rowNames(page)).includes('banking'), 10_000, 'banking gone from the page');
+  assert.equal(w.sys.qubesd.registry.byName('banking'), undefined);
+  await page.context().close();
+});
+
+void test('two GUI domains: each sees and changes only its own qubes; forged requests and direct Admin API calls are refused', { timeout: 120_000 }, async () => {
+  const a = w.gui('sys-gui');
+  const b = w.gui('sys-gui-2');
+  assert.notEqual(a.base, b.base, 'own port');
+  assert.notEqual(a.token, b.token, 'own token');
+  const page = await w.page('sys-gui-2');
+  await page.getByRole('table', { name: 'Qubes' }).waitFor();
+  await until(async () => (await rowNames(page)).length === 2, 20_000, "sys-gui-2's rows");
+  assert.deepEqual(await rowNames(page), GUI_QUBES['sys-gui-2']);
+  await shot(page, '14-second-gui');
+
+  // sys-gui's token does not open sys-gui-2 (nor the other way round)
+  assert.equal((await fetch(`${b.base}/?token=${a.token}`, { redirect: 'manual' })).status, 403);
+  assert.equal((await fetch(`${a.base}/?token=${b.token}`, { redirect: 'manual' })).status, 403);
+
+  // forged requests from sys-gui-2's own page (valid session and CSRF token) about sys-gui's qubes
+  const forged = await page.evaluate(async () => {
+    const csrf = document.querySelector<HTMLMetaElement>('meta[name="qgui-csrf"]')?.content ?? '';
+    const post = (p: string, body: unknown) => fetch(p, { method: 'POST', headers: { 'content-type': 'application/json', 'x-qgui-csrf': csrf }, body: JSON.stringify(body) }).then((r) => r.status);
+    return {
+      details: (await fetch('/api/qubes/work')).status,
+      start: await post('/api/qubes/work/start', {}),
+      prop: await post('/api/qubes/work/property', { name: 'netvm', value: '' }),
+      remove: await post('/api/qubes/personal/remove', {}),
+      list: ((await (await fetch('/api/qubes')).json()) as { rows: { name: string }[] }).rows.map((r) => r.name),
+    };
+  });
+  assert.deepEqual(forged, { details: 404, start: 404, prop: 404, remove: 404, list: GUI_QUBES['sys-gui-2'] });
+
+  // the policy holds even for calls the web app would never make: straight from inside sys-gui-2
+  // (the full list: dom0, as for any management qube, and its own qubes)
+  const list = await callFrom('sys-gui-2', 'dom0', 'admin.vm.List');
+  assert.equal(list.code, 0);
+  assert.deepEqual(
+    list.out.slice(2).split('\n').filter(Boolean).map((l) => l.split(' ')[0]),
+    ['dom0', ...(GUI_QUBES['sys-gui-2'] ?? [])],
+  );
+  for (const [svc, input] of [['admin.vm.Start', ''], ['admin.vm.property.Set+netvm', ''], ['admin.vm.Remove', ''], ['admin.vm.property.Get+label', '']] as const) {
+    assert.equal((await callFrom('sys-gui-2', 'work', svc, input)).code, 126, `${svc} on work refused`);
+  }
+  // and its own qubes it may manage that way too
+  const own = await callFrom('sys-gui-2', 'alice', 'admin.vm.property.Get+label');
+  assert.equal(own.out, '0\0default=False type=label green');
+  assert.equal(w.sys.qubesd.registry.byName('work')?.power, 'Halted');
+  assert.ok(w.sys.qubesd.registry.byName('personal'));
+
+  // a change to sys-gui's qube is not sent to sys-gui-2's page; one to its own is
+  await w.admin('admin.vm.property.Set', 'work', 'label', 'red');
+  await w.admin('admin.vm.property.Set', 'alice', 'label', 'orange');
+  await page.locator('tr[data-qube="alice"] .qube.label-orange').waitFor({ timeout: 10_000 });
+  assert.deepEqual(await rowNames(page), GUI_QUBES['sys-gui-2']);
+  await page.context().close();
+});
