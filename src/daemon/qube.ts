@@ -583,7 +583,11 @@ export class QubeDaemon {
     this.pending.length = 0;
     this.generation++;
     try {
-      const ch = await this.connectAgent(undefined);
+      // bounded as the first connection is: on Xen the reference's reconnect
+      // fails once the domain is gone; here a socket that never comes back
+      // would keep this daemon waiting forever
+      const t = this.opts.startupTimeoutMs ?? 60_000;
+      const ch = await this.connectAgent(t > 0 ? t : undefined);
       if (this.stopped) {
         ch.destroy();
         return;

@@ -5,6 +5,7 @@
  * (src/host) serves qubes with in-process daemons instead.
  */
 import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DOM0_SERVICE_DIR } from './shipped.js';
@@ -60,4 +61,41 @@ export function daemonProcessHostSide(opts: DaemonHostSideOptions): HostSide {
       },
     };
   };
+}
+
+/**
+ * Kills the qrexec daemons a previous qubesd (killed with -9) left serving
+ * `socketDir`: its qubes are Halted after the restart, so their daemons would
+ * otherwise wait for an agent that never comes back. A daemon is recognised
+ * by its command line (bin/qrexec-daemon with `--socket-dir=socketDir`), so
+ * another host's daemons are never touched. Returns how many were killed.
+ */
+export function reapLeftoverDaemons(socketDir: string): number {
+  const daemon = path.join(BIN, 'qrexec-daemon');
+  const mark = `--socket-dir=${socketDir}`;
+  let killed = 0;
+  let pids: string[];
+  try {
+    pids = fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n));
+  } catch {
+    return 0;
+  }
+  for (const n of pids) {
+    const pid = Number(n);
+    if (pid === process.pid) continue;
+    let argv: string[];
+    try {
+      argv = fs.readFileSync(`/proc/${n}/cmdline`, 'latin1').split('\0');
+    } catch {
+      continue; // gone, or not ours to read
+    }
+    if (argv[1] !== daemon || !argv.includes(mark)) continue;
+    try {
+      process.kill(pid, 'SIGKILL');
+      killed++;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return killed;
 }

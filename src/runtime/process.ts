@@ -22,7 +22,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { QUBE_CONFIG_DIR, QUBE_SERVICE_DIR } from './shipped.js';
-import { BIN, daemonProcessHostSide, type DaemonHostSideOptions } from './host-side.js';
+import { BIN, daemonProcessHostSide, reapLeftoverDaemons, type DaemonHostSideOptions } from './host-side.js';
 import { RuntimeError, type HostSide, type HostSideHandle, type QubeExit, type QubeLaunch, type RunningQube, type Runtime } from './types.js';
 
 export interface ProcessRuntimeOptions extends DaemonHostSideOptions {
@@ -144,9 +144,11 @@ export class ProcessRuntime implements Runtime {
    * Agents a previous qubesd started and could not stop (it was killed):
    * each qube's agent.pid names the process and its agent socket; a process
    * that still runs with that socket on its command line (its process
-   * group: the services too) is killed. Their daemons end when the agent does.
+   * group: the services too) is killed, and so are the qrexec daemons that
+   * served this run directory (they would wait for their agent forever).
    */
   private reapLeftovers(): void {
+    reapLeftoverDaemons(this.opts.socketDir);
     let names: string[];
     try {
       names = fs.readdirSync(this.opts.stateDir);

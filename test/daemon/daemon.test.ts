@@ -329,6 +329,26 @@ void test('agent that disconnects right after HELLO (reference test_restart_agen
   await d.stop();
 });
 
+void test('an agent gone for good: the daemon waits for it only as long as the startup timeout, then terminates', async () => {
+  const sub = join(dir, 'gone');
+  await mkdir(sub);
+  const fa = await fakeAgentListen(sub, 91);
+  const d = new QubeDaemon({ domid: 91, name: 'goneq', uuid: 'u91', defaultUser: 'user', socketDir: sub, vchan: { dir: sub, ownDomain: 0 }, policySocket: '/nonexistent', policyProgram: '/nonexistent', servicePath: [], startupTimeoutMs: 400, log: (l, m) => logs.push(`${l}: ${m}`) });
+  daemons.push(d);
+  const started = d.start();
+  const a = await fa.accepted;
+  fa.close();
+  a.sock.write(u32(T.HELLO, 4, 4));
+  assert.ok((await a.bytes(12)).equals(u32(T.HELLO, 4, 4)));
+  await started;
+  const before = Date.now();
+  a.sock.destroy(); // and no agent ever listens again
+  const code = await Promise.race([d.done, new Promise<string>((r) => setTimeout(() => r('still waiting'), 10_000))]);
+  assert.equal(code, 1, 'the daemon terminated');
+  assert.ok(Date.now() - before >= 300, 'it waited for a reconnection first');
+  assert.ok(logs.some((l) => l.includes('goneq: Failed to reconnect to qrexec-agent, terminating')), logs.join('\n'));
+});
+
 void test('one host process, several qubes (QubeHost): a call between them is set up in-process, with the same bytes to both agents', async () => {
   const host = new QubeHost();
   const policy = (q: { intendedTarget: string }): Promise<PolicyOutcome> =>

@@ -2,7 +2,7 @@
  * The process backend through the Admin API: a started qube is Running only
  * once its agent connected; Pause freezes its processes; Shutdown+wait waits
  * for them to end; Kill ends them at once; kill -9 of qubesd leaves no agent
- * running after the next start, and the qube is Halted.
+ * and no qrexec daemon running after the next start, and the qube is Halted.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -27,6 +27,21 @@ async function waitStopped(pid: number, stopped: boolean): Promise<string | null
     st = procState(pid);
   }
   return st;
+}
+/** Live (not zombie) qrexec-daemon processes serving `socketDir`. */
+function daemonPids(socketDir: string): number[] {
+  const out: number[] = [];
+  for (const n of fs.readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
+    let argv: string[];
+    try {
+      argv = fs.readFileSync(`/proc/${n}/cmdline`, 'latin1').split('\0');
+    } catch {
+      continue;
+    }
+    const st = procState(Number(n));
+    if (argv[1]?.endsWith('/bin/qrexec-daemon') && argv.includes(`--socket-dir=${socketDir}`) && st !== null && st !== 'Z') out.push(Number(n));
+  }
+  return out;
 }
 function procState(pid: number): string | null {
   try {
@@ -128,6 +143,9 @@ test('kill -9 of qubesd with a running qube: after restart it is Halted and no a
     assert.match((await raw(sock, req('admin.vm.List', 'work'))).data.toString(), /state=Halted/);
     for (let i = 0; i < 50 && procState(pid) !== null && procState(pid) !== 'Z'; i++) await new Promise((r) => setTimeout(r, 20));
     assert.ok(procState(pid) === null || procState(pid) === 'Z', 'the leftover agent was killed');
+    // and the qrexec daemon the first qubesd started for it (it would wait for its agent forever)
+    for (let i = 0; i < 50 && daemonPids(path.join(dir, 'run', 'qrexec')).length; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(daemonPids(path.join(dir, 'run', 'qrexec')), [], 'no qrexec-daemon of the killed qubesd is left');
   } finally {
     p.kill('SIGKILL');
     fs.rmSync(dir, { recursive: true, force: true });
