@@ -1,0 +1,5 @@
+/** Qubes Air: RemoteVMs on other hosts, reached through relay qubes over OpenSSH (docs/AIR.md). */
+export * from './config.js';
+export * from './errors.js';
+export * from './setup.js';
+export * from './sign.js';
