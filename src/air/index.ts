@@ -3,3 +3,5 @@ export * from './config.js';
 export * from './errors.js';
 export * from './setup.js';
 export * from './sign.js';
+export * from './commands.js';
+export * from './dom0.js';

@@ -13,8 +13,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { readHostInfo } from '../common/local-host.js';
-import { AdminError, SocketTransport } from '../qubesd/client.js';
+import { localHost, readHostInfo } from '../common/local-host.js';
+import { AdminError, SocketTransport, defaultTransport } from '../qubesd-client/client.js';
 import { QubesApp } from '../qvm/app.js';
 import { exitStatus, spawnQrexecClient } from '../qvm/run.js';
 import {
@@ -38,18 +38,35 @@ import {
 import { AirError } from './errors.js';
 import { ensureSigningKey, publicKeyOf } from './sign.js';
 
-/** One host's dom0, reached through its run directory. */
+/** One host's dom0: its Admin API, and its data dir for dom0's own Qubes Air state. */
 export interface AirHost {
   readonly app: QubesApp;
+  /** DATA (throws AirError when it cannot be known: no running host behind the socket). */
   readonly dataDir: string;
-  readonly runDir: string;
 }
 
 /** The host running with `runDir` (it must be running: the relays are reached through it). */
 export function airHost(runDir: string): AirHost {
   const info = readHostInfo(runDir);
   if (!info) throw new AirError(`no host is running with run directory ${runDir} (start it with qubes-host)`);
-  return { app: new QubesApp(new SocketTransport(info.qubesdSocket)), dataDir: info.dataDir, runDir: info.runDir };
+  return { app: new QubesApp(new SocketTransport(info.qubesdSocket)), dataDir: info.dataDir };
+}
+
+/**
+ * The host dom0 tools use (QUBESD_SOCKET, else QREXEC_HOST_DIR or the
+ * default host): its data dir is the one its RUN/host.json names.
+ */
+export function localAirHost(env: NodeJS.ProcessEnv = process.env): AirHost {
+  const explicit = env['QUBESD_SOCKET'];
+  const info = explicit ? readHostInfo(path.dirname(explicit)) : localHost(env);
+  const app = new QubesApp(explicit ? new SocketTransport(explicit) : info ? new SocketTransport(info.qubesdSocket) : defaultTransport(env));
+  return {
+    app,
+    get dataDir(): string {
+      if (!info) throw new AirError(`no running host found (start it with qubes-host; QREXEC_HOST_DIR names another host's run directory)`);
+      return info.dataDir;
+    },
+  };
 }
 
 const airDir = (h: AirHost): string => path.join(h.dataDir, 'air');

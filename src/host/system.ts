@@ -22,7 +22,10 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { AirDom0, type QubeFacts } from '../air/dom0.js';
+import { PEER_FEATURE } from '../air/config.js';
 import { QubeDaemon, QubeHost, type QubesdCaller } from '../daemon/index.js';
+import type { InProcessServices } from '../daemon/dom0.js';
 import { QubesdCallError, QubesdError } from '../qubesd-client/call.js';
 import { parseSystemInfo, type SystemInfo } from '../policy/index.js';
 import { daemonConfig, parseDaemonArgs, startDaemon, type GuiServiceCaller, type Logger, type RunningDaemon, type SystemInfoSource } from '../policyd/index.js';
@@ -144,7 +147,7 @@ export async function startSystem(cfg: SystemConfig): Promise<RunningSystem> {
   const daemons = new Map<string, QubeDaemon>();
   const qubeHost = new QubeHost();
   // set once the policy daemon and qubesd are up; no qube starts before
-  let late: { policy: RunningDaemon; api: RunningPolicyApi; call: QubesdCaller } | null = null;
+  let late: { policy: RunningDaemon; api: RunningPolicyApi; call: QubesdCaller; air: AirDom0; services: InProcessServices } | null = null;
   const servicePath = [rp.rpc, ...(cfg.servicePath ?? []), DOM0_SERVICE_DIR];
   const hostSide: HostSide = (q, vchan) => {
     if (!late) throw new Error('the host is not up yet');
@@ -161,10 +164,10 @@ export async function startSystem(cfg: SystemConfig): Promise<RunningSystem> {
       servicePath,
       startupTimeoutMs: q.timeoutMs,
       log: (level, msg) => log[level](msg),
-      policy: inProcessPolicy(l.policy, log),
+      policy: l.air.wrapPolicy(inProcessPolicy(l.policy, log)),
       host: qubeHost,
       qubesd: l.call,
-      inProcessServices: l.api.services,
+      inProcessServices: l.services,
     });
     qubeHost.add(d);
     daemons.set(q.name, d);
@@ -234,7 +237,9 @@ export async function startSystem(cfg: SystemConfig): Promise<RunningSystem> {
   }
   const policyDaemon = policy;
   const policyApi = api;
-  late = { policy: policyDaemon, api: policyApi, call };
+  // Qubes Air (src/air/dom0.ts): qubesair.Sign/Verify and the relayed-call check in front of the policy
+  const air = new AirDom0({ dataDir: cfg.dataDir, lookup: (n) => airFacts(qubesd, n), audit: (r) => policyDaemon.audit?.append(r, () => undefined), log: (m) => log.warning(m) });
+  late = { policy: policyDaemon, api: policyApi, call, air, services: new Map([...policyApi.services, ...air.services]) };
   const info: HostInfo = {
     pid: process.pid,
     dataDir: path.resolve(cfg.dataDir),
@@ -278,6 +283,17 @@ export async function startSystem(cfg: SystemConfig): Promise<RunningSystem> {
         await qubesd.close();
       })()),
   };
+}
+
+/** What Qubes Air's dom0 side needs of a qube, from the registry. */
+function airFacts(q: Qubesd, name: string): QubeFacts | undefined {
+  const x = q.registry.byName(name);
+  if (!x) return undefined;
+  const str = (p: string): string | null => {
+    const v = x.get(p);
+    return typeof v === 'string' && v !== '' ? v : null;
+  };
+  return { klass: x.klass, relayvm: str('relayvm'), remoteName: str('remote_name'), peer: x.features.get(PEER_FEATURE) };
 }
 
 /**

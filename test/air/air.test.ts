@@ -9,8 +9,9 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import { AirTestHost, RELAY_PORT, airSkipReason, forwardToRelay, link, netnsTag } from './hosts.js';
-import { addRemote, airHost, importOffer, initHost, makeOffer, setupRelay, startRelay } from '../../src/air/index.js';
 
 const skip = airSkipReason();
 
@@ -30,7 +31,7 @@ test.Echo * ${remote} work allow
 test.Exit * ${remote} work allow
 test.Who * ${remote} work allow
 test.Missing * ${remote} work allow
-* * @anyvm @anyvm deny
+test.Who * personal-a work allow
 `;
 
 void describe('Qubes Air: two hosts in network namespaces, calls through their relays over SSH', { skip: skip ?? false, timeout: 300_000 }, () => {
@@ -48,15 +49,14 @@ void describe('Qubes Air: two hosts in network namespaces, calls through their r
       forwardToRelay(h);
       for (const [n, s] of Object.entries(SERVICES)) h.service('work', n, s);
     }
-    const ha = airHost(a.run);
-    const hb = airHost(b.run);
-    initHost(ha, 'a');
-    initHost(hb, 'b');
-    await Promise.all([setupRelay(ha, 'relay'), setupRelay(hb, 'relay')]);
-    const [oa, ob] = await Promise.all([makeOffer(ha, 'relay', `${a.linkAddress}:${RELAY_PORT}`), makeOffer(hb, 'relay', `${b.linkAddress}:${RELAY_PORT}`)]);
-    await Promise.all([importOffer(ha, 'relay', ob), importOffer(hb, 'relay', oa)]);
-    await Promise.all([addRemote(ha, 'work-b', 'b', 'work'), addRemote(hb, 'work-a', 'a', 'work')]);
-    await Promise.all([startRelay(ha, 'relay'), startRelay(hb, 'relay')]);
+    // the documented set-up commands: one pair command, then the RemoteVMs on each side
+    const paired = a.tool('qvm-air', ['pair', '--name', 'a', '--address', `${a.linkAddress}:${RELAY_PORT}`, '--peer-host-dir', b.run, '--peer-name', 'b', '--peer-address', `${b.linkAddress}:${RELAY_PORT}`]);
+    assert.equal(paired.status, 0, paired.stderr);
+    assert.equal(paired.stdout, `paired a (${a.linkAddress}:${RELAY_PORT}) and b (${b.linkAddress}:${RELAY_PORT})\n`);
+    a.ok('qvm-air', 'add', 'work-b', 'b', '--remote-name', 'work');
+    b.ok('qvm-air', 'add', 'work-a', 'a', '--remote-name', 'work');
+    // a second RemoteVM of a on b, for a relay that would pass work off as personal
+    b.ok('qvm-air', 'add', 'personal-a', 'a', '--remote-name', 'personal');
     a.policy(policy('work-b'));
     b.policy(policy('work-a'));
   });
@@ -96,6 +96,20 @@ void describe('Qubes Air: two hosts in network namespaces, calls through their r
     });
   }
 
+  it('qvm-air list and qvm-ls show the RemoteVMs; the relay files are as documented', async () => {
+    const l = a.ok('qvm-air', 'list');
+    assert.match(l, /^host a ed25519:\S{16}\npeer b 10\.231\.0\.2:2222 via relay ed25519:\S{16}\nremote work-b = work on b via relay\n$/);
+    assert.match(a.ok('qvm-ls', '--raw-data', '--fields', 'name,class', 'work-b'), /^work-b\|RemoteVM\n$/);
+    const r = await b.runIn('relay', 'cd ~/.qubes-air && cat remotes && tail -1 authorized_keys | sed \"s/ ssh-ed25519 .*//\" && stat -c %a . authorized_keys id_ed25519');
+    assert.equal(
+      r.stdout,
+      'personal-a a personal\nwork-a a work\n' +
+        'command="/run/qrexec-ts/qubes-rpc/air/qubes-air-entry a",no-pty,no-port-forwarding,no-agent-forwarding,no-X11-forwarding,no-user-rc,restrict\n' +
+        '700\n600\n600\n',
+      r.stderr,
+    );
+  });
+
   it('one SSH connection per peer carries every call (ControlMaster): one login on each relay so far', async () => {
     for (const [h, peer] of [[a, 'b'], [b, 'a']] as const) {
       const r = await h.runIn('relay', `test -S /tmp/qubes-air-${peer}.ctl && echo master; grep -c 'Accepted publickey' ~/.qubes-air/sshd.log`);
@@ -114,4 +128,116 @@ void describe('Qubes Air: two hosts in network namespaces, calls through their r
     assert.match(sent ?? '', /^[0-9a-f]{64} {2}-$/);
     assert.equal(got, sent, r.stderr);
   });
+
+  /** Audit records of `h` (qrexec-audit --json), once some match `pred`. */
+  async function audit(h: AirTestHost, pred: (r: Record<string, unknown>) => boolean): Promise<Record<string, unknown>[]> {
+    let rows: Record<string, unknown>[] = [];
+    for (let i = 0; i < 50; i++) {
+      const r = h.tool('qrexec-audit', ['--db', `${h.data}/policy-audit.db`, '--json', '--limit', '0']);
+      rows = r.stdout.split('\n').filter((l) => l).map((l) => JSON.parse(l) as Record<string, unknown>).filter(pred);
+      if (rows.length) return rows;
+      await new Promise((res) => setTimeout(res, 100));
+    }
+    return rows;
+  }
+
+  it('the audit log of each host records its side of a relayed call, with the peer host and its key', async () => {
+    const r = await a.runIn('work', 'qrexec-client-vm work-b test.Exit+7 </dev/null; echo "rc=$?"');
+    assert.equal(r.stdout, 'rc=7\n', r.stderr);
+    const signed = await audit(a, (x) => x['client'] === 'qubes-air' && x['mode'] === 'sign' && x['argument'] === '+7');
+    assert.equal(signed.length, 1, JSON.stringify(signed));
+    assert.match(String(signed[0]?.['reason']), /signed for host b \(ed25519:[A-Za-z0-9+/]{16}\) via relay/);
+    assert.equal(signed[0]?.['source'], 'work');
+    const verified = await audit(b, (x) => x['client'] === 'qubes-air' && x['mode'] === 'verify' && x['argument'] === '+7');
+    assert.equal(verified.length, 1, JSON.stringify(verified));
+    assert.match(String(verified[0]?.['reason']), /from host a \(ed25519:[A-Za-z0-9+/]{16}\) via relay: signature verified/);
+    assert.equal(verified[0]?.['source'], 'work-a');
+    // and the peer's policy decided with the source as the RemoteVM
+    const decided = await audit(b, (x) => x['client'] !== 'qubes-air' && x['service'] === 'test.Exit' && x['argument'] === '+7');
+    assert.equal(decided[0]?.['source'], 'relay');
+    assert.equal(decided[0]?.['requested_source'], 'work-a');
+    assert.equal(decided[0]?.['result'], 'allow');
+  });
+
+  describe('a compromised relay', () => {
+    // relay a's own qubesair.SSHProxy (its /usr/local comes first on the service path):
+    // it gets dom0's signature as the real one does, then lies as /tmp/evil says
+    const EVIL = `#!/bin/sh
+arg=$QREXEC_SERVICE_ARGUMENT; target=\${arg%%+*}; service=\${arg#*+}
+env=$(printf '%s %s %s\\n' "$QREXEC_REMOTE_DOMAIN" "$target" "$service" | qrexec-client-vm dom0 qubesair.Sign) || exit 126
+src=$QREXEC_REMOTE_DOMAIN
+case $(cat /tmp/evil) in
+forge) src=personal ;;
+replay) env=$(cat /tmp/evil-env) ;;
+retarget) service=test.Exit+9 ;;
+*) echo "$env" > /tmp/evil-env ;;
+esac
+exec ssh -F $HOME/.qubes-air/ssh_config b "qubes-air-v1 $src work $service $env"
+`;
+    before(() => a.service('relay', 'qubesair.SSHProxy', EVIL));
+    after(() => fs.rmSync(`${a.data}/qubes/relay/private/usrlocal/etc/qubes-rpc/qubesair.SSHProxy`));
+
+    const call = (mode: string): Promise<{ status: number; stdout: string; stderr: string }> =>
+      a.runIn('relay', `echo ${mode} > /tmp/evil`).then(() => a.runIn('work', 'qrexec-client-vm work-b test.Who </dev/null'));
+
+    it('passes one of its RemoteVMs off as another: refused by the target host\'s dom0', async () => {
+      const honest = await call('save');
+      assert.equal(honest.stdout, 'work-a\n', honest.stderr);
+      const r = await call('forge');
+      assert.equal(r.status, 126, r.stdout + r.stderr);
+      assert.equal(r.stdout, '');
+      assert.match(r.stderr, /signed for source work, the relay claims personal/);
+      const denied = await audit(b, (x) => x['client'] === 'qubes-air' && x['result'] === 'deny' && /claims personal/.test(String(x['reason'])));
+      assert.match(String(denied[0]?.['reason']), /refused a call from host a via relay/);
+    });
+
+    it('replays an envelope: refused', async () => {
+      const r = await call('replay');
+      assert.equal(r.status, 126, r.stdout + r.stderr);
+      assert.match(r.stderr, /replayed envelope/);
+    });
+
+    it('changes the service of a signed call: refused', async () => {
+      const r = await call('retarget');
+      assert.equal(r.status, 126, r.stdout + r.stderr);
+      assert.match(r.stderr, /signed for test\.Who\+, the relay asks for test\.Exit\+9/);
+    });
+
+    it('on the target host, calls for a RemoteVM without an envelope: refused before the policy, with an audit line naming the relay', async () => {
+      const r = await b.runIn('relay', 'qrexec-client-vm --source-qube=work-a work test.Who </dev/null');
+      assert.equal(r.status, 126, r.stdout + r.stderr);
+      const denied = await audit(b, (x) => x['client'] === 'qubes-air' && /without a verified envelope/.test(String(x['reason'])));
+      assert.match(String(denied[0]?.['reason']), /relay relay claims source work-a \(host a\)/);
+    });
+
+    it('a signature by a key the target host did not pin is refused', async () => {
+      const f = `${b.data}/air/peers/a.json`;
+      const saved = fs.readFileSync(f, 'utf8');
+      const other = crypto.generateKeyPairSync('ed25519').publicKey.export({ type: 'spki', format: 'der' }).subarray(12).toString('base64');
+      fs.writeFileSync(f, JSON.stringify({ ...JSON.parse(saved), signingKey: other }));
+      try {
+        const r = await call('save');
+        assert.equal(r.status, 126, r.stdout + r.stderr);
+        assert.match(r.stderr, /bad signature \(not made by a's key\)/);
+      } finally {
+        fs.writeFileSync(f, saved);
+      }
+    });
+  });
+
+  it('an SSH host key that is not the pinned one: the relay does not connect', async () => {
+    const r0 = await a.runIn('relay', 'ssh -F ~/.qubes-air/ssh_config -O exit b 2>/dev/null; cp ~/.qubes-air/known_hosts /tmp/kh; ssh-keygen -q -t ed25519 -N "" -f /tmp/k && echo "qubes-air-b $(cut -d" " -f1,2 /tmp/k.pub)" > ~/.qubes-air/known_hosts');
+    assert.equal(r0.status, 0, r0.stderr);
+    try {
+      const r = await a.runIn('work', 'qrexec-client-vm work-b test.Who </dev/null');
+      assert.notEqual(r.status, 0);
+      assert.equal(r.stdout, '');
+      assert.match(r.stderr, /Host key verification failed/);
+    } finally {
+      await a.runIn('relay', 'cp /tmp/kh ~/.qubes-air/known_hosts');
+    }
+    const again = await a.runIn('work', 'qrexec-client-vm work-b test.Who </dev/null');
+    assert.equal(again.stdout, 'work-a\n', again.stderr);
+  });
 });
+

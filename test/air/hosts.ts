@@ -135,8 +135,10 @@ export class AirTestHost {
     fs.writeFileSync(path.join(d, name), script, { mode: 0o755 });
   }
 
+  /** The test's policy, then the shipped default policy (its qubesair.Sign/Verify rules). */
   policy(text: string): void {
     fs.writeFileSync(path.join(this.data, 'policy.d', '20-air-test.policy'), text);
+    fs.copyFileSync(path.join(ROOT, 'policy', '80-services-default.policy'), path.join(this.data, 'policy.d', '80-services-default.policy'));
   }
 
   async stop(): Promise<void> {

@@ -191,6 +191,12 @@ const CASES: Record<string, Case[]> = {
     usage('bad runtime', () => ['--runtime', 'xen'], /--runtime/),
     { what: 'data dir under a file', args: () => ['--data-dir', '/dev/null/host', '--run-dir', `${fx.tmp}/hrun`, '--runtime', 'none', '--no-demo-system'], code: 1, err: /\/dev\/null is not a directory/ },
   ],
+  'qvm-air': [
+    usage('no command', () => [], /a command is required/),
+    usage('unknown command', () => ['fly'], /unknown command 'fly'/),
+    { what: 'missing qubesd socket', args: () => ['sync', 'relay'], env: () => ({ QUBESD_SOCKET: fx.badOut }), code: 1, err: /missing does not exist/ },
+    { what: 'unreadable offer', args: () => ['import', 'relay', fx.unreadable], env: () => ({ QUBESD_SOCKET: fx.badOut }), code: 1, err: /cannot read the offer .*unreadable/ },
+  ],
   qubesd: [
     usage('no --data-dir', () => ['--run-dir', fx.tmp], /--data-dir/),
     { what: 'data dir under a file', args: () => ['--data-dir', '/dev/null/qubesd', '--run-dir', `${fx.tmp}/qrun`, '--runtime', 'none'], code: 1, err: /\/dev\/null is not a directory/ },
