@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs, opt, UsageError, type OptionSpec } from '../common/args.js';
-import { errorLine } from '../common/errors.js';
+import { fileProblem } from '../common/errors.js';
 import { DEFAULT_RELAY_PORT, PEER_FEATURE, parseAddress } from './config.js';
 import { AirError } from './errors.js';
 import {
@@ -143,7 +143,7 @@ export async function qvmAirMain(argv: readonly string[], io: AirIO, h: AirHost 
       try {
         text = p1 === '-' ? io.readStdin() : fs.readFileSync(p1, 'utf8');
       } catch (e) {
-        throw new AirError(`cannot read the offer: ${errorLine(e)}`);
+        throw new AirError(`cannot read the offer: ${fileProblem(p1, e)}`);
       }
       const offer = parseOffer(text);
       await importOffer(h, p0, offer);

@@ -195,7 +195,7 @@ const CASES: Record<string, Case[]> = {
     usage('no command', () => [], /a command is required/),
     usage('unknown command', () => ['fly'], /unknown command 'fly'/),
     { what: 'missing qubesd socket', args: () => ['sync', 'relay'], env: () => ({ QUBESD_SOCKET: fx.badOut }), code: 1, err: /missing does not exist/ },
-    { what: 'unreadable offer', args: () => ['import', 'relay', fx.unreadable], env: () => ({ QUBESD_SOCKET: fx.badOut }), code: 1, err: /cannot read the offer .*unreadable/ },
+    { what: 'unreadable offer', args: () => ['import', 'relay', fx.unreadable], env: () => ({ QUBESD_SOCKET: fx.badOut }), code: 1, err: /cannot read the offer: .*unreadable/ },
   ],
   qubesd: [
     usage('no --data-dir', () => ['--run-dir', fx.tmp], /--data-dir/),
