@@ -11,6 +11,8 @@
  *                      {0xfffffff1, code}  call finished: exit with code
  *   launcher -> agent  {1, 0}              SIGUSR1: use stdin socket for output
  *                      {2, status}         the local PROGRAM exited
+ *   agent -> launcher  {3, n}              sync: answer once every SIGUSR1 received
+ *   launcher -> agent  {3, n}              so far was reported (FLAG_SYNC)
  *
  * EOF before any record means the call was refused (exit 126). Any other
  * 8 bytes are the reference agent's exec_params: then this launcher execs the
@@ -44,12 +46,14 @@
 #define REC_EXIT 0xfffffff1u
 #define REC_SIGUSR1 1u
 #define REC_CHILD_EXIT 2u
+#define REC_SYNC 3u
 
 #define OPTS_MAGIC 0x314c5851u /* "QXL1" */
 #define FLAG_REPLACE_STDOUT 1u
 #define FLAG_REPLACE_STDERR 2u
 #define FLAG_LOCAL_PROGRAM 4u
 #define FLAG_STDIN_SOCKET 8u
+#define FLAG_SYNC 16u /* this launcher answers REC_SYNC */
 
 #ifndef NODE_BIN
 #define NODE_BIN "node"
@@ -345,7 +349,7 @@ int main(int argc, char **argv)
 
     /* Options for a qrexec-ts agent, in a memfd. */
     uint32_t flags = (replace_out > 0 ? FLAG_REPLACE_STDOUT : 0) | (replace_err > 0 ? FLAG_REPLACE_STDERR : 0) |
-                     (local ? FLAG_LOCAL_PROGRAM : 0) | (stdout_fd == 0 ? FLAG_STDIN_SOCKET : 0);
+                     (local ? FLAG_LOCAL_PROGRAM : 0) | (stdout_fd == 0 ? FLAG_STDIN_SOCKET : 0) | (local ? FLAG_SYNC : 0);
     uint32_t prefix_len = prefix ? (uint32_t)strlen(prefix) : 0;
     uint32_t head[3] = { OPTS_MAGIC, flags, prefix_len };
     int memfd = memfd_create("qrexec-client-vm", MFD_CLOEXEC);
@@ -475,6 +479,12 @@ int main(int argc, char **argv)
     }
 
     for (;;) {
+        /* SIGUSR1 first: when both came during one wait, the program sent it
+         * before it exited */
+        if (got_sigusr1) {
+            got_sigusr1 = 0;
+            send_record(sock, REC_SIGUSR1, 0);
+        }
         if (got_sigchld) {
             got_sigchld = 0;
             int status;
@@ -486,10 +496,6 @@ int main(int argc, char **argv)
                 }
             }
         }
-        if (got_sigusr1) {
-            got_sigusr1 = 0;
-            send_record(sock, REC_SIGUSR1, 0);
-        }
         struct pollfd pfd = { .fd = sock, .events = POLLIN };
         int n = ppoll(&pfd, 1, NULL, &orig);
         if (n < 0) {
@@ -500,6 +506,23 @@ int main(int argc, char **argv)
         r = read_record(sock, rec, 0);
         if (r == 8 && rec[0] == REC_EXIT)
             exit((int)(rec[1] & 0xff));
+        if (r == 8 && rec[0] == REC_SYNC) {
+            /* the agent saw the program's output end: a SIGUSR1 it sent before
+             * is reported first. ppoll returning for the socket leaves a
+             * signal that came meanwhile pending (blocked): take it now. */
+            struct timespec zero = { 0, 0 };
+            sigset_t usr1;
+            sigemptyset(&usr1);
+            sigaddset(&usr1, SIGUSR1);
+            if (sigtimedwait(&usr1, NULL, &zero) == SIGUSR1)
+                got_sigusr1 = 1;
+            if (got_sigusr1) {
+                got_sigusr1 = 0;
+                send_record(sock, REC_SIGUSR1, 0);
+            }
+            send_record(sock, REC_SYNC, rec[1]);
+            continue;
+        }
         if (r <= 0) {
             fprintf(stderr, "qrexec-client-vm: lost connection to qrexec-agent\n");
             exit(1);

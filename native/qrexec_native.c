@@ -16,6 +16,8 @@
  *       calls cb(senderPid, lineage) in the event loop for each delivery
  *       (senderPid 0 when the kernel sent it; lineage: the sender and its
  *       ancestors as /proc showed them at delivery); see that section
+ *   drainSignals() -> count                 delivers, now, the watched signals' records
+ *       not handed to JS yet (see that section)
  *   waitReadable(fd, timeoutMs, cb)         calls cb(true) once fd is readable
  *       (data, EOF or error) or cb(false) after timeoutMs, without reading;
  *       watches a dup() of fd in the event loop, so Node's own handle for fd
@@ -30,8 +32,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
+#include <time.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #include <node_api.h>
@@ -427,7 +433,19 @@ static napi_value make_socketpair(napi_env env, napi_callback_info info)
  * the sender's ancestry from /proc/<pid>/stat (open/read/close are
  * async-signal-safe): a short-lived sender (`sh -c 'kill ...'`) is often gone,
  * and reaped by its parent, by the time the event loop gets to it; at delivery
- * it is usually still there. The poll is unref'd: a
+ * it is usually still there.
+ *
+ * The event loop sees a record among other events of the same turn (a
+ * child's exit, its pipes' EOF) in no set order, but the handler itself runs
+ * before the main thread returns from the system call in which it could
+ * learn of anything the sender did after kill(): drainSignals() delivers,
+ * synchronously, every record written so far, so a caller that saw such an
+ * event can first learn of the signals sent before it. For that the handler
+ * must run on the main thread: a thread that does not block the signal
+ * (libuv's thread pool) gets it only when the main thread already has a
+ * signal pending; the handler then blocks it in that thread for good (through
+ * the mask restored at its return), and drainSignals() waits for handlers
+ * still running. The poll is unref'd: a
  * watch does not keep the process alive. One environment (the main thread)
  * owns all watches; at its teardown the watched signals become SIG_IGN, so a
  * late signal neither kills the process nor reaches an old handler.
@@ -490,11 +508,16 @@ static napi_env sig_env = NULL;
 static uv_poll_t sig_poll;
 static napi_async_context sig_async = NULL;
 static napi_ref sig_callbacks[SIG_WATCH_MAX];
+static pid_t sig_main_tid = 0;
+static volatile int sig_running = 0; /* handlers between entry and their record's write */
 
 static void sig_handler(int signo, siginfo_t *si, void *uctx)
 {
-    (void)uctx;
+    __atomic_add_fetch(&sig_running, 1, __ATOMIC_SEQ_CST);
     int saved = errno;
+    /* not the main thread: this thread blocks the signal from its return on */
+    if (uctx != NULL && (pid_t)syscall(SYS_gettid) != sig_main_tid)
+        sigaddset(&((ucontext_t *)uctx)->uc_sigmask, signo);
     sig_record_t r;
     r.signo = signo;
     /* si_pid is the sender only for signals sent by a process (si_code <= 0:
@@ -511,9 +534,12 @@ static void sig_handler(int signo, siginfo_t *si, void *uctx)
         (void)n;
     }
     errno = saved;
+    __atomic_sub_fetch(&sig_running, 1, __ATOMIC_SEQ_CST);
 }
 
-static void sig_deliver(napi_env env, const sig_record_t *r)
+/* Calls the record's callback: from the event loop (a new callback scope) or,
+ * `sync`, from a JS call under way (drainSignals). */
+static void sig_deliver(napi_env env, const sig_record_t *r, int sync)
 {
     if (r->signo <= 0 || r->signo >= SIG_WATCH_MAX || sig_callbacks[r->signo] == NULL)
         return;
@@ -528,6 +554,12 @@ static void sig_deliver(napi_env env, const sig_record_t *r)
         napi_value v;
         ok = napi_create_int32(env, r->lineage[i], &v) == napi_ok && napi_set_element(env, args[1], (uint32_t)i, v) == napi_ok;
     }
+    if (ok && sync) {
+        /* the exception, if any, goes on to drainSignals' caller */
+        napi_call_function(env, recv, cb, 2, args, &result);
+        napi_close_handle_scope(env, scope);
+        return;
+    }
     if (ok)
         napi_make_callback(env, sig_async, recv, cb, 2, args, &result);
     bool pending = false;
@@ -539,24 +571,57 @@ static void sig_deliver(napi_env env, const sig_record_t *r)
     napi_close_handle_scope(env, scope);
 }
 
+/* Delivers every record in the pipe; returns how many. */
+static uint32_t sig_read_all(int sync)
+{
+    sig_record_t recs[64];
+    uint32_t total = 0;
+    for (;;) {
+        if (sig_read_fd < 0)
+            return total;
+        ssize_t n = read(sig_read_fd, recs, sizeof(recs));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return total;
+        size_t count = (size_t)n / sizeof(sig_record_t);
+        for (size_t i = 0; i < count && sig_env != NULL; i++) {
+            bool pending = false;
+            if (sync && napi_is_exception_pending(sig_env, &pending) == napi_ok && pending)
+                break; /* a callback threw: the rest is dropped with the exception */
+            sig_deliver(sig_env, &recs[i], sync);
+            total++;
+        }
+        if ((size_t)n < sizeof(recs))
+            return total;
+    }
+}
+
 static void sig_on_poll(uv_poll_t *h, int status, int events)
 {
     (void)h;
     (void)status;
     (void)events;
-    sig_record_t recs[64];
-    for (;;) {
-        ssize_t n = read(sig_read_fd, recs, sizeof(recs));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return;
-        size_t count = (size_t)n / sizeof(sig_record_t);
-        for (size_t i = 0; i < count && sig_env != NULL; i++)
-            sig_deliver(sig_env, &recs[i]);
-        if ((size_t)n < sizeof(recs))
-            return;
+    sig_read_all(0);
+}
+
+/* drainSignals(): the records written so far, delivered now (after waiting,
+ * at most 100 ms, for handlers still running on other threads). */
+static napi_value drain_signals(napi_env env, napi_callback_info info)
+{
+    (void)info;
+    napi_value out;
+    if (sig_env == NULL || sig_env != env) {
+        napi_create_uint32(env, 0, &out);
+        return out;
     }
+    for (int i = 0; i < 1000 && __atomic_load_n(&sig_running, __ATOMIC_SEQ_CST) > 0; i++) {
+        struct timespec ts = { 0, 100000 };
+        nanosleep(&ts, NULL);
+    }
+    uint32_t n = sig_read_all(1);
+    napi_create_uint32(env, n, &out);
+    return out;
 }
 
 static void sig_poll_closed(uv_handle_t *h)
@@ -630,6 +695,7 @@ static int sig_setup(napi_env env)
     }
     uv_poll_start(&sig_poll, UV_READABLE, sig_on_poll);
     uv_unref((uv_handle_t *)&sig_poll);
+    sig_main_tid = (pid_t)syscall(SYS_gettid);
     sig_write_fd = p[1];
     sig_env = env;
     return 1;
@@ -694,7 +760,8 @@ NAPI_MODULE_INIT()
     if (!add_fn(env, exports, "recvFds", recv_fds) || !add_fn(env, exports, "pipe", make_pipe) ||
         !add_fn(env, exports, "setBlocking", set_blocking) || !add_fn(env, exports, "shutdown", do_shutdown) ||
         !add_fn(env, exports, "waitReadable", wait_readable) || !add_fn(env, exports, "connectUnix", connect_unix) || !add_fn(env, exports, "dup", do_dup) ||
-        !add_fn(env, exports, "socketpair", make_socketpair) || !add_fn(env, exports, "watchSignal", watch_signal))
+        !add_fn(env, exports, "socketpair", make_socketpair) || !add_fn(env, exports, "watchSignal", watch_signal) ||
+        !add_fn(env, exports, "drainSignals", drain_signals))
         return NULL;
     return exports;
 }

@@ -53,7 +53,7 @@ import {
   type PreparedCall,
   type StartedService,
 } from '../services/exec.js';
-import { loadNative, type NativeHelper } from '../native/addon.js';
+import { drainSignalRecords, loadNative, type NativeHelper } from '../native/addon.js';
 import { describeSystemError, QrexecError } from '../common/errors.js';
 import { flushed, openLocal, type LocalStream } from '../native/local-stream.js';
 
@@ -68,10 +68,12 @@ export const LauncherRecord = {
   EXIT: 0xfffffff1,
   SIGUSR1: 1,
   CHILD_EXIT: 2,
+  /** Both ways: the agent asks, the launcher answers once it reported every SIGUSR1 it got. */
+  SYNC: 3,
 } as const;
 /** The launcher's options memfd. */
 export const LAUNCHER_OPTS_MAGIC = 0x314c5851;
-export const LauncherFlag = { REPLACE_STDOUT: 1, REPLACE_STDERR: 2, LOCAL_PROGRAM: 4, STDIN_SOCKET: 8 } as const;
+export const LauncherFlag = { REPLACE_STDOUT: 1, REPLACE_STDERR: 2, LOCAL_PROGRAM: 4, STDIN_SOCKET: 8, SYNC: 16 } as const;
 
 export interface AgentOptions {
   /** Path of the agent socket for local callers. */
@@ -349,6 +351,9 @@ export class Agent {
             log,
             peer,
             limits,
+            // the service's SIGUSR1 may still be queued when its output's EOF
+            // (its exit) is seen: hand it on first (see serviceSignal)
+            ...(s.stdinReadFd !== undefined ? { beforeOutputEof: drainSignalRecords } : {}),
           });
           const pid = s.child?.pid;
           if (s.stdinReadFd !== undefined && pid !== undefined) {
@@ -361,6 +366,7 @@ export class Agent {
           } else {
             closeFd(s.stdinReadFd);
           }
+          if (s.release) void pump.done.then(s.release);
           void pump.done.then((st) => {
             if (s.localExit) log(`pid ${s.child?.pid ?? '?'} exited with ${st}`);
             else log('Socket service closed');
@@ -664,6 +670,19 @@ export class Agent {
     let resolveLocal: (n: number) => void = () => undefined;
     const localExit =
       (flags & LauncherFlag.LOCAL_PROGRAM) !== 0 ? new Promise<number>((r) => (resolveLocal = r)) : undefined;
+    // The local program's SIGUSR1 reaches the launcher, which tells us; its
+    // output's EOF reaches us directly, maybe first. At that EOF a launcher
+    // that can (SYNC) is asked to report every SIGUSR1 it got so far.
+    let syncs = 0;
+    const waiting = new Map<number, () => void>();
+    const syncLauncher = (): Promise<void> =>
+      new Promise<void>((resolve) => {
+        if (sock.destroyed) return resolve();
+        const n = ++syncs;
+        waiting.set(n, resolve);
+        record(LauncherRecord.SYNC, n);
+      });
+    const canSwitch = (flags & LauncherFlag.LOCAL_PROGRAM) !== 0 && (flags & LauncherFlag.SYNC) !== 0 && sinkS.kind === 'socket';
     const pump = startPump({
       channel: ch,
       role: 'client',
@@ -678,6 +697,7 @@ export class Agent {
       log: (m) => this.log(m),
       peer: `domain ${domain} port ${port}`,
       limits: this.limits,
+      ...(canSwitch ? { beforeOutputEof: syncLauncher } : {}),
     });
     // records from the launcher
     let pendingRec: Buffer = Buffer.alloc(0);
@@ -689,12 +709,18 @@ export class Agent {
         pendingRec = pendingRec.subarray(8);
         if (a === LauncherRecord.CHILD_EXIT) resolveLocal(v);
         else if (a === LauncherRecord.SIGUSR1 && sinkS.kind === 'socket') pump.useStdinSocket(sinkS.stream as net.Socket);
+        else if (a === LauncherRecord.SYNC) {
+          waiting.get(v)?.();
+          waiting.delete(v);
+        }
       }
       if (pendingRec.length > 64) sock.destroy();
     });
     // the launcher closing before the call is over ends it; after, it is the normal end
     let over = false;
     sock.on('close', () => {
+      for (const w of waiting.values()) w();
+      waiting.clear();
       resolveLocal(255);
       if (!over) pump.abort('qrexec-client-vm went away');
     });
@@ -737,7 +763,7 @@ function readLauncherOptions(fd: number): LauncherOptions | undefined {
     if (b.readUInt32LE(0) !== LAUNCHER_OPTS_MAGIC) return undefined;
     const flags = b.readUInt32LE(4);
     const len = b.readUInt32LE(8);
-    if (flags & ~0xf || len !== st.size - 12) return undefined;
+    if (flags & ~0x1f || len !== st.size - 12) return undefined;
     return { flags, prefix: b.subarray(12) };
   } catch {
     return undefined;

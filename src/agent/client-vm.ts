@@ -5,9 +5,11 @@
  * passes the accepted connection as `--x-resume=FD:DOMAIN:PORT`). It can also
  * be run directly: `node dist/src/cli/qrexec-client-vm.js`.
  */
+import { drainSignalRecords, watchSignalSender } from '../native/addon.js';
 import { spawnHeld } from '../native/spawn-held.js';
-import { randomBytes } from 'node:crypto';
+import { connectedPair } from '../vchan/socket-pair.js';
 import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { isatty } from 'node:tty';
 import type { Readable, Writable } from 'node:stream';
@@ -192,6 +194,8 @@ export async function runClientVmCli(args: string[]): Promise<number> {
   let stdinSock: net.Socket | undefined;
   let switchAsked = false;
   let pump: Pump | undefined;
+  // the local program's output ended: a switch it asked for first happens first
+  let beforeOutputEof: (() => Promise<void> | void) | undefined;
   if (local) {
     const [file, ...rest] = program as [string, ...string[]];
     const extra: number[] = [0, 1];
@@ -208,11 +212,20 @@ export async function runClientVmCli(args: string[]): Promise<number> {
       process.stderr.write(`qrexec-client-vm: socketpair: ${(e as Error).message}\n`);
       return 1;
     }
-    process.on('SIGUSR1', () => {
+    const onSignal = (): void => {
       if (switchAsked) return;
       switchAsked = true;
       if (pump && stdinSock) pump.useStdinSocket(stdinSock);
-    });
+    };
+    // With the addon the signal's record can be handed on at once when the
+    // program's output ends (drainSignalRecords); Node's own signal event
+    // comes in the same turn of the event loop as that EOF, at the latest.
+    if (watchSignalSender(os.constants.signals.SIGUSR1, onSignal)) {
+      beforeOutputEof = drainSignalRecords;
+    } else {
+      process.on('SIGUSR1', onSignal);
+      beforeOutputEof = () => new Promise<void>((resolve) => setImmediate(resolve));
+    }
     // its stdout is held until the data vchan's handshake is done (spawnHeld)
     const { child, stdout: childOut } = spawnHeld(file, rest, { argv0: path.basename(file), env, stdio: [theirs, 'pipe', 'inherit', ...extra] });
     theirs.destroy();
@@ -242,6 +255,7 @@ export async function runClientVmCli(args: string[]): Promise<number> {
     single: parsed.stdinSocket,
     ...(parsed.prefix !== undefined ? { prefix: Buffer.from(parsed.prefix) } : {}),
     ...(localExit ? { localExit } : {}),
+    ...(beforeOutputEof ? { beforeOutputEof } : {}),
     replaceStdout: parsed.replaceOut > 0,
     replaceStderr: parsed.replaceErr > 0,
     log: (m) => process.stderr.write(`qrexec-client-vm: ${m}\n`),
@@ -260,25 +274,4 @@ export async function runClientVmCli(args: string[]): Promise<number> {
   await Promise.all([flushed(sink), flushed(process.stderr)]);
   sock.destroy();
   return status & 0xff;
-}
-
-/**
- * Two connected unix stream sockets (a socketpair: Node has none), through a
- * one-off listener in the abstract namespace. The second end is paused, so
- * nothing it receives is read before it is handed to a child.
- */
-async function connectedPair(): Promise<[net.Socket, net.Socket]> {
-  const name = `\0qrexec-client-vm.${process.pid}.${randomBytes(8).toString('hex')}`;
-  const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
-  try {
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(name, () => resolve());
-    });
-    const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
-    const ours = await connectStream({ path: name, allowHalfOpen: true });
-    return [ours, await accepted];
-  } finally {
-    server.close();
-  }
 }

@@ -59,6 +59,14 @@ export interface NativeHelper {
    * worker thread once the main thread watches.
    */
   watchSignal(signo: number, cb: (senderPid: number, lineage: number[]) => void): void;
+  /**
+   * Delivers now, synchronously, the watched signals' records not handed to
+   * their callbacks yet; returns how many. The handler runs before the main
+   * thread can see anything the sender did after kill() (its exit, a pipe's
+   * EOF), but the event loop may report such an event first: calling this
+   * then hands on every signal sent before it. (Older builds lack it.)
+   */
+  drainSignals?(): number;
 }
 
 let cached: NativeHelper | null | undefined;
@@ -107,6 +115,14 @@ export function watchSignalSender(signo: number, cb: (senderPid: number, lineage
   } catch {
     return false;
   }
+}
+
+/**
+ * Hands the watched signals' pending records to their callbacks now (see
+ * NativeHelper.drainSignals); a no-op without the addon.
+ */
+export function drainSignalRecords(): void {
+  loadNative()?.drainSignals?.();
 }
 
 /** pipe2(O_CLOEXEC) through the addon, or undefined without it. */

@@ -23,7 +23,8 @@ import {
   type ServiceTarget,
 } from './lookup.js';
 import { loadNative, nativeSocketpair } from '../native/addon.js';
-import { spawnHeld } from '../native/spawn-held.js';
+import { spawnHeld, type HeldChild } from '../native/spawn-held.js';
+import { connectedPair } from '../vchan/socket-pair.js';
 import { decodeVmExecArg, VMEXEC_SERVICES, VmExecDecodeError } from './vmexec.js';
 
 /** What the agent needs to know about its environment to run services. */
@@ -119,6 +120,13 @@ export interface StartedService {
    * switch, or closes it when the call is over.
    */
   readonly stdinReadFd?: number;
+  /**
+   * Without the addon: closes our end of the child's stdin socket, which the
+   * caller does once the call is over. Until then the service may write to
+   * its stdin (nobody reads it) without dying of SIGPIPE, as in the
+   * reference, whose descriptor stays open for the whole call.
+   */
+  readonly release?: () => void;
 }
 
 /** A service that could not be started: the exit code to report (125 or 127). */
@@ -377,20 +385,38 @@ export async function startService(call: PreparedCall, ctx: ExecContext, dataRea
     if (target.program && !execFormatOk(target.program)) return failedChild('execve: Exec format error', ExitCode.PROBLEM, what);
   }
   // stdin: a socketpair as the reference's do_fork_exec. Node's 'pipe' is one
-  // too, but its stream for our end cannot be read; ours can, after a SIGUSR1.
+  // too, but its stream for our end cannot be read (ours can, after a
+  // SIGUSR1), and it closes once ended: a service writing to its stdin after
+  // the caller's EOF would die of SIGPIPE. Without the addon, a pair made
+  // through a listener (connectedPair), kept open until the call is over.
   // stdout/stderr: pipes that are ours, not Node's (spawnHeld): the service may
   // write and exit before the data vchan's handshake is done, and Node would
   // discard output nobody reads yet.
   const inPair = nativeSocketpair();
+  let jsPair: [net.Socket, net.Socket] | undefined;
+  if (!inPair) {
+    try {
+      jsPair = await connectedPair();
+    } catch (e) {
+      return failedChild(`socketpair: ${(e as Error).message}`, ExitCode.PROBLEM, what);
+    }
+  }
   let spawnError = '';
-  const { child, stdin, stdout, stderr } = spawnHeld(plan.file, plan.args, {
-    argv0: plan.argv0,
-    env: plan.env,
-    stdio: [inPair ? inPair[1] : 'pipe', 'pipe', 'pipe'],
-    ...(plan.uid !== undefined ? { uid: plan.uid } : {}),
-    ...(plan.gid !== undefined ? { gid: plan.gid } : {}),
-    ...(plan.cwd !== undefined ? { cwd: plan.cwd } : {}),
-  });
+  let held: HeldChild;
+  try {
+    held = spawnHeld(plan.file, plan.args, {
+      argv0: plan.argv0,
+      env: plan.env,
+      stdio: [inPair ? inPair[1] : (jsPair as [net.Socket, net.Socket])[1], 'pipe', 'pipe'],
+      ...(plan.uid !== undefined ? { uid: plan.uid } : {}),
+      ...(plan.gid !== undefined ? { gid: plan.gid } : {}),
+      ...(plan.cwd !== undefined ? { cwd: plan.cwd } : {}),
+    });
+  } finally {
+    // the child has its copy (or never will)
+    jsPair?.[1].destroy();
+  }
+  const { child, stdout, stderr } = held;
   let stdinSink: net.Socket | undefined;
   let stdinReadFd: number | undefined;
   if (inPair) {
@@ -402,6 +428,8 @@ export async function startService(call: PreparedCall, ctx: ExecContext, dataRea
     }
     // nothing is read until a switch (then through stdinReadFd)
     stdinSink = new net.Socket({ fd: inPair[0], readable: false, writable: true });
+  } else {
+    stdinSink = (jsPair as [net.Socket, net.Socket])[0];
   }
   const localExit = exitStatusOf(child, (e) => {
     spawnError = `execve: ${e.message}`;
@@ -409,7 +437,7 @@ export async function startService(call: PreparedCall, ctx: ExecContext, dataRea
   });
   void spawnError;
   return {
-    sink: stdinSink ?? stdin,
+    sink: stdinSink,
     source: stdout,
     errSource: stderr,
     single: false,
@@ -419,6 +447,7 @@ export async function startService(call: PreparedCall, ctx: ExecContext, dataRea
     what: child.pid !== undefined ? `${what} (pid ${child.pid})` : what,
     child,
     ...(stdinReadFd !== undefined ? { stdinReadFd } : {}),
+    ...(jsPair ? { release: () => jsPair?.[0].destroy() } : {}),
   };
 }
 

@@ -5,6 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import type { Readable } from 'node:stream';
 import { loadNative } from '../native/addon.js';
 
 /** The descriptor under a net.Socket (undefined for in-memory streams or once closed). */
@@ -46,6 +47,38 @@ export function socketWriter(sock: object): net.Socket | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * What a paused stream we stop reading holds now: its buffered chunks, then
+ * what waits in the pipe or socket under it (read until it would block or
+ * ends). A stream switched away from (a SIGUSR1) keeps nothing its writer put
+ * there before. Only FIFOs and sockets are read (libuv made them
+ * non-blocking); the stream's own listeners must be gone: read() emits 'data'.
+ */
+export function takeReadable(r: Readable): Buffer[] {
+  const out: Buffer[] = [];
+  for (let c: unknown = r.read(); c !== null; c = r.read()) out.push(Buffer.isBuffer(c) ? c : Buffer.from(String(c)));
+  const fd = socketFd(r);
+  if (fd === undefined) return out;
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFIFO() && !st.isSocket()) return out;
+  } catch {
+    return out;
+  }
+  const buf = Buffer.allocUnsafe(65536);
+  for (;;) {
+    let n: number;
+    try {
+      n = fs.readSync(fd, buf, 0, buf.length, null);
+    } catch {
+      break; // EAGAIN: nothing more now
+    }
+    if (n <= 0) break;
+    out.push(Buffer.from(buf.subarray(0, n)));
+  }
+  return out;
 }
 
 const EMPTY = Buffer.alloc(0);

@@ -43,7 +43,7 @@ import {
 } from '../protocol/index.js';
 import type { Channel } from './channel.js';
 import { COMPLAINTS_LOGGED_PER_CALL, DEFAULT_DATA_LIMITS, type DataLimits } from './limits.js';
-import { isSocketStream, onPeerHangup, socketWriter } from './local-socket.js';
+import { isSocketStream, onPeerHangup, socketWriter, takeReadable } from './local-socket.js';
 
 /** A local stream we write to; `end()` signals EOF (shutdown for sockets). */
 export type LocalSink = Writable;
@@ -91,6 +91,12 @@ export interface PumpOptions {
    * (`stderrFirst`), as the reference's handle_failed_exec.
    */
   readonly exitOnly?: Promise<{ readonly code: number; readonly eofs: boolean; readonly stderrFirst?: boolean }>;
+  /**
+   * Called once when `source` ends, before its EOF is handled: a stdin-socket
+   * switch (useStdinSocket) asked for before the end, but not handed on yet,
+   * happens first. The end waits for a returned promise.
+   */
+  readonly beforeOutputEof?: () => Promise<void> | void;
 }
 
 /** Control of a running pump. */
@@ -248,11 +254,13 @@ export function startPump(o: PumpOptions): Pump {
       s.end(() => s.destroy());
     }
   };
-  const stopSource = (r: LocalSource | null): void => {
+  /** Stops reading `r`; `keep`: what it holds already (read now) is kept there. */
+  const stopSource = (r: LocalSource | null, keep?: Buffer[]): void => {
     if (r === null) return;
     sources.delete(r);
     r.removeAllListeners('data');
     r.pause();
+    if (keep) keep.push(...takeReadable(r));
     // a shared socket stays: its writing side may still be flushing (sink is
     // null once the caller's EOF was handed on, not once it was written)
     if (!(single && r === (o.sink as unknown))) r.destroy();
@@ -275,6 +283,8 @@ export function startPump(o: PumpOptions): Pump {
   /** The reference's close_stdout(). */
   // our output's EOF went out: a later stdin-socket switch must not send more
   let outputEnded = false;
+  // what the output held when a switch came before the handshake
+  const beforeSwitch: Buffer[] = [];
   const closeOutput = (): void => {
     outputEnded = true;
     const s = source;
@@ -361,7 +371,7 @@ export function startPump(o: PumpOptions): Pump {
     }
   };
 
-  const pump = (r: LocalSource, type: number, onEof: () => void): void => {
+  const pump = (r: LocalSource, type: number, onEof: () => void, gate?: () => Promise<void> | void): void => {
     sources.add(r);
     r.on('data', (d: Buffer) => {
       if (finished) return;
@@ -376,6 +386,16 @@ export function startPump(o: PumpOptions): Pump {
     let ended = false;
     const eof = (): void => {
       if (ended || finished || !sources.has(r)) return;
+      if (gate) {
+        const g = gate;
+        gate = undefined;
+        const wait = g();
+        if (wait) {
+          void wait.then(eof, eof);
+          return;
+        }
+        if (finished || !sources.has(r)) return; // switched meanwhile
+      }
       ended = true;
       send(encodeDataHeader(type, 0));
       onEof();
@@ -407,7 +427,8 @@ export function startPump(o: PumpOptions): Pump {
     if (isService && errSource === null) send(encodeDataHeader(MsgType.DATA_STDERR, 0));
     if (o.sinkPrefix && o.sinkPrefix.length > 0 && sink) writeSink(o.sinkPrefix);
     if (o.prefix && o.prefix.length > 0) sendData(outType, o.prefix);
-    if (source) pump(source, outType, closeOutput);
+    for (const b of beforeSwitch.splice(0)) sendData(outType, b);
+    if (source) pump(source, outType, closeOutput, source === o.source ? o.beforeOutputEof : undefined);
     if (sharedSocket && sink !== null) {
       // a socket service that closes, or stops reading, once its output is over
       // ends the call without the caller's EOF (the reference's POLLHUP)
@@ -647,10 +668,15 @@ export function startPump(o: PumpOptions): Pump {
         log('single-socket switch after the output ended: ignored');
         return;
       }
+      // what was written to the output before the switch (it is in the
+      // stream or its pipe by now) still goes out, before the socket's data
       const s = source;
       source = null;
-      stopSource(s);
+      const early: Buffer[] = [];
+      stopSource(s, early);
       single = true;
+      if (started) for (const b of early) sendData(outType, b);
+      else beforeSwitch.push(...early);
       if (sink !== null || sock.readable) {
         source = sock;
         // before the handshake, start() pumps it
