@@ -28,6 +28,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -701,6 +702,69 @@ static int sig_setup(napi_env env)
     return 1;
 }
 
+/*
+ * Blocking the signal in libuv's thread pool: its threads block nothing, and
+ * the kernel hands a process's signal to one of them when the main thread
+ * already has a signal pending (a child's SIGCHLD, under load); that thread
+ * may then run the handler only after the main thread saw what came next.
+ * One work item per pool thread (UV_THREADPOOL_SIZE, as libuv reads it, 4 by
+ * default) blocks it and waits, at most 200 ms, for the others, so that each
+ * lands on its own thread. Threads created later inherit the main thread's
+ * mask, which does not block it; the pool is created once, so there are none.
+ */
+typedef struct {
+    uv_work_t req;
+    int signo;
+} sig_block_req_t;
+
+static volatile int sig_blocked_threads = 0;
+static int sig_pool_size = 4;
+
+static void sig_block_work(uv_work_t *req)
+{
+    sig_block_req_t *r = (sig_block_req_t *)req;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, r->signo);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    __atomic_add_fetch(&sig_blocked_threads, 1, __ATOMIC_SEQ_CST);
+    for (int i = 0; i < 200 && __atomic_load_n(&sig_blocked_threads, __ATOMIC_SEQ_CST) < sig_pool_size; i++) {
+        struct timespec ts = { 0, 1000000 };
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void sig_block_done(uv_work_t *req, int status)
+{
+    (void)status;
+    free(req);
+}
+
+static void sig_block_in_pool(napi_env env, int signo)
+{
+    uv_loop_t *loop;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok)
+        return;
+    const char *v = getenv("UV_THREADPOOL_SIZE");
+    long n = v != NULL ? strtol(v, NULL, 10) : 4;
+    if (n < 1)
+        n = 1;
+    if (n > 1024)
+        n = 1024;
+    sig_pool_size = (int)n;
+    __atomic_store_n(&sig_blocked_threads, 0, __ATOMIC_SEQ_CST);
+    for (long i = 0; i < n; i++) {
+        sig_block_req_t *r = calloc(1, sizeof(*r));
+        if (r == NULL)
+            return;
+        r->signo = signo;
+        if (uv_queue_work(loop, &r->req, sig_block_work, sig_block_done) != 0) {
+            free(r);
+            return;
+        }
+    }
+}
+
 static napi_value watch_signal(napi_env env, napi_callback_info info)
 {
     napi_value argv[2];
@@ -745,6 +809,7 @@ static napi_value watch_signal(napi_env env, napi_callback_info info)
         sig_callbacks[signo] = NULL;
         return throw_errno(env, "watchSignal: sigaction", err);
     }
+    sig_block_in_pool(env, signo);
     return NULL;
 }
 
