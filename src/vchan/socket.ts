@@ -259,12 +259,56 @@ function connectStreamOnce(opts: net.NetConnectOpts): Promise<net.Socket> {
   });
 }
 
-/** One connection attempt to a unix socket; rejects with the connect error. */
+/** open(2)'s O_PATH on Linux (not in fs.constants): a descriptor naming a file without opening it. */
+const O_PATH = 0o10000000;
+
+function connectError(code: string, path: string, detail?: string): NodeJS.ErrnoException {
+  const e = new Error(`connect ${code} ${path}${detail ? ` (${detail})` : ''}`) as NodeJS.ErrnoException;
+  e.code = code;
+  return e;
+}
+
+/**
+ * One connection attempt to the unix socket `path`; rejects with the connect
+ * error. The last component of `path` is never followed: a vchan socket sits
+ * in a directory its peer can write (a qube's own vchan directory, for the
+ * host), and connect(2) on a path follows a symlink the peer put there, to
+ * any socket of the host (qubesd's, the policy daemon's, another qube's). So
+ * the name is first opened with O_PATH|O_NOFOLLOW, which pins the inode it
+ * names at that instant (a symlink is pinned as itself, and refused with
+ * ELOOP); only a socket is accepted, and connect(2) goes to
+ * /proc/self/fd/<that descriptor>, which reaches that very inode whatever the
+ * name points to by then. Nothing to race: the check and the connect are on
+ * one descriptor. The peer could still put a hard link to another socket
+ * there, but only to one it can reach itself (links do not cross mounts, and
+ * a sandbox's vchan directory is its own mount), so it gains nothing by it.
+ */
 export function connectOnce(path: string, allowHalfOpen = false): Promise<net.Socket> {
-  const now = connectUnixNow(path, allowHalfOpen);
-  if (now === undefined) return connectStream({ path, allowHalfOpen });
+  let fd: number;
+  try {
+    fd = fs.openSync(path, O_PATH | fs.constants.O_NOFOLLOW);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
+    return Promise.reject(connectError(code, path));
+  }
+  let pinned: string;
+  try {
+    const st = fs.fstatSync(fd);
+    if (st.isSymbolicLink()) throw connectError('ELOOP', path, 'a symlink: not followed');
+    // what connect(2) answers for a file that is not a socket: the caller retries
+    if (!st.isSocket()) throw connectError('ECONNREFUSED', path, 'not a socket');
+    pinned = `/proc/self/fd/${fd}`;
+  } catch (e) {
+    fs.closeSync(fd);
+    return Promise.reject(e as Error);
+  }
+  const now = connectUnixNow(pinned, allowHalfOpen);
+  if (now === undefined) {
+    // Node's connect(2) is issued before connectStream's first turn returns, but
+    // a retry (EAGAIN) comes later: the descriptor stays open until it settles
+    return connectStream({ path: pinned, allowHalfOpen }).finally(() => fs.closeSync(fd));
+  }
+  fs.closeSync(fd);
   if (typeof now !== 'string') return Promise.resolve(now);
-  const e = new Error(`connect ${now} ${path}`) as NodeJS.ErrnoException;
-  e.code = now;
-  return Promise.reject(e);
+  return Promise.reject(connectError(now, path));
 }

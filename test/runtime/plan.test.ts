@@ -48,14 +48,26 @@ void test('AppVM view: template root and layers read-only under throw-away upper
     ensureTemplate(data, 'tpl', { kind: 'host' });
     const app = volumeMounts(data, { klass: 'AppVM', name: 'work', template: 'tpl' }, '/s');
     const tq = path.join(data, 'qubes', 'tpl');
-    const show = (m: MountOp): string => (m.op === 'overlay' ? `${m.target}<${m.lower.join(':')}+${m.upper?.dir.startsWith('/s/') ? 'scratch' : m.upper?.dir}` : m.op);
+    const show = (m: MountOp): string =>
+      m.op === 'overlay' ? `${m.target}<${m.lower.join(':')}+${m.upper?.dir.startsWith('/s/') ? 'scratch' : m.upper?.dir}` : m.op === 'bindBeneath' ? `${m.target}<fd:${path.relative(data, m.base)}/${m.rel}` : m.op;
     assert.deepEqual(app.mounts.map(show), [
       'tmpfs', '/s/root<layers/0001/root:base/root+scratch', '/s/root/usr<layers/0001/usr:/usr+scratch', '/s/root/etc<layers/0001/etc:/etc+scratch',
+      // the private volume's home and usrlocal: by descriptor, never by a path the host resolves
+      '/s/bind/home<fd:qubes/work/private/home', '/s/bind/usrlocal<fd:qubes/work/private/usrlocal',
     ]);
+    assert.deepEqual(app.binds.map((b) => `${b.dest}=${b.source.startsWith('/s/') ? b.source : path.relative(data, b.source)}`), ['/rw=qubes/work/private', '/home=/s/bind/home', '/usr/local=/s/bind/usrlocal']);
+    const disp = volumeMounts(data, { klass: 'DispVM', name: 'disp1', template: 'tpl', dispvmTemplate: 'work' }, '/s');
+    assert.deepEqual(disp.mounts.slice(4).map(show), [
+      '/s/private<' + path.join(data, 'qubes/work/private') + '+scratch',
+      '/s/lower/home<fd:qubes/work/private/home', '/s/merged/home</s/lower/home+scratch',
+      '/s/lower/usrlocal<fd:qubes/work/private/usrlocal', '/s/merged/usrlocal</s/lower/usrlocal+scratch',
+    ]);
+    assert.deepEqual(disp.binds.map((b) => `${b.dest}=${b.source}`), ['/rw=/s/private', '/rw/home=/s/merged/home', '/home=/s/merged/home', '/rw/usrlocal=/s/merged/usrlocal', '/usr/local=/s/merged/usrlocal']);
     assert.ok(app.mounts.every((m) => m.op !== 'overlay' || m.cwd === tq));
     const t = volumeMounts(data, { klass: 'TemplateVM', name: 'tpl' }, '/s');
     assert.deepEqual(t.mounts.map(show), [
       'tmpfs', `/s/root<layers/0001/root:base/root+${tq}/pending/root`, `/s/root/usr<layers/0001/usr:/usr+${tq}/pending/usr`, `/s/root/etc<layers/0001/etc:/etc+${tq}/pending/etc`,
+      '/s/bind/home<fd:qubes/tpl/private/home',
     ]);
     // what the template wrote while running becomes its newest layer at its stop
     fs.mkdirSync(path.join(tq, 'pending', 'etc'), { recursive: true });

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
 import * as net from 'node:net';
 import { loadNative } from '../../src/native/addon.js';
-import { memoryPair, startPump, vchanConnect, vchanEnvFrom, vchanListen, vchanPath } from '../../src/vchan/index.js';
+import { connectOnce, memoryPair, startPump, vchanConnect, vchanEnvFrom, vchanListen, vchanPath } from '../../src/vchan/index.js';
 
 const u32 = (...v: number[]): Buffer => {
   const b = Buffer.alloc(4 * v.length);
@@ -304,5 +304,55 @@ void test('a data vchan peer that sent its input and closed: the input still arr
     run.abort('test over');
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+});
+
+/** A unix socket server at `path` counting the connections it gets. */
+async function countingServer(path: string): Promise<{ srv: net.Server; count: () => number }> {
+  let n = 0;
+  const srv = net.createServer((c) => {
+    n++;
+    c.destroy();
+  });
+  await new Promise<void>((r) => srv.listen(path, () => r()));
+  return { srv, count: () => n };
+}
+
+void test('a vchan client never follows a symlink at the socket name: a qube cannot point the host at a host socket (also not by swapping names in a loop)', async () => {
+  const root = await mkdtemp(join(tmpdir(), 'vchan-sym-'));
+  const { mkdir, symlink } = await import('node:fs/promises');
+  const { spawn } = await import('node:child_process');
+  const qdir = join(root, '5');
+  await mkdir(qdir);
+  // a socket of the host (qubesd's, say), outside the qube's directory
+  const decoy = await countingServer(join(root, 'qubesd.sock'));
+  const legit = await countingServer(join(qdir, 'agent.sock'));
+  const env = { dir: root, ownDomain: 0, layout: 'per-domain' as const };
+  const name = join(qdir, 'vchan.5.0.512.sock');
+  let flipper: ReturnType<typeof spawn> | undefined;
+  try {
+    await symlink(join(root, 'qubesd.sock'), name);
+    await assert.rejects(vchanConnect(env, 5, 512, { timeoutMs: 2000 }), (e: Error) => /ELOOP|symlink/.test(e.message));
+    assert.equal(decoy.count(), 0, 'the host reached the socket the symlink points to');
+    // the qube swaps the name between a symlink to the host socket and a link to its own listener, as fast as it can
+    flipper = spawn('/bin/sh', ['-c', `cd ${qdir} && while :; do ln -sf ${join(root, 'qubesd.sock')} s && mv -fT s vchan.5.0.512.sock; ln -f agent.sock h && mv -fT h vchan.5.0.512.sock; done`], { stdio: 'ignore' });
+    let refused = 0;
+    const end = Date.now() + 1500;
+    while (Date.now() < end) {
+      try {
+        (await connectOnce(name)).destroy();
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ELOOP') refused++;
+      }
+      await new Promise((r) => setImmediate(r));
+    }
+    await new Promise((r) => setTimeout(r, 50));
+    assert.ok(legit.count() > 0 && refused > 0, `both names were seen (own socket ${legit.count()}, symlink ${refused})`);
+    assert.equal(decoy.count(), 0, 'a connect followed the symlink during the swaps');
+  } finally {
+    flipper?.kill('SIGKILL');
+    decoy.srv.close();
+    legit.srv.close();
+    await rm(root, { recursive: true, force: true });
   }
 });

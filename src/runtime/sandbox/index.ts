@@ -3,7 +3,8 @@
  * with its own filesystems, network namespace, cgroup and vchan directory.
  */
 export { SandboxError } from './errors.js';
-export { type MountOp, type SandboxBind, type SandboxPlan, SANDBOX_CAPS, bwrapArgs, launchCommand, planCheck } from './plan.js';
+export { type MountOp, type SandboxBind, type SandboxPlan, FIRST_BENEATH_FD, SANDBOX_CAPS, bwrapArgs, launchCommand, planCheck } from './plan.js';
+export { ensureDirBeneath, isDirBeneath, openDirBeneath } from './beneath.js';
 export {
   type QubeClass,
   type QubeVolumes,

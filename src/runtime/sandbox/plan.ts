@@ -24,6 +24,15 @@ export type MountOp =
       readonly cwd?: string;
     }
   | { readonly op: 'bind'; readonly source: string; readonly target: string; readonly readOnly: boolean }
+  /**
+   * A bind of directory `rel` beneath `base` where the qube may have put symlinks: the host
+   * opens it without following any (see beneath.ts) and the mount step binds that directory.
+   * mount(2) cannot bind a descriptor of another mount namespace, so the mount step binds the
+   * path the descriptor has now and then checks that what got mounted is the very directory of
+   * the descriptor (device and inode; as bwrap's --bind-fd does), else it undoes it and fails.
+   * Nothing runs in between, and the descriptor is closed before the sandbox starts.
+   */
+  | { readonly op: 'bindBeneath'; readonly base: string; readonly rel: string; readonly target: string; readonly readOnly: boolean }
   | { readonly op: 'mkdir'; readonly path: string }
   /** Writes our pid to a cgroup's `cgroup.procs` before anything else runs. */
   | { readonly op: 'cgroup'; readonly procs: string };
@@ -69,7 +78,15 @@ export interface SandboxPlan {
 export interface LaunchCommand {
   readonly file: string;
   readonly args: readonly string[];
+  /**
+   * Directories to open (beneath.ts) and give the launched process as
+   * descriptors FIRST_BENEATH_FD, FIRST_BENEATH_FD + 1...: the mount step binds and closes them.
+   */
+  readonly fds: readonly { readonly base: string; readonly rel: string }[];
 }
+
+/** The launched process's first descriptor of {@link LaunchCommand.fds} (0-2 stdio, 3 bwrap's info, 4 the lifeline). */
+export const FIRST_BENEATH_FD = 5;
 
 /**
  * The host-side mount step: interprets its arguments as mount operations up
@@ -89,6 +106,12 @@ while [ "$#" -gt 0 ]; do
        else (cd "$5" && mount -t overlay overlay -o "lowerdir=$2" "$1"); fi
        shift 5 ;;
     B) mkdir -p -- "$2"; mount --bind -- "$1" "$2"; if [ "$3" = ro ]; then mount -o remount,bind,ro -- "$2"; fi; shift 3 ;;
+    F) mkdir -p -- "$2"; mount --bind "/proc/self/fd/$1" "$2"
+       if [ "$(stat -L -c %d:%i "/proc/self/fd/$1")" != "$(stat -c %d:%i -- "$2")" ]; then
+         umount -l -- "$2"; echo "mount step: $2 is not the directory the host opened" >&2; exit 1
+       fi
+       eval "exec $1<&-"
+       if [ "$3" = ro ]; then mount -o remount,bind,ro -- "$2"; fi; shift 3 ;;
     *) echo "mount step: bad operation $op" >&2; exit 1 ;;
   esac
 done
@@ -115,6 +138,10 @@ export function planCheck(p: SandboxPlan): void {
     } else if (m.op === 'bind') {
       abs(m.source, 'bind');
       abs(m.target, 'bind');
+    } else if (m.op === 'bindBeneath') {
+      abs(m.base, 'bind base');
+      abs(m.target, 'bind');
+      if (m.rel === '' || m.rel.startsWith('/') || m.rel.split('/').includes('..')) throw new SandboxError('BAD_SPEC', `bind beneath ${m.base}: bad relative path ${m.rel}`);
     } else if (m.op === 'tmpfs') {
       abs(m.target, 'tmpfs');
       if (m.size !== undefined && !/^[0-9]+[kmg%]?$/.test(m.size)) throw new SandboxError('BAD_SPEC', `bad tmpfs size ${m.size}`);
@@ -129,8 +156,11 @@ export function planCheck(p: SandboxPlan): void {
   if (p.command.length === 0) throw new SandboxError('BAD_SPEC', 'no command');
 }
 
-function mountArgs(m: MountOp): string[] {
+function mountArgs(m: MountOp, fds: { base: string; rel: string }[]): string[] {
   switch (m.op) {
+    case 'bindBeneath':
+      fds.push({ base: m.base, rel: m.rel });
+      return ['F', String(FIRST_BENEATH_FD + fds.length - 1), m.target, m.readOnly ? 'ro' : 'rw'];
     case 'cgroup':
       return ['C', m.procs];
     case 'mkdir':
@@ -197,7 +227,8 @@ export function launchCommand(p: SandboxPlan, tools: { bwrap: string; unshare: s
   planCheck(p);
   const bw = [tools.bwrap, ...bwrapArgs(p)];
   const tail = p.netns !== undefined ? [tools.nsenter, `--net=${p.netns}`, '--', ...bw] : bw;
-  if (p.mounts.length === 0 && p.netns === undefined) return { file: tools.bwrap, args: bwrapArgs(p) };
-  const ops = p.mounts.flatMap(mountArgs);
-  return { file: tools.unshare, args: ['--mount', '--propagation', 'private', '--', tools.sh, '-c', MOUNT_STEP_SCRIPT, 'qrexec-sandbox', ...ops, '--', ...tail] };
+  if (p.mounts.length === 0 && p.netns === undefined) return { file: tools.bwrap, args: bwrapArgs(p), fds: [] };
+  const fds: { base: string; rel: string }[] = [];
+  const ops = p.mounts.flatMap((m) => mountArgs(m, fds));
+  return { file: tools.unshare, args: ['--mount', '--propagation', 'private', '--', tools.sh, '-c', MOUNT_STEP_SCRIPT, 'qrexec-sandbox', ...ops, '--', ...tail], fds };
 }

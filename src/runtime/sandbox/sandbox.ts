@@ -14,6 +14,7 @@ import { SandboxError } from './errors.js';
 import { launchCommand, type MountOp, type SandboxBind, type SandboxPlan } from './plan.js';
 import { QUBE_USER_UID, commitPendingLayer, volumeMounts, type QubeVolumes } from './volumes.js';
 import { SandboxCgroup, type Limits } from './cgroup.js';
+import { openDirBeneath } from './beneath.js';
 import type { QubeNetwork } from './netvm.js';
 
 /** The project's root (dist/src/runtime/sandbox -> ../../../..). */
@@ -203,7 +204,18 @@ export class Sandbox {
     const cgroup = spec.limits ? SandboxCgroup.create(spec.cgroupName ?? path.basename(spec.runDir), spec.limits) : undefined;
     const plan = sandboxPlan(spec, cgroup?.procsFiles ?? []);
     const cmd = launchCommand(plan, support.tools);
-    const proc = spawn(cmd.file, cmd.args, { stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'], env: { PATH: process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin' } });
+    const fds: number[] = [];
+    let proc: ChildProcess;
+    try {
+      for (const f of cmd.fds) fds.push(openDirBeneath(f.base, f.rel));
+      proc = spawn(cmd.file, cmd.args, { stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe', ...fds], env: { PATH: process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin' } });
+    } catch (e) {
+      await cgroup?.destroy().catch(() => undefined);
+      fs.rmSync(spec.runDir, { recursive: true, force: true });
+      throw e instanceof SandboxError ? new SandboxError('STORAGE', `${spec.name}: ${e.message}`) : e;
+    } finally {
+      for (const fd of fds) fs.closeSync(fd);
+    }
     // the lifeline: never written; it closes when this process dies (it keeps no event loop alive)
     const lifeline = proc.stdio[4] as (Readable & { unref?: () => void }) | null;
     lifeline?.on('error', () => undefined);
@@ -360,7 +372,9 @@ export async function waitAgentReady(sb: Sandbox, timeoutMs: number, opts: { lis
   const f = `/proc/${sb.initPid}/root${INSIDE_AGENT_SOCKET}`;
   // with `listening`, also its control vchan listening for the host (the host's connect then removes it)
   const ctrl = path.join(sb.spec.vchanDir, `vchan.${sb.spec.domid}.0.512.sock`);
-  const seen = (): boolean => fs.existsSync(f) || (opts.listening === true && fs.existsSync(ctrl));
+  // lstat: names the qube made are never followed by the host
+  const exists = (p: string): boolean => fs.lstatSync(p, { throwIfNoEntry: false }) !== undefined;
+  const seen = (): boolean => exists(f) || (opts.listening === true && exists(ctrl));
   const end = Date.now() + timeoutMs;
   let exited = false;
   void sb.exited.then(() => (exited = true));

@@ -25,6 +25,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { SandboxError } from './errors.js';
+import { ensureDirBeneath, isDirBeneath, openDirBeneath } from './beneath.js';
 import type { MountOp, SandboxBind } from './plan.js';
 
 export type QubeClass = 'TemplateVM' | 'AppVM' | 'StandaloneVM' | 'DispVM';
@@ -53,24 +54,32 @@ export function privateDir(dataDir: string, name: string): string {
   return path.join(qubeDir(dataDir, name), 'private');
 }
 
-/** Makes a private volume if missing: /rw with home/user (owned by user), usrlocal/etc/qubes-rpc, config. */
+/**
+ * Makes a private volume if missing: /rw with home/user (owned by user), usrlocal/etc/qubes-rpc, config.
+ * Its contents are the qube's: nothing in it is followed ({@link ensureDirBeneath}); a home or
+ * usrlocal that is a symlink or a file is refused (the qube then does not start), a config that
+ * is one is left alone.
+ */
 export function ensurePrivate(dataDir: string, name: string): string {
   const p = privateDir(dataDir, name);
-  const home = path.join(p, 'home', 'user');
-  if (!fs.existsSync(home)) {
-    fs.mkdirSync(path.join(p, 'home'), { recursive: true, mode: 0o755 });
-    fs.chmodSync(p, 0o755);
-    fs.chmodSync(path.join(p, 'home'), 0o755);
-    fs.mkdirSync(home, { mode: 0o700 });
-    chownIfRoot(home, QUBE_USER_UID);
+  fs.mkdirSync(p, { recursive: true, mode: 0o755 });
+  if (!isDirBeneath(p, 'home/user')) {
+    const fd = openDirBeneath(p, '.');
+    try {
+      fs.fchmodSync(fd, 0o755);
+    } finally {
+      fs.closeSync(fd);
+    }
+    ensureDirBeneath(p, 'home', { mode: 0o755 });
+    ensureDirBeneath(p, 'home/user', { mode: 0o700, owner: QUBE_USER_UID });
   }
-  fs.mkdirSync(path.join(p, 'usrlocal', 'etc', 'qubes-rpc'), { recursive: true });
-  fs.mkdirSync(path.join(p, 'config'), { recursive: true });
+  ensureDirBeneath(p, 'usrlocal/etc/qubes-rpc');
+  try {
+    ensureDirBeneath(p, 'config');
+  } catch (e) {
+    if (!(e instanceof SandboxError)) throw e;
+  }
   return p;
-}
-
-function chownIfRoot(p: string, uid: number): void {
-  if (process.geteuid?.() === 0) fs.chownSync(p, uid, uid);
 }
 
 export function readVolumeInfo(dataDir: string, name: string): VolumeInfo | undefined {
@@ -256,16 +265,32 @@ export function volumeMounts(dataDir: string, v: QubeVolumes, scratch: string, t
     const upper = ownsRoot ? { dir: path.join(tq, 'pending', part), work: path.join(tq, 'work', part) } : { dir: path.join(scratch, 'upper', part), work: path.join(scratch, 'work', part) };
     mounts.push({ op: 'overlay', target, lower, upper, cwd: tq });
   }
-  let priv: string;
+  // /home and /usr/local are directories of the private volume, whose contents are the qube's:
+  // they are bound by descriptor (bindBeneath), never by a path the host would resolve
+  const sub = ownsRoot ? ['home'] : ['home', 'usrlocal'];
+  const inside: Record<string, string> = { home: '/home', usrlocal: '/usr/local' };
   if (v.klass === 'DispVM') {
     if (v.dispvmTemplate === undefined) throw new SandboxError('BAD_SPEC', `DispVM ${v.name} has no dispvm template`);
+    // throw-away overlays of its dispvm template's volume (which may be running and changing it)
     const from = ensurePrivate(dataDir, v.dispvmTemplate);
-    priv = path.join(scratch, 'private');
+    const priv = path.join(scratch, 'private');
     mounts.push({ op: 'overlay', target: priv, lower: [from], upper: { dir: path.join(scratch, 'upper', 'private'), work: path.join(scratch, 'work', 'private') } });
+    binds.push({ source: priv, dest: '/rw', readOnly: false });
+    for (const d of sub) {
+      const lower = path.join(scratch, 'lower', d);
+      const merged = path.join(scratch, 'merged', d);
+      mounts.push({ op: 'bindBeneath', base: from, rel: d, target: lower, readOnly: true });
+      mounts.push({ op: 'overlay', target: merged, lower: [lower], upper: { dir: path.join(scratch, 'upper', d), work: path.join(scratch, 'work', d) } });
+      binds.push({ source: merged, dest: `/rw/${d}`, readOnly: false }, { source: merged, dest: inside[d] ?? `/${d}`, readOnly: false });
+    }
   } else {
-    priv = ensurePrivate(dataDir, v.name);
+    const priv = ensurePrivate(dataDir, v.name);
+    binds.push({ source: priv, dest: '/rw', readOnly: false });
+    for (const d of sub) {
+      const at = path.join(scratch, 'bind', d);
+      mounts.push({ op: 'bindBeneath', base: priv, rel: d, target: at, readOnly: false });
+      binds.push({ source: at, dest: inside[d] ?? `/${d}`, readOnly: false });
+    }
   }
-  binds.push({ source: priv, dest: '/rw', readOnly: false }, { source: path.join(priv, 'home'), dest: '/home', readOnly: false });
-  if (!ownsRoot) binds.push({ source: path.join(priv, 'usrlocal'), dest: '/usr/local', readOnly: false });
   return { mounts, root, binds };
 }
