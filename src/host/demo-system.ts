@@ -109,3 +109,37 @@ export function ensureDemoPolicy(policyDir: string): void {
   const withCopy = fs.existsSync(path.join(ROOT, 'bin', 'qvm-copy-to-vm'));
   fs.writeFileSync(path.join(policyDir, '30-user.policy'), DEMO_USER_POLICY + (withCopy ? '' : VMEXEC_RULE));
 }
+
+/** The shipped services policy (policy/): every host gets it, demo system or not. */
+export const SERVICES_POLICY = '80-services-default.policy';
+/** In the policy directory: the shipped files installed there once (the loader skips dot files). */
+export const INSTALLED_DEFAULTS_FILE = '.qrexec-ts-installed-defaults';
+
+/**
+ * Installs policy/80-services-default.policy into `policyDir` unless it was
+ * installed there before: a data dir made by an older version gets it at its
+ * next start, but a file the user edited is never overwritten and one the
+ * user removed is not put back (the names installed are recorded in
+ * {@link INSTALLED_DEFAULTS_FILE}). Returns whether it installed it.
+ */
+export function ensureServicesPolicy(policyDir: string): boolean {
+  const record = path.join(policyDir, INSTALLED_DEFAULTS_FILE);
+  let done: string[] = [];
+  try {
+    done = fs.readFileSync(record, 'utf8').split('\n').filter((l) => l !== '');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+  if (done.includes(SERVICES_POLICY)) return false;
+  const dst = path.join(policyDir, SERVICES_POLICY);
+  let installed = false;
+  if (!fs.existsSync(dst)) {
+    fs.mkdirSync(policyDir, { recursive: true });
+    const tmp = `${dst}.tmp-${process.pid}`;
+    fs.copyFileSync(path.join(ROOT, 'policy', SERVICES_POLICY), tmp);
+    fs.renameSync(tmp, dst);
+    installed = true;
+  }
+  fs.writeFileSync(record, [...done, SERVICES_POLICY].map((l) => `${l}\n`).join(''));
+  return installed;
+}

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { defaultDataDir, runDirOf } from '../common/local-host.js';
 import { TtyFrontend } from '../policyd/agent.js';
 import { createLogger } from '../policyd/index.js';
-import { ensureDemoSystem } from './demo-system.js';
+import { ensureDemoSystem, ensureServicesPolicy } from './demo-system.js';
 import { startSystem } from './system.js';
 import { Dom0GuiCaller, guiDomains, startGui, type RunningGui } from './gui.js';
 import type { RunningSystem } from './system.js';
@@ -64,6 +64,8 @@ export async function runHost(o: HostOptions): Promise<number> {
   const guis: RunningGui[] = [];
   try {
     const created = o.demoSystem ? await ensureDemoSystem(sys.qubesd.registry, sys.call, sys.info.policyDir) : false;
+    // after the demo's (which fills only an empty directory): the services' defaults, with or without a demo
+    ensureServicesPolicy(sys.info.policyDir);
     const names = sys.qubesd.registry.list().filter((q) => q.klass !== 'AdminVM').map((q) => q.name);
     o.out(`${prog}: qubesd, the policy daemon and the qrexec daemons in one process (pid ${process.pid})`);
     o.out(`${prog}: data in ${dataDir}${created ? ' (demo system created)' : ''}; qubes: ${names.join(', ') || 'none'}`);

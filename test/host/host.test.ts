@@ -55,6 +55,9 @@ void test('npm start --once: the demo system at first start, the tour as printed
     assert.equal(a.status, 0, a.stdout + a.stderr);
     noWarnings(a.stdout + a.stderr);
     assert.match(a.stdout, /demo system created/);
+    // the services' default policy, as shipped, and recorded as installed
+    assert.equal(fs.readFileSync(path.join(data, 'policy.d', '80-services-default.policy'), 'utf8'), fs.readFileSync(path.join(ROOT, 'policy', '80-services-default.policy'), 'utf8'));
+    assert.equal(fs.readFileSync(path.join(data, 'policy.d', '.qrexec-ts-installed-defaults'), 'utf8'), '80-services-default.policy\n');
     assert.match(a.stdout, bwrap ? /runtime bwrap: each qube is a bubblewrap sandbox/ : /WARNING: the bwrap runtime cannot run here/);
     assert.match(a.stdout, /running: sys-gui, sys-net, work/);
     // the GUI domain's web app, through the proxy on loopback, with its login token
