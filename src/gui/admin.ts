@@ -29,6 +29,16 @@ export interface AdminTransport {
   call(method: string, dest: string, arg?: string, payload?: string): Promise<string>;
   /** admin.Events: `onEvent` per frame; resolves when the stream ends (qubesd went away). */
   events(onEvent: (e: AdminEvent) => void): Promise<void>;
+  /** Any other qrexec service (the Policy API, audit.Query...): its exit status and output. */
+  service(dest: string, serviceAndArg: string, payload?: string | Buffer): Promise<ServiceReply>;
+}
+
+export interface ServiceReply {
+  /** The service's exit status (126: refused by the policy). */
+  readonly code: number;
+  readonly refused: boolean;
+  readonly stdout: Buffer;
+  readonly stderr: string;
 }
 
 export interface AdminEvent {
@@ -101,6 +111,11 @@ export class QrexecAdmin implements AdminTransport {
     if (r.refused) throw new AdminError('Refused', `${method} on ${dest}: refused by the policy`);
     if (r.exitCode !== 0 && r.stdout.length === 0) throw new AdminError('CallFailed', `${method} on ${dest}: exit status ${r.exitCode}`);
     return parseReply(method, r.stdout);
+  }
+
+  async service(dest: string, serviceAndArg: string, payload: string | Buffer = ''): Promise<ServiceReply> {
+    const r = await callService(dest, serviceAndArg, { agentSocket: this.agentSocket, stdin: payload });
+    return { code: r.exitCode, refused: r.refused, stdout: r.stdout, stderr: r.stderr.toString('utf8') };
   }
 
   async events(onEvent: (e: AdminEvent) => void): Promise<void> {

@@ -77,6 +77,8 @@ export class HttpError extends Error {
   constructor(
     readonly status: number,
     message: string,
+    /** More fields of the JSON error body. */
+    readonly extra?: Readonly<Record<string, unknown>>,
   ) {
     super(message);
   }
@@ -251,7 +253,7 @@ export class WebApp {
         .then(
           (v) => this.json(res, 200, v ?? {}),
           (e: unknown) => {
-            if (e instanceof HttpError) this.json(res, e.status, { error: e.message });
+            if (e instanceof HttpError) this.json(res, e.status, { ...(e.extra ?? {}), error: e.message });
             else this.json(res, 500, { error: (e as Error).message });
           },
         );

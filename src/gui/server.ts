@@ -22,6 +22,7 @@ import { parseAsk, parseNotice, Prompts, type Ask, type Notice } from './prompts
 import { listenAt, readAll, readHeader, type CallHeader } from './socket-service.js';
 import { AdminError, type AdminTransport } from './admin.js';
 import { ACTIONS, QubeManager, type QubeAction } from './qubes.js';
+import { PolicyCallError, PolicyClient, type AuditQuery } from './policy.js';
 
 export const SERVICES = ['gui.Http', 'gui.Token', 'policy.Ask', 'policy.Notify'] as const;
 export type GuiServiceName = (typeof SERVICES)[number];
@@ -47,6 +48,10 @@ export interface GuiServerOptions {
 /** An Admin API error as the page shows it. */
 function adminHttpError(e: unknown): HttpError {
   if (e instanceof HttpError) return e;
+  if (e instanceof PolicyCallError) {
+    const status = e.kind === 'Refused' ? 403 : e.kind === 'PolicyAdminTokenException' ? 409 : e.kind === 'PolicyAdminFileNotFoundException' ? 404 : 400;
+    return new HttpError(status, e.kind === 'Refused' ? e.message : `${e.kind}: ${e.message}`, { kind: e.kind, diagnostics: e.diagnostics });
+  }
   if (e instanceof AdminError) {
     const status = e.excType === 'Refused' ? 403 : e.excType === 'QubesVMNotFoundError' ? 404 : 400;
     return new HttpError(status, e.excType === 'Refused' ? e.message : `${e.excType}: ${e.message}`);
@@ -70,6 +75,7 @@ export class GuiServer {
   readonly prompts: Prompts;
   readonly app: WebApp;
   readonly qubes: QubeManager | null;
+  readonly policy: PolicyClient | null;
   private readonly http: http.Server;
   private readonly servers: net.Server[] = [];
   private readonly log: (msg: string) => void;
@@ -82,11 +88,12 @@ export class GuiServer {
     this.allowed = new Set(opts.allowedSources ?? ['dom0']);
     this.prompts = new Prompts({ askTimeoutMs: opts.askTimeoutMs ?? 110_000, armMs: 1000, historySize: 500 });
     this.qubes = opts.admin ? new QubeManager(opts.admin, opts.name, (m) => this.log(m)) : null;
+    this.policy = opts.admin ? new PolicyClient(opts.admin) : null;
     this.app = new WebApp({
       token: this.token,
       name: opts.name,
       ...(opts.assetsDir !== undefined ? { assetsDir: opts.assetsDir } : {}),
-      routes: [...this.promptRoutes(), ...this.qubeRoutes(), ...(opts.routes ?? [])],
+      routes: [...this.promptRoutes(), ...this.qubeRoutes(), ...this.policyRoutes(), ...(opts.routes ?? [])],
       events: (send, onClose) => {
         send('hello', { name: opts.name });
         send('asks', this.asksEvent());
@@ -154,6 +161,45 @@ export class GuiServer {
             else throw new HttpError(404, 'no such action');
             return { ok: true };
           }),
+      },
+    ];
+  }
+
+  private policyRoutes(): Route[] {
+    const pc = (): PolicyClient => {
+      if (!this.policy) throw new HttpError(503, 'This GUI domain has no Policy API access.');
+      return this.policy;
+    };
+    const guard = <T>(f: () => Promise<T>): Promise<T> => f().catch((e: unknown) => Promise.reject(adminHttpError(e)));
+    const body = (r: { body: unknown }): Record<string, unknown> => (r.body ?? {}) as Record<string, unknown>;
+    return [
+      { method: 'GET', pattern: '/api/policy', handler: () => guard(async () => ({ files: await pc().list() })) },
+      { method: 'GET', pattern: '/api/policy/file', handler: (r) => guard(() => pc().get(r.query.get('name') ?? '')) },
+      {
+        method: 'POST',
+        pattern: '/api/policy/check',
+        handler: (r) => guard(async () => ({ diff: await pc().diff(str(body(r)['name'], 'name'), str(body(r)['token'], 'token'), str(body(r)['content'], 'content')) })),
+      },
+      {
+        method: 'POST',
+        pattern: '/api/policy/save',
+        handler: (r) =>
+          guard(async () => {
+            const b = body(r);
+            const name = str(b['name'], 'name');
+            await pc().replace(name, str(b['token'], 'token'), str(b['content'], 'content'));
+            return pc().get(name);
+          }),
+      },
+      {
+        method: 'POST',
+        pattern: '/api/policy/eval',
+        handler: (r) => guard(async () => pc().evaluate(str(body(r)['service'], 'service'), str(body(r)['source'], 'source'), str(body(r)['target'], 'target'))),
+      },
+      {
+        method: 'POST',
+        pattern: '/api/audit',
+        handler: (r) => guard(async () => ({ rows: await pc().audit(body(r) as AuditQuery) })),
       },
     ];
   }

@@ -36,6 +36,7 @@ import { runtimeFromOptions } from '../runtime/select.js';
 import { DOM0_SERVICE_DIR } from '../runtime/shipped.js';
 import type { HostSide, Runtime } from '../runtime/types.js';
 import { inProcessPolicy } from './host.js';
+import { AUDIT_QUERY_SERVICE, auditQueryService } from './audit-service.js';
 import { QrexecError } from '../common/errors.js';
 import { HOST_INFO_FILE, readHostInfo, type HostInfo } from '../common/local-host.js';
 
@@ -239,7 +240,9 @@ export async function startSystem(cfg: SystemConfig): Promise<RunningSystem> {
   const policyApi = api;
   // Qubes Air (src/air/dom0.ts): qubesair.Sign/Verify and the relayed-call check in front of the policy
   const air = new AirDom0({ dataDir: cfg.dataDir, lookup: (n) => airFacts(qubesd, n), audit: (r) => policyDaemon.audit?.append(r, () => undefined), log: (m) => log.warning(m) });
-  late = { policy: policyDaemon, api: policyApi, call, air, services: new Map([...policyApi.services, ...air.services]) };
+  // the Policy API's services, Qubes Air's and audit.Query (the GUI domain's audit view)
+  const services: InProcessServices = new Map([...policyApi.services, ...air.services, [AUDIT_QUERY_SERVICE, auditQueryService(path.join(cfg.dataDir, 'policy-audit.db'))]]);
+  late = { policy: policyDaemon, api: policyApi, call, air, services };
   const info: HostInfo = {
     pid: process.pid,
     dataDir: path.resolve(cfg.dataDir),

@@ -9,6 +9,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Page } from 'playwright-core';
 import { GUI_QUBES, HostWorld } from './host-world.js';
@@ -164,4 +165,87 @@ void test('two GUI domains: each sees and changes only its own qubes; forged req
   await page.locator('tr[data-qube="alice"] .qube.label-orange').waitFor({ timeout: 10_000 });
   assert.deepEqual(await rowNames(page), GUI_QUBES['sys-gui-2']);
   await page.context().close();
+});
+
+void test('policy editor: live check with file:line errors and the impact diff, save with the token; the next call is decided by it; a concurrent edit conflicts; explain a call', { timeout: 120_000 }, async () => {
+  await w.admin('admin.vm.Start', 'work');
+  const before = await callFrom('work', 'personal', 'qubes.VMExec+cat', 'hi\n');
+  assert.equal(before.code, 126, 'denied by the default policy');
+  const page = await w.page('sys-gui');
+  await page.getByRole('button', { name: 'Policy' }).click();
+  await page.getByRole('list', { name: 'Policy files' }).getByRole('button', { name: '30-user', exact: true }).click();
+  const editor = page.getByRole('textbox', { name: 'Policy text' });
+  await until(async () => (await editor.inputValue()).includes('vault'), 10_000, 'the file loaded');
+  const original = await editor.inputValue();
+
+  // a line dom0 cannot load: its file:line, and no saving
+  await editor.fill(`${original}qubes.VMExec  +cat  work  personal  allwo\n`);
+  const problems = page.getByRole('region', { name: 'Problems' });
+  const badLine = original.split('\n').length;
+  await problems.locator('code', { hasText: `30-user.policy:${badLine}` }).waitFor({ timeout: 10_000 });
+  // and the line is marked in the editor
+  assert.equal(await page.locator('.editor-hl .hl-line.bad .ln').textContent(), String(badLine));
+  assert.match((await problems.textContent()) ?? '', /Policy change validation failed/);
+  assert.equal(await page.getByRole('button', { name: 'Save', exact: true }).isDisabled(), true);
+  await shot(page, '15-policy-error');
+
+  // a good line: the decisions it changes, then save
+  await editor.fill(`qubes.VMExec  +cat  work  personal  allow\n${original}`);
+  const impact = page.getByRole('region', { name: 'Impact of the change' });
+  await impact.getByRole('table', { name: 'Decisions that change' }).waitFor({ timeout: 10_000 });
+  const row = impact.getByRole('row').filter({ hasText: 'qubes.VMExec+cat' }).filter({ hasText: 'personal' }).first();
+  assert.match((await row.textContent()) ?? '', /work.*personal.*deny.*allow/);
+  await shot(page, '16-policy-impact');
+  await page.getByRole('button', { name: 'Save', exact: true }).click();
+  await page.getByRole('status').filter({ hasText: 'Saved 30-user' }).waitFor({ timeout: 10_000 });
+  assert.match(fs.readFileSync(path.join(w.sys.info.policyDir, '30-user.policy'), 'utf8'), /^qubes\.VMExec {2}\+cat {2}work {2}personal {2}allow$/m);
+  const after = await callFrom('work', 'personal', 'qubes.VMExec+cat', 'hi\n');
+  assert.equal(after.code, 0);
+  assert.equal(after.out, 'hi\n');
+
+  // explain: policy.Eval names the rule
+  const explain = page.getByRole('form', { name: 'Explain a call' });
+  await explain.getByRole('textbox', { name: 'Service' }).fill('qubes.VMExec+cat');
+  await explain.getByRole('combobox', { name: 'Source' }).fill('work');
+  await explain.getByRole('combobox', { name: 'Target' }).fill('personal');
+  await explain.getByRole('button', { name: 'Explain' }).click();
+  await explain.getByRole('status').filter({ hasText: /allow.*30-user\.policy:1/ }).waitFor({ timeout: 10_000 });
+
+  // someone else changes the file meanwhile: saving is a conflict, and their change stays
+  const file = path.join(w.sys.info.policyDir, '30-user.policy');
+  const theirs = `# changed by dom0 meanwhile\n${fs.readFileSync(file, 'utf8')}`;
+  fs.writeFileSync(file, theirs);
+  await editor.fill(`${await editor.inputValue()}# mine\n`);
+  await until(async () => !(await page.getByRole('button', { name: 'Save', exact: true }).isDisabled()), 10_000, 'save enabled');
+  await page.getByRole('button', { name: 'Save', exact: true }).click();
+  await page.getByRole('alert').filter({ hasText: /Conflict: 30-user was changed meanwhile \(.*Token mismatch\)/ }).waitFor({ timeout: 10_000 });
+  assert.equal(fs.readFileSync(file, 'utf8'), theirs, 'not overwritten');
+  assert.match(await editor.inputValue(), /# mine\n$/, 'the edited text is kept');
+  await shot(page, '17-policy-conflict');
+  await page.context().close();
+});
+
+void test('audit log view: the decisions, filtered, with a live tail; only the administrator GUI domain may read it', { timeout: 120_000 }, async () => {
+  await w.admin('admin.vm.Start', 'work');
+  const page = await w.page('sys-gui');
+  await page.getByRole('button', { name: 'Audit log' }).click();
+  await page.getByRole('searchbox', { name: 'Source' }).fill('work');
+  await page.getByRole('searchbox', { name: 'Service' }).fill('test.Audit');
+  const table = page.getByRole('table', { name: 'Audit log' });
+  await page.getByText('No decision matches.').waitFor({ timeout: 10_000 });
+  // live: a call made now appears without reloading
+  assert.equal((await callFrom('work', 'personal', 'test.Audit', '')).code, 126);
+  await table.getByRole('row').filter({ hasText: 'test.Audit' }).filter({ hasText: 'Denied' }).waitFor({ timeout: 10_000 });
+  assert.equal(await table.getByRole('row').count(), 2, 'the header and the one decision');
+  await page.getByRole('combobox', { name: 'Result' }).selectOption('allow');
+  await page.getByText('No decision matches.').waitFor({ timeout: 10_000 });
+  await page.getByRole('combobox', { name: 'Result' }).selectOption('');
+  await page.getByRole('searchbox', { name: 'Service' }).fill('');
+  await table.getByRole('row').filter({ hasText: 'qubes.VMExec' }).first().waitFor({ timeout: 10_000 });
+  await shot(page, '18-audit');
+  await page.context().close();
+  // a GUI domain for another user reads neither the audit log nor the policy
+  assert.equal((await callFrom('sys-gui-2', 'dom0', 'audit.Query+', '{}')).code, 126);
+  assert.equal((await callFrom('sys-gui-2', 'dom0', 'policy.Get+30-user')).code, 126);
+  assert.equal((await callFrom('work', 'dom0', 'audit.Query+', '{}')).code, 126);
 });

@@ -11,6 +11,8 @@ export class ApiError extends Error {
   constructor(
     readonly status: number,
     message: string,
+    /** The whole JSON error body (Policy API errors carry `diagnostics`). */
+    readonly body: Readonly<Record<string, unknown>> = {},
   ) {
     super(message);
   }
@@ -18,7 +20,7 @@ export class ApiError extends Error {
 
 async function parse(res: Response): Promise<unknown> {
   const body = (await res.json().catch(() => ({}))) as { error?: string };
-  if (!res.ok) throw new ApiError(res.status, body.error ?? `HTTP ${res.status}`);
+  if (!res.ok) throw new ApiError(res.status, body.error ?? `HTTP ${res.status}`, body);
   return body;
 }
 

@@ -6,10 +6,11 @@ import { AskDialog } from './ask.js';
 import { NoticeHistory, Toasts } from './notices.js';
 import type { Ask, AsksEvent, Notice, QubeRow, QubesEvent } from './types.js';
 import { QubeManagerView } from './qubes.js';
+import { AuditView, PolicyView } from './policy.js';
 import { rpcName } from './types.js';
 import { QubeName } from './qube.js';
 
-type View = 'qubes' | 'prompts' | 'notifications';
+type View = 'qubes' | 'prompts' | 'notifications' | 'policy' | 'audit';
 const TOAST_MS = 8000;
 
 interface AskState {
@@ -69,6 +70,8 @@ function App() {
     { id: 'qubes', label: 'Qubes' },
     { id: 'prompts', label: 'Requests', badge: asks.asks.length },
     { id: 'notifications', label: 'Notifications', badge: history.length },
+    { id: 'policy', label: 'Policy' },
+    { id: 'audit', label: 'Audit log' },
   ];
   return (
     <div class="shell">
@@ -119,6 +122,8 @@ function App() {
           </section>
         )}
         {view === 'notifications' && <NoticeHistory history={history} />}
+        {view === 'policy' && <PolicyView qubes={qubes.rows.map((r) => r.name)} onStatus={(msg, error) => setStatus({ msg, error: error === true })} />}
+        {view === 'audit' && <AuditView />}
       </main>
       {current && (
         <AskDialog

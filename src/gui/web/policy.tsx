@@ -1,0 +1,410 @@
+/**
+ * The policy editor (Policy API through sys-gui): a file list, an editor
+ * with syntax highlighting and live checking by dom0 (validation errors
+ * with file:line, and the impact diff: which decisions change), save with
+ * the token read (a concurrent change is a conflict, never overwritten),
+ * and "Explain a call" (policy.Eval). The audit log view (audit.Query):
+ * filters and a live tail.
+ */
+import { useEffect, useRef, useState } from 'preact/hooks';
+import { ApiError, get, post } from './api.js';
+
+interface Diagnostic {
+  readonly file: string;
+  readonly line: number;
+  readonly message: string;
+}
+interface Change {
+  readonly source: string;
+  readonly target: string;
+  readonly old: string;
+  readonly new: string;
+}
+interface Impact {
+  readonly total: number;
+  readonly services: readonly { readonly service: string; readonly argument: string; readonly changes: readonly Change[] }[];
+}
+interface FileState {
+  readonly name: string;
+  readonly token: string;
+  readonly content: string;
+}
+
+const ACTIONS = new Set(['allow', 'deny', 'ask']);
+
+/** One line of policy text as highlighted spans (comments, directives, @tokens, actions, options). */
+function highlight(line: string): preact.ComponentChildren {
+  if (/^\s*#/.test(line)) return <span class="hl-comment">{line}</span>;
+  if (/^\s*!/.test(line)) return <span class="hl-directive">{line}</span>;
+  const out: preact.ComponentChildren[] = [];
+  let col = 0;
+  for (const m of line.matchAll(/\S+|\s+/g)) {
+    const t = m[0];
+    if (/^\s/.test(t)) out.push(t);
+    else {
+      const cls = ACTIONS.has(t) ? `hl-action hl-${t}` : t.startsWith('@') ? 'hl-token' : t.includes('=') ? 'hl-option' : col === 0 ? 'hl-service' : t === '*' ? 'hl-any' : '';
+      out.push(cls ? <span class={cls}>{t}</span> : t);
+      col++;
+    }
+  }
+  return out;
+}
+
+function Editor({ value, onChange, diagnostics }: { value: string; onChange: (v: string) => void; diagnostics: readonly Diagnostic[] }) {
+  const pre = useRef<HTMLPreElement>(null);
+  const bad = new Set(diagnostics.map((d) => d.line));
+  const lines = value.split('\n');
+  return (
+    <div class="editor">
+      <pre class="editor-hl" ref={pre} aria-hidden="true">
+        {lines.map((l, i) => (
+          <div key={i} class={bad.has(i + 1) ? 'hl-line bad' : 'hl-line'}>
+            <span class="ln">{i + 1}</span>
+            {highlight(l)}
+            {'\n'}
+          </div>
+        ))}
+      </pre>
+      <textarea
+        class="editor-text"
+        aria-label="Policy text"
+        spellcheck={false}
+        value={value}
+        onInput={(e) => onChange((e.currentTarget as HTMLTextAreaElement).value)}
+        onScroll={(e) => {
+          if (pre.current) {
+            pre.current.scrollTop = (e.currentTarget as HTMLTextAreaElement).scrollTop;
+            pre.current.scrollLeft = (e.currentTarget as HTMLTextAreaElement).scrollLeft;
+          }
+        }}
+      />
+    </div>
+  );
+}
+
+const errText = (e: unknown): string => (e instanceof Error ? e.message : String(e));
+const diagOf = (e: unknown): Diagnostic[] => (e instanceof ApiError && Array.isArray(e.body['diagnostics']) ? (e.body['diagnostics'] as Diagnostic[]) : []);
+
+const conflictText = (name: string, e: ApiError): string => `Conflict: ${name} was changed meanwhile (${e.message}). Nothing was overwritten; your text is still here. Reload to see the other change.`;
+
+export function PolicyView({ onStatus, qubes }: { onStatus: (m: string, e?: boolean) => void; qubes: readonly string[] }) {
+  const [files, setFiles] = useState<string[]>([]);
+  const [listError, setListError] = useState('');
+  const [file, setFile] = useState<FileState | null>(null);
+  const [text, setText] = useState('');
+  const [check, setCheck] = useState<{ error: string; diagnostics: Diagnostic[]; impact: Impact | null; pending: boolean }>({ error: '', diagnostics: [], impact: null, pending: false });
+  const [conflict, setConflict] = useState('');
+  const timer = useRef<number | undefined>(undefined);
+
+  useEffect(() => {
+    get<{ files: string[] }>('/api/policy').then(
+      (r) => setFiles(r.files),
+      (e) => setListError(errText(e)),
+    );
+  }, []);
+
+  const open = async (name: string): Promise<void> => {
+    setConflict('');
+    try {
+      const f = await get<FileState>(`/api/policy/file?name=${encodeURIComponent(name)}`);
+      setFile(f);
+      setText(f.content);
+      setCheck({ error: '', diagnostics: [], impact: null, pending: false });
+    } catch (e) {
+      onStatus(`${name}: ${errText(e)}`, true);
+    }
+  };
+
+  // live check by dom0 (policy.Diff: every validation, nothing written), shortly after typing stops
+  useEffect(() => {
+    if (!file || text === file.content) {
+      setCheck({ error: '', diagnostics: [], impact: null, pending: false });
+      return;
+    }
+    setCheck((c) => ({ ...c, pending: true }));
+    window.clearTimeout(timer.current);
+    timer.current = window.setTimeout(() => {
+      post<{ diff: Impact }>('/api/policy/check', { name: file.name, token: file.token, content: text }).then(
+        (r) => setCheck({ error: '', diagnostics: [], impact: r.diff, pending: false }),
+        (e) => {
+          // the file changed in dom0 since it was read: said at once (saving would be refused too)
+          if (e instanceof ApiError && e.status === 409) {
+            setConflict(conflictText(file.name, e));
+            setCheck({ error: '', diagnostics: [], impact: null, pending: false });
+          } else setCheck({ error: errText(e), diagnostics: diagOf(e), impact: null, pending: false });
+        },
+      );
+    }, 300);
+    return () => window.clearTimeout(timer.current);
+  }, [text, file]);
+
+  const save = async (): Promise<void> => {
+    if (!file) return;
+    try {
+      const f = await post<FileState>('/api/policy/save', { name: file.name, token: file.token, content: text });
+      setFile(f);
+      setText(f.content);
+      setConflict('');
+      onStatus(`Saved ${file.name}`);
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 409) setConflict(conflictText(file.name, e));
+      else setCheck({ error: errText(e), diagnostics: diagOf(e), impact: null, pending: false });
+    }
+  };
+
+  const changes = check.impact?.services.flatMap((s) => s.changes.map((c) => ({ ...c, service: s.argument === '*' ? `${s.service} (any other argument)` : s.argument.startsWith('+') && s.argument !== '+' ? `${s.service}${s.argument}` : s.service }))) ?? [];
+  return (
+    <section class="panel policy" aria-labelledby="pol-title">
+      <div class="panel-head">
+        <h2 id="pol-title">Policy</h2>
+      </div>
+      {listError && (
+        <p class="empty error" role="alert">
+          {listError}
+        </p>
+      )}
+      <div class="policy-body">
+        <ul class="file-list" aria-label="Policy files">
+          {files.map((f) => (
+            <li key={f}>
+              <button type="button" class={`file ${file?.name === f ? 'active' : ''}`} aria-current={file?.name === f ? 'true' : undefined} onClick={() => void open(f)}>
+                {f}
+              </button>
+            </li>
+          ))}
+        </ul>
+        <div class="policy-main">
+          {!file ? (
+            <p class="empty">Choose a file.</p>
+          ) : (
+            <>
+              <div class="editor-head">
+                <strong>{file.name}</strong>
+                <span class="muted">{text === file.content ? 'saved' : check.pending ? 'checking…' : check.error ? 'has problems' : 'changed'}</span>
+                <button type="button" class="button" onClick={() => void open(file.name)}>
+                  Reload
+                </button>
+                <button type="button" class="button primary" disabled={text === file.content || check.pending || check.error !== ''} onClick={() => void save()}>
+                  Save
+                </button>
+              </div>
+              <Editor value={text} onChange={setText} diagnostics={check.diagnostics.filter((d) => d.file.endsWith(`${file.name}.policy`) || d.file.endsWith(file.name))} />
+              {conflict && (
+                <p class="error" role="alert">
+                  {conflict}
+                </p>
+              )}
+              <div class="problems" role="region" aria-label="Problems">
+                {check.error ? (
+                  <>
+                    <p class="error">{check.error}</p>
+                    <ul>
+                      {check.diagnostics.map((d, i) => (
+                        <li key={i}>
+                          <code>
+                            {d.file.split('/').pop()}:{d.line}
+                          </code>{' '}
+                          {d.message}
+                        </li>
+                      ))}
+                    </ul>
+                  </>
+                ) : null}
+              </div>
+              {check.impact && (
+                <div class="impact" role="region" aria-label="Impact of the change">
+                  <p>
+                    {changes.length === 0 ? 'No decision changes.' : `${changes.length} decision${changes.length === 1 ? '' : 's'} change${changes.length === 1 ? 's' : ''}:`}
+                  </p>
+                  {changes.length > 0 && (
+                    <table class="table compact" aria-label="Decisions that change">
+                      <thead>
+                        <tr>
+                          <th scope="col">Service</th>
+                          <th scope="col">Source</th>
+                          <th scope="col">Target</th>
+                          <th scope="col">Before</th>
+                          <th scope="col">After</th>
+                        </tr>
+                      </thead>
+                      <tbody>
+                        {changes.slice(0, 200).map((c, i) => (
+                          <tr key={i}>
+                            <td>
+                              <code>{c.service}</code>
+                            </td>
+                            <td>{c.source}</td>
+                            <td>{c.target}</td>
+                            <td>{String(c.old)}</td>
+                            <td>{String(c.new)}</td>
+                          </tr>
+                        ))}
+                      </tbody>
+                    </table>
+                  )}
+                </div>
+              )}
+            </>
+          )}
+          <Explain qubes={qubes} />
+        </div>
+      </div>
+    </section>
+  );
+}
+
+function Explain({ qubes }: { qubes: readonly string[] }) {
+  const [q, setQ] = useState({ service: '', source: '', target: '' });
+  const [out, setOut] = useState<{ text: string; error: boolean } | null>(null);
+  const run = async (e: Event): Promise<void> => {
+    e.preventDefault();
+    try {
+      const r = await post<Record<string, unknown>>('/api/policy/eval', q);
+      const d = (r['decision'] ?? r) as Record<string, unknown>;
+      const rule = (r['rule'] ?? d['rule']) as Record<string, unknown> | string | undefined;
+      const where = typeof rule === 'string' ? rule : rule ? `${String(rule['file'] ?? '')}:${String(rule['line'] ?? '')} ${String(rule['text'] ?? '')}` : '';
+      setOut({ text: `${String(d['result'] ?? r['result'] ?? '?')}${d['target'] ? ` → ${String(d['target'])}` : ''}${where ? ` (${where})` : ''}`, error: false });
+    } catch (x) {
+      setOut({ text: errText(x), error: true });
+    }
+  };
+  const set = (k: keyof typeof q) => (e: Event) => setQ({ ...q, [k]: (e.currentTarget as HTMLInputElement).value });
+  return (
+    <form class="explain" aria-label="Explain a call" onSubmit={(e) => void run(e)}>
+      <h3>Explain a call</h3>
+      <datalist id="qube-names">
+        {['@adminvm', '@default', '@dispvm', ...qubes].map((n) => (
+          <option key={n} value={n} />
+        ))}
+      </datalist>
+      <input type="text" aria-label="Service" placeholder="qubes.Filecopy" value={q.service} onInput={set('service')} required />
+      <input type="text" aria-label="Source" placeholder="source" list="qube-names" value={q.source} onInput={set('source')} required />
+      <input type="text" aria-label="Target" placeholder="target" list="qube-names" value={q.target} onInput={set('target')} required />
+      <button type="submit" class="button">
+        Explain
+      </button>
+      {out && (
+        <p class={out.error ? 'error' : 'explained'} role="status">
+          {out.text}
+        </p>
+      )}
+    </form>
+  );
+}
+
+interface AuditRow {
+  readonly id: number;
+  readonly time_ms: number;
+  readonly source: string;
+  readonly intended_target: string;
+  readonly target: string | null;
+  readonly service: string;
+  readonly argument: string;
+  readonly result: string;
+  readonly rule: string | null;
+  readonly ask_answer: string | null;
+}
+
+const SINCE: Record<string, number | null> = { 'Last 5 minutes': 5 * 60_000, 'Last hour': 3_600_000, 'Last day': 86_400_000, 'All time': null };
+
+export function AuditView() {
+  const [f, setF] = useState({ source: '', target: '', service: '', result: '' });
+  const [since, setSince] = useState('All time');
+  const [live, setLive] = useState(true);
+  const [rows, setRows] = useState<readonly AuditRow[]>([]);
+  const [error, setError] = useState('');
+  useEffect(() => {
+    let stop = false;
+    let t: number | undefined;
+    const load = async (): Promise<void> => {
+      const s = SINCE[since];
+      try {
+        const r = await post<{ rows: AuditRow[] }>('/api/audit', { ...f, ...(s ? { sinceMs: Date.now() - s } : {}), limit: 200 });
+        if (!stop) {
+          setRows(r.rows);
+          setError('');
+        }
+      } catch (e) {
+        if (!stop) setError(errText(e));
+      }
+      if (!stop && live) t = window.setTimeout(() => void load(), 1000);
+    };
+    const d = window.setTimeout(() => void load(), 200);
+    return () => {
+      stop = true;
+      window.clearTimeout(d);
+      window.clearTimeout(t);
+    };
+  }, [f, since, live]);
+  const set = (k: keyof typeof f) => (e: Event) => setF({ ...f, [k]: (e.currentTarget as HTMLInputElement).value });
+  return (
+    <section class="panel" aria-labelledby="audit-title">
+      <div class="panel-head">
+        <h2 id="audit-title">Audit log</h2>
+        <div class="filters">
+          <input type="search" aria-label="Source" placeholder="source" value={f.source} onInput={set('source')} />
+          <input type="search" aria-label="Target" placeholder="target" value={f.target} onInput={set('target')} />
+          <input type="search" aria-label="Service" placeholder="service" value={f.service} onInput={set('service')} />
+          <select aria-label="Result" value={f.result} onChange={set('result')}>
+            <option value="">All results</option>
+            <option value="allow">Allowed</option>
+            <option value="deny">Denied</option>
+          </select>
+          <select aria-label="Time" value={since} onChange={(e) => setSince((e.currentTarget as HTMLSelectElement).value)}>
+            {Object.keys(SINCE).map((k) => (
+              <option key={k}>{k}</option>
+            ))}
+          </select>
+          <label class="check">
+            <input type="checkbox" checked={live} onChange={(e) => setLive((e.currentTarget as HTMLInputElement).checked)} /> Live
+          </label>
+        </div>
+      </div>
+      {error && (
+        <p class="empty error" role="alert">
+          {error}
+        </p>
+      )}
+      {rows.length === 0 && !error ? (
+        <p class="empty">No decision matches.</p>
+      ) : (
+        <div class="scroller tall">
+          <table class="table" aria-label="Audit log">
+            <thead>
+              <tr>
+                <th scope="col">Time</th>
+                <th scope="col">Result</th>
+                <th scope="col">Service</th>
+                <th scope="col">Source</th>
+                <th scope="col">Target</th>
+                <th scope="col">Rule</th>
+              </tr>
+            </thead>
+            <tbody>
+              {rows
+                .slice()
+                .reverse()
+                .map((r) => (
+                  <tr key={r.id}>
+                    <td>{new Date(r.time_ms).toLocaleTimeString()}</td>
+                    <td>
+                      <span class={`pill ${r.result === 'allow' ? 'allow' : 'deny'}`}>{r.result === 'allow' ? 'Allowed' : 'Denied'}</span>
+                    </td>
+                    <td>
+                      <code>{r.argument && r.argument !== '+' ? `${r.service}${r.argument.startsWith('+') ? '' : '+'}${r.argument}` : r.service}</code>
+                    </td>
+                    <td>{r.source}</td>
+                    <td>{r.target ?? r.intended_target}</td>
+                    <td class="muted">
+                      {r.rule ?? ''}
+                      {r.ask_answer ? ` (${r.ask_answer})` : ''}
+                    </td>
+                  </tr>
+                ))}
+            </tbody>
+          </table>
+        </div>
+      )}
+    </section>
+  );
+}
