@@ -1,4 +1,6 @@
 /** qvm-ls (src/qvm). */
-import { toolMain, QVM_LS } from '../qvm/index.js';
+// the tool's own modules only, not ../qvm/index.js: every module loaded is start-up time
+import { toolMain } from '../qvm/common.js';
+import { QVM_LS } from '../qvm/ls.js';
 
 toolMain(QVM_LS);

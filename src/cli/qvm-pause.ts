@@ -1,4 +1,6 @@
 /** qvm-pause (src/qvm). */
-import { toolMain, QVM_PAUSE } from '../qvm/index.js';
+// the tool's own modules only, not ../qvm/index.js: every module loaded is start-up time
+import { toolMain } from '../qvm/common.js';
+import { QVM_PAUSE } from '../qvm/simple.js';
 
 toolMain(QVM_PAUSE);

@@ -1,4 +1,6 @@
 /** qvm-prefs (src/qvm). */
-import { toolMain, QVM_PREFS } from '../qvm/index.js';
+// the tool's own modules only, not ../qvm/index.js: every module loaded is start-up time
+import { toolMain } from '../qvm/common.js';
+import { QVM_PREFS } from '../qvm/prefs.js';
 
 toolMain(QVM_PREFS);

@@ -1,4 +1,6 @@
 /** qvm-run (src/qvm/run.ts). */
-import { toolMain, QVM_RUN } from '../qvm/index.js';
+// the tool's own modules only, not ../qvm/index.js: every module loaded is start-up time
+import { toolMain } from '../qvm/common.js';
+import { QVM_RUN } from '../qvm/run.js';
 
 toolMain(QVM_RUN);

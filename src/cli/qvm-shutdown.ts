@@ -1,4 +1,6 @@
 /** qvm-shutdown (src/qvm). */
-import { toolMain, QVM_SHUTDOWN } from '../qvm/index.js';
+// the tool's own modules only, not ../qvm/index.js: every module loaded is start-up time
+import { toolMain } from '../qvm/common.js';
+import { QVM_SHUTDOWN } from '../qvm/simple.js';
 
 toolMain(QVM_SHUTDOWN);

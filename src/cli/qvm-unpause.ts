@@ -1,4 +1,6 @@
 /** qvm-unpause (src/qvm). */
-import { toolMain, QVM_UNPAUSE } from '../qvm/index.js';
+// the tool's own modules only, not ../qvm/index.js: every module loaded is start-up time
+import { toolMain } from '../qvm/common.js';
+import { QVM_UNPAUSE } from '../qvm/simple.js';
 
 toolMain(QVM_UNPAUSE);

@@ -573,7 +573,10 @@ export async function dispatch(
     if (spec.destAdminVM === false && dest.klass === 'AdminVM') throw new ProtocolError('expected destination to not be AdminVM');
     const call = new Call(ctx, req.method, req.arg, src, dest, req.payload, sendEvent, closed);
     const result = spec.write ? ctx.registry.write(() => spec.handler(call)) : spec.handler(call);
-    return { ok: await result };
+    const ok = await result;
+    // the reply only once the change (and any change this answer has seen) is committed
+    await ctx.registry.durable();
+    return { ok };
   } catch (e) {
     if (e instanceof QubesError) return { error: e };
     return { abort: true };

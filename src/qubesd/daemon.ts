@@ -61,7 +61,8 @@ export interface QubesdOptions {
    * everything). Absent: no filtering (a qubesd reached only by dom0).
    */
   readonly policy?: () => Policy | null;
-  readonly synchronous?: 'FULL' | 'NORMAL';
+  /** The store's durability (default GROUP: group fsync, see src/qubesd/store.ts). */
+  readonly synchronous?: 'FULL' | 'NORMAL' | 'GROUP';
 }
 
 export interface Qubesd {
@@ -76,7 +77,7 @@ export interface Qubesd {
 
 export async function startQubesd(opts: QubesdOptions): Promise<Qubesd> {
   const log: ServerLog = opts.log ?? (() => undefined);
-  const store = new SqliteStore(path.join(opts.dataDir, REGISTRY_FILE), opts.synchronous ? { synchronous: opts.synchronous } : {});
+  const store = new SqliteStore(path.join(opts.dataDir, REGISTRY_FILE), { synchronous: opts.synchronous ?? 'GROUP' });
   const registry = new Registry(store);
   const lifecycle = new Lifecycle(registry, opts.runtime, (m) => log('error', m));
   const systemInfo = new SystemInfoCache(registry);

@@ -78,6 +78,8 @@ export interface RegistryStore {
   load(): RegistrySnapshot;
   /** Run `fn` as one transaction: committed when it returns, rolled back when it throws. */
   transaction<T>(fn: () => T): T;
+  /** Resolves once every transaction committed so far is on disk (see SqliteStore's group fsync). */
+  sync(): Promise<void>;
   addQube(q: QubeRecord): void;
   removeQube(qid: number): void;
   setProp(qid: number, name: string, value: Value | undefined): void;
@@ -377,6 +379,15 @@ export class Registry {
     } finally {
       this.inWrite = false;
     }
+  }
+
+  /**
+   * Resolves once every change made so far is on disk (rejects when that
+   * failed). A reply is sent only after this: for a change, and for an
+   * answer that may have seen one.
+   */
+  durable(): Promise<void> {
+    return this.store.sync();
   }
 
   private touch(): void {

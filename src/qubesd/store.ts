@@ -5,6 +5,14 @@
  * transaction: after kill -9 at any moment a restart finds every
  * acknowledged change and no half of any.
  *
+ * Group fsync (`synchronous: 'GROUP'`, what bin/qubesd uses): SQLite's
+ * NORMAL (a commit writes the WAL but does not fsync it, so it does not
+ * block the event loop), and {@link SqliteStore.sync} fdatasyncs the WAL
+ * in libuv's thread pool; one fdatasync covers every commit made before it
+ * started, so the Sets that arrive while one runs share the next. The
+ * reply waits for it: an acknowledged change is on disk as with FULL
+ * (the WAL's own checksums find the last whole commit after a crash).
+ *
  * The schema is versioned (`PRAGMA user_version`); {@link MIGRATIONS} brings
  * an older file up to date, each step in its own transaction.
  *
@@ -55,8 +63,12 @@ export class StoreError extends Error {
 }
 
 export interface SqliteStoreOptions {
-  /** synchronous=FULL (default) or NORMAL (still survives a process kill, not a power loss). */
-  readonly synchronous?: 'FULL' | 'NORMAL';
+  /**
+   * synchronous=FULL (default: durable at commit), NORMAL (still survives
+   * a process kill, not a power loss) or GROUP (NORMAL, made durable by
+   * {@link SqliteStore.sync}).
+   */
+  readonly synchronous?: 'FULL' | 'NORMAL' | 'GROUP';
   /** Stop migrating at this version (tests of migrations). */
   readonly migrateTo?: number;
 }
@@ -65,12 +77,22 @@ export interface SqliteStoreOptions {
 export class SqliteStore implements RegistryStore {
   readonly db: DB;
   private readonly st;
+  private readonly group: boolean;
+  private readonly wal: string;
+  /** Commits so far, and how many of them are on disk / covered by the fdatasync running now. */
+  private commits = 0;
+  private synced = 0;
+  private running: { readonly upTo: number; readonly done: Promise<void> } | null = null;
+  private next: { readonly done: Promise<void>; resolve(): void; reject(e: Error): void } | null = null;
+  private dirSynced = false;
 
   constructor(file: string, opts: SqliteStoreOptions = {}) {
     fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
     this.db = new Database(file);
     this.db.pragma('journal_mode = WAL');
-    this.db.pragma(`synchronous = ${opts.synchronous ?? 'FULL'}`);
+    this.group = opts.synchronous === 'GROUP';
+    this.wal = `${file}-wal`;
+    this.db.pragma(`synchronous = ${opts.synchronous === 'GROUP' ? 'NORMAL' : (opts.synchronous ?? 'FULL')}`);
     this.db.pragma('foreign_keys = ON');
     migrate(this.db, opts.migrateTo ?? SCHEMA_VERSION);
     const db = this.db;
@@ -122,7 +144,74 @@ export class SqliteStore implements RegistryStore {
 
   transaction<T>(fn: () => T): T {
     if (this.db.inTransaction) return fn();
-    return this.db.transaction(fn).immediate();
+    const r = this.db.transaction(fn).immediate();
+    this.commits++;
+    return r;
+  }
+
+  /**
+   * Resolves once every commit made so far is on disk: at once with FULL
+   * (it was at commit), else after an fdatasync of the WAL that started
+   * after the last of them (group fsync: one runs at a time, and the
+   * commits made meanwhile wait for the next, together). Rejects when the
+   * fdatasync failed.
+   */
+  sync(): Promise<void> {
+    if (!this.group || this.synced >= this.commits) return DONE;
+    if (this.running && this.running.upTo >= this.commits) return this.running.done;
+    if (this.running) {
+      if (!this.next) {
+        let resolve: () => void = () => undefined;
+        let reject: (e: Error) => void = () => undefined;
+        const done = new Promise<void>((res, rej) => {
+          resolve = res;
+          reject = rej;
+        });
+        this.next = { done, resolve, reject };
+      }
+      return this.next.done;
+    }
+    return this.startSync();
+  }
+
+  private startSync(): Promise<void> {
+    const upTo = this.commits;
+    const dir = path.dirname(this.wal);
+    const done = (async () => {
+      // the WAL file is opened each time: SQLite may have replaced it (the fd would then be another file)
+      const fh = await fs.promises.open(this.wal, 'r');
+      try {
+        await fh.datasync();
+      } finally {
+        await fh.close();
+      }
+      if (!this.dirSynced) {
+        // the WAL's directory entry, once (FULL has SQLite do the same)
+        const dh = await fs.promises.open(dir, 'r');
+        try {
+          await dh.sync();
+        } finally {
+          await dh.close();
+        }
+        this.dirSynced = true;
+      }
+    })();
+    const running = { upTo, done };
+    this.running = running;
+    const settle = (): void => {
+      if (this.running === running) this.running = null;
+      const waiting = this.next;
+      this.next = null;
+      if (waiting) this.startSync().then(waiting.resolve, waiting.reject);
+    };
+    done.then(
+      () => {
+        this.synced = Math.max(this.synced, upTo);
+        settle();
+      },
+      settle,
+    );
+    return done;
   }
 
   addQube(q: QubeRecord): void {
@@ -165,6 +254,8 @@ export class SqliteStore implements RegistryStore {
     this.db.close();
   }
 }
+
+const DONE = Promise.resolve();
 
 /** Bring the schema up to `target`, one transaction per step. */
 export function migrate(db: DB, target = SCHEMA_VERSION): void {

@@ -26,12 +26,16 @@ export function parsePropReply(s: string): PropValue {
 }
 
 function unescapeGetAll(s: string): string {
-  return s.replace(/\\(\\|n)/g, (_m, c: string) => (c === 'n' ? '\n' : '\\'));
+  return s.includes('\\') ? s.replace(/\\(\\|n)/g, (_m, c: string) => (c === 'n' ? '\n' : '\\')) : s;
 }
 
 export class Qube {
-  /** GetAll's answer, when fetched; missing names are absent properties. */
-  private all: Map<string, PropValue> | null = null;
+  /**
+   * GetAll's answer, when fetched: each property's reply text, parsed when
+   * first asked for (a listing reads a few of the ~60); missing names are
+   * absent properties.
+   */
+  private all: Map<string, PropValue | string> | null = null;
   private allFailed = false;
   private readonly one = new Map<string, PropValue | null>();
 
@@ -62,11 +66,13 @@ export class Qube {
       if (this.all === null) {
         try {
           const text = await this.app.call(this.name, 'admin.vm.property.GetAll');
-          const m = new Map<string, PropValue>();
-          for (const line of text.split('\n')) {
-            if (!line) continue;
-            const sp = line.indexOf(' ');
-            m.set(line.slice(0, sp), parsePropReply(unescapeGetAll(line.slice(sp + 1))));
+          const m = new Map<string, PropValue | string>();
+          for (let i = 0; i < text.length; ) {
+            let nl = text.indexOf('\n', i);
+            if (nl < 0) nl = text.length;
+            const sp = text.indexOf(' ', i);
+            if (sp > i && sp < nl) m.set(text.slice(i, sp), text.slice(sp + 1, nl));
+            i = nl + 1;
           }
           this.all = m;
         } catch (e) {
@@ -75,7 +81,13 @@ export class Qube {
           this.allFailed = true;
         }
       }
-      if (this.all !== null) return this.all.get(name) ?? null;
+      if (this.all !== null) {
+        const v = this.all.get(name);
+        if (typeof v !== 'string') return v ?? null;
+        const parsed = parsePropReply(unescapeGetAll(v));
+        this.all.set(name, parsed);
+        return parsed;
+      }
     }
     if (this.one.has(name)) return this.one.get(name) as PropValue | null;
     try {

@@ -64,11 +64,14 @@ test('kill -9 during a burst of Creates and Sets: acknowledged changes survive, 
         else break;
       }
     })();
-    const setters = [0, 1, 2].map(async (k) => {
+    // eight concurrent setters: their Sets share group fsyncs (bin/qubesd runs the store in GROUP mode)
+    const setters = [0, 1, 2, 3, 4, 5, 6, 7].map(async (k) => {
       for (let i = 0; !stop; i++) {
         const v = `${k}-${i}`;
         if (await callOk(sock, 'admin.vm.feature.Set', 'tpl', `f${k}`, v)) setOk.set(`f${k}`, v);
         else break;
+        // one setter of vcpus: with several, a later Set of a lower value is legitimate
+        if (k !== 0) continue;
         if (await callOk(sock, 'admin.vm.property.Set', 'tpl', 'vcpus', String(i + 1))) setOk.set('vcpus', String(i + 1));
         else break;
       }
