@@ -7,6 +7,7 @@
  * allowed: a refused call is reported as it came back.
  */
 import { AdminError, type AdminEvent, type AdminTransport } from './admin.js';
+import { mapLimit } from '../common/map-limit.js';
 
 export interface QubeRow {
   readonly name: string;
@@ -313,18 +314,4 @@ export class QubeManager {
     for (const t of this.refreshing.values()) clearTimeout(t);
     this.refreshing.clear();
   }
-}
-
-/** Map with at most `n` promises at once, keeping the order. */
-async function mapLimit<T, R>(items: readonly T[], n: number, f: (x: T) => Promise<R>): Promise<R[]> {
-  const out: R[] = new Array<R>(items.length);
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await f(items[i] as T);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
-  return out;
 }

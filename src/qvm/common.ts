@@ -152,17 +152,3 @@ export const isRunning = (state: string): boolean => state !== 'Halted';
 export function needDomains(p: Parsed, min = 1): void {
   if ((p.flags.get('all_domains') ?? 0) === 0 && p.positional.length < min) throw new UsageError('one of the arguments --all VMNAME is required');
 }
-
-/** `fn` over `items`, at most `limit` at a time; the results in the order of `items`. */
-export async function mapConcurrently<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i] as T);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return out;
-}

@@ -11,7 +11,8 @@
 import { UsageError } from '../common/args.js';
 import type { Qube } from './app.js';
 import { ALL_OPTS, COMMON_OPTS, flag, list, value, type Parsed } from './argparse.js';
-import { domainsFrom, formatTable, isRunning, mapConcurrently, type ToolSpec } from './common.js';
+import { mapLimit } from '../common/map-limit.js';
+import { domainsFrom, formatTable, isRunning, type ToolSpec } from './common.js';
 
 export const FORMATS: Readonly<Record<string, readonly string[]>> = {
   simple: ['name', 'state', 'class', 'label', 'template', 'netvm'],
@@ -314,7 +315,7 @@ ${Object.entries(FORMATS).map(([k, v]) => `  ${k}: ${v.join(', ')}`).join('\n')}
     kept.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     // fetch the qubes' properties a few calls at a time (one connection each; a thousand at once
     // costs more than it saves); rows keep the order
-    const rows = await mapConcurrently(kept, LS_CONCURRENCY, (q) => row(q, cols));
+    const rows = await mapLimit(kept, LS_CONCURRENCY, (q) => row(q, cols));
     if (rawData) {
       io.out(rows.map((r) => `${r.join('|')}\n`).join(''));
       return 0;

@@ -98,7 +98,7 @@ test('audio: a qube speaks into its audiovm; others cannot; recording is asked; 
     }
     assert.equal(rec.code, 0, rec.err);
     const recFile = path.join(sys.dir, 'rec.wav');
-    fs.writeFileSync(recFile, rec.out);
+    fs.writeFileSync(recFile, rec.bytes);
     const got = stat(recFile);
     assert.ok(Math.abs(got.seconds - 1) < 0.05, `recorded ${got.seconds} s`);
     assert.ok(got.rms > 0.5, `recorded rms ${got.rms}`);

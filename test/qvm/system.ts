@@ -1,9 +1,12 @@
 /**
- * A real small Qubes system for the user-command tests: bin/qubesd with the
- * `process` runtime (each qube a real qrexec-agent with its qrexec-daemon),
- * optionally a real policy daemon with the given policy (for calls between
- * qubes), in a fresh temp directory; and runners for our commands, in dom0
- * (QUBESD_SOCKET) or inside a qube (its agent socket and vchan domain).
+ * A real small Qubes system for tests (the one harness of the qvm-*, qubesd
+ * from qubes and audio tests): bin/qubesd with the `process` runtime (each
+ * qube a real qrexec-agent with its qrexec-daemon), optionally a real policy
+ * daemon with the given policy (for calls between qubes; qubesd filters by
+ * the same policy directory), in a fresh temp directory; and runners for
+ * programs, in dom0 (QUBESD_SOCKET) or inside a qube (its agent socket and
+ * vchan domain). A program's output is kept as bytes (`bytes`) and as text
+ * (`out`).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -16,7 +19,10 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 
 export interface RunResult {
   readonly code: number | null;
+  /** stdout as UTF-8 text. */
   readonly out: string;
+  /** stdout as it came (binary output). */
+  readonly bytes: Buffer;
   readonly err: string;
 }
 
@@ -34,9 +40,9 @@ export function runProgram(file: string, args: readonly string[], o: RunOpts = {
     const outFd = o.stdoutFile ? fs.openSync(o.stdoutFile, 'w') : undefined;
     const p = spawn(file, args, { env: o.env ?? process.env, cwd: o.cwd, stdio: ['pipe', outFd ?? 'pipe', 'pipe'] });
     if (outFd !== undefined) fs.closeSync(outFd);
-    let out = '';
+    const out: Buffer[] = [];
     let err = '';
-    p.stdout?.on('data', (c: Buffer) => (out += c.toString()));
+    p.stdout?.on('data', (c: Buffer) => out.push(c));
     p.stderr?.on('data', (c: Buffer) => (err += c.toString()));
     p.stdin?.on('error', () => undefined);
     p.stdin?.end(o.input ?? '');
@@ -47,7 +53,8 @@ export function runProgram(file: string, args: readonly string[], o: RunOpts = {
     p.on('error', reject);
     p.on('close', (code) => {
       clearTimeout(timer);
-      resolve({ code, out, err });
+      const bytes = Buffer.concat(out);
+      resolve({ code, out: bytes.toString(), bytes, err });
     });
   });
 }
@@ -84,24 +91,31 @@ export interface TestSystem {
   close(): Promise<void>;
 }
 
-/** Starts qubesd (process runtime) and, with `policy`, a policy daemon reading it. */
-export async function startSystem(opts: { policy?: string } = {}): Promise<TestSystem> {
+/**
+ * Starts qubesd (process runtime) and, with `policy` (the text of one file,
+ * or file name → text), a policy daemon reading it.
+ */
+export async function startSystem(opts: { policy?: string | ReadonlyMap<string, string> } = {}): Promise<TestSystem> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qvm-system-'));
   const dataDir = path.join(dir, 'data');
   const runDir = path.join(dir, 'run');
   const policyDir = path.join(dir, 'policy');
   fs.mkdirSync(policyDir);
+  const policy = typeof opts.policy === 'string' ? new Map([['50-test.policy', opts.policy]]) : opts.policy;
+  for (const [name, text] of policy ?? []) {
+    fs.mkdirSync(path.dirname(path.join(policyDir, name)), { recursive: true });
+    fs.writeFileSync(path.join(policyDir, name), text);
+  }
   const policySock = path.join(runDir, 'policy.sock');
   const procs: ChildProcess[] = [];
   const sock = path.join(runDir, 'qubesd.sock');
-  const qd = spawn(process.execPath, [path.join(ROOT, 'bin/qubesd'), '--data-dir', dataDir, '--run-dir', runDir], {
+  const qd = spawn(process.execPath, [path.join(ROOT, 'bin/qubesd'), '--data-dir', dataDir, '--run-dir', runDir, '--policy-dir', policyDir], {
     stdio: ['ignore', 'ignore', 'inherit'],
     env: { ...process.env, QREXEC_POLICY_SOCKET: policySock },
   });
   procs.push(qd);
   for (let i = 0; i < 500 && !(await answers(sock)); i++) await sleep(20);
-  if (opts.policy !== undefined) {
-    fs.writeFileSync(path.join(policyDir, '50-test.policy'), opts.policy);
+  if (policy !== undefined) {
     const pd = spawn(
       process.execPath,
       [
