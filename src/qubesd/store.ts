@@ -85,6 +85,7 @@ export class SqliteStore implements RegistryStore {
   private running: { readonly upTo: number; readonly done: Promise<void> } | null = null;
   private next: { readonly done: Promise<void>; resolve(): void; reject(e: Error): void } | null = null;
   private dirSynced = false;
+  private walOpen: { readonly fd: number; readonly ino: number; readonly dev: number } | null = null;
 
   constructor(file: string, opts: SqliteStoreOptions = {}) {
     fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
@@ -178,13 +179,7 @@ export class SqliteStore implements RegistryStore {
     const upTo = this.commits;
     const dir = path.dirname(this.wal);
     const done = (async () => {
-      // the WAL file is opened each time: SQLite may have replaced it (the fd would then be another file)
-      const fh = await fs.promises.open(this.wal, 'r');
-      try {
-        await fh.datasync();
-      } finally {
-        await fh.close();
-      }
+      await fdatasync(this.walFd());
       if (!this.dirSynced) {
         // the WAL's directory entry, once (FULL has SQLite do the same)
         const dh = await fs.promises.open(dir, 'r');
@@ -250,12 +245,38 @@ export class SqliteStore implements RegistryStore {
     else this.st.delLabel.run(label.index);
   }
 
+  /**
+   * The WAL's descriptor, kept open between syncs (one thread-pool call per
+   * sync, not three); reopened when the file at the WAL's name is another
+   * one than it (SQLite removes the WAL when the last connection closes, so
+   * only another process could have made it so, but an fdatasync of the
+   * wrong file would acknowledge changes that are not on disk).
+   */
+  private walFd(): number {
+    const st = fs.statSync(this.wal);
+    if (this.walOpen && this.walOpen.ino === st.ino && this.walOpen.dev === st.dev) return this.walOpen.fd;
+    if (this.walOpen) fs.closeSync(this.walOpen.fd);
+    this.walOpen = null;
+    const fd = fs.openSync(this.wal, 'r');
+    const own = fs.fstatSync(fd);
+    this.walOpen = { fd, ino: own.ino, dev: own.dev };
+    return fd;
+  }
+
   close(): void {
+    const w = this.walOpen;
+    this.walOpen = null;
+    // not under an fdatasync still running on it
+    if (w) void (this.running?.done ?? DONE).catch(() => undefined).then(() => fs.closeSync(w.fd));
     this.db.close();
   }
 }
 
 const DONE = Promise.resolve();
+
+function fdatasync(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve())));
+}
 
 /** Bring the schema up to `target`, one transaction per step. */
 export function migrate(db: DB, target = SCHEMA_VERSION): void {
