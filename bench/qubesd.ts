@@ -5,13 +5,19 @@
  * production) with 1,000 qubes and measures, each figure the median of
  * several runs:
  * - list_getall_ms_1000: admin.vm.List plus admin.vm.property.GetAll for
- *   each of the 1,000 qubes, one client, sequential calls over the socket;
+ *   each of the 1,000 qubes, one client, sequential calls over the socket
+ *   (one connection each), with the client our qvm-* commands use (blocking
+ *   system calls through the native addon, as the Python client's blocking
+ *   sockets; without the addon, net.Socket); list_getall_ms_1000_net_socket
+ *   the same with a net.Socket per call (what a Node.js program that keeps
+ *   its event loop running pays);
  * - qvm_ls_ms_1000: our bin/qvm-ls as a whole process on those qubes;
  * - system_info_ms_1000: internal.GetSystemInfo round trip (cached document);
  * - system_info_cold_ms_1000: the same right after a change (rebuilt);
  * - set_per_s: admin.vm.property.Set throughput (durable: each reply after
  *   its commit and fdatasync), 4 concurrent clients; set_per_s_16_clients
- *   with 16 (group fsync shares one fdatasync among the Sets in flight);
+ *   and set_per_s_64_clients with 16 and 64 (group fsync shares one
+ *   fdatasync among the Sets in flight);
  * - event_us_p50: from sending a Set to its property-set event arriving at
  *   an admin.Events listener;
  * - create_ms_p50: admin.vm.Create.AppVM;
@@ -26,6 +32,8 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { SocketTransport } from '../src/qubesd-client/client.js';
+import { loadNative } from '../src/native/addon.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const N = 1000;
@@ -103,15 +111,27 @@ async function main(): Promise<void> {
     const create_ms_p50 = median(createTimes);
     process.stderr.write(`${N} qubes created\n`);
 
-    const listGetAll = async (): Promise<number> => {
+    const listGetAllNet = async (): Promise<number> => {
       const t0 = now();
       const list = await ok(sock, 'admin.vm.List', 'dom0');
       for (const line of list.split('\n')) if (line) await ok(sock, 'admin.vm.property.GetAll', line.slice(0, line.indexOf(' ')));
       return now() - t0;
     };
+    const tools = new SocketTransport(sock, 'dom0', loadNative() ?? undefined);
+    const listGetAll = async (): Promise<number> => {
+      const t0 = now();
+      const list = await tools.call('dom0', 'admin.vm.List');
+      for (const line of list.split('\n')) if (line) await tools.call(line.slice(0, line.indexOf(' ')), 'admin.vm.property.GetAll');
+      return now() - t0;
+    };
     await listGetAll();
+    await listGetAllNet();
     const lg: number[] = [];
-    for (let i = 0; i < RUNS; i++) lg.push(await listGetAll());
+    const lgNet: number[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      lg.push(await listGetAll());
+      lgNet.push(await listGetAllNet());
+    }
 
     const ls: number[] = [];
     for (let i = 0; i < RUNS; i++) {
@@ -152,6 +172,7 @@ async function main(): Promise<void> {
     };
     const set_per_s = await setRate(4);
     const set_per_s_16_clients = await setRate(16);
+    const set_per_s_64_clients = await setRate(64);
 
     // event latency: one listener, Set then wait for its property-set frame
     const ev: number[] = [];
@@ -202,16 +223,19 @@ async function main(): Promise<void> {
 
     const result = {
       list_getall_ms_1000: round(median(lg)),
+      list_getall_ms_1000_net_socket: round(median(lgNet)),
       qvm_ls_ms_1000: round(median(ls)),
       system_info_ms_1000: round(median(si), 3),
       system_info_cold_ms_1000: round(median(siCold), 3),
       set_per_s,
       set_per_s_16_clients,
+      set_per_s_64_clients,
       event_us_p50: round(median(ev.slice(50)), 1),
       create_ms_p50: round(create_ms_p50, 3),
       start_ms_p50_process: round(median(st), 1),
       raw_rtt_us_p50: round(raw_rtt_us_p50, 1),
       list_getall_calls_per_raw_rtt: round((median(lg) * 1000) / (N + 1) / raw_rtt_us_p50, 2),
+      native_client: loadNative() !== null,
       qubes: N,
       runs: RUNS,
     };

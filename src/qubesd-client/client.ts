@@ -71,10 +71,43 @@ function throwIt(e: Error): never {
   throw e;
 }
 
+/**
+ * The system calls a blocking socket transport makes (the native addon's,
+ * src/native/addon.ts, passed in by the command that may block).
+ */
+export interface BlockingSockets {
+  /** A connected non-blocking unix stream socket, or an error code. */
+  connectUnix(path: string): number | string;
+  setBlocking(fd: number, blocking: boolean): void;
+  shutdown(fd: number, how: number): number;
+}
+
+/** What blocking reads read into (a reply is copied out of it: a large buffer per reply costs the GC dearly). */
+const READ_BUFFER = Buffer.allocUnsafe(65536);
+
+/** A request sent with blocking system calls whose reply is still to be read. */
+interface PendingCall {
+  readonly fd: number;
+  readonly resolve: (v: string) => void;
+  readonly reject: (e: Error) => void;
+}
+
 export class SocketTransport implements AdminTransport {
+  private pending: PendingCall[] = [];
+
+  /**
+   * @param blocking when given, calls are made with blocking system calls
+   *   instead of a net.Socket each: the request is sent at once (connect,
+   *   write, shutdown), and the replies of every call sent meanwhile are
+   *   read together, in order, in the next turn of the event loop (so calls
+   *   made concurrently are in flight together). The process then waits
+   *   for qubesd with nothing else running: only for a command that has
+   *   nothing else to do, and never in a process that serves qubesd itself.
+   */
   constructor(
     readonly socketPath: string,
     private readonly src = 'dom0',
+    private readonly blocking?: BlockingSockets,
   ) {}
 
   get describe(): string {
@@ -82,6 +115,66 @@ export class SocketTransport implements AdminTransport {
   }
 
   call(dest: string, method: string, arg = '', payload: Buffer | string = ''): Promise<string> {
+    if (this.blocking) {
+      const fd = this.blocking.connectUnix(this.socketPath);
+      // a failed connect (no qubesd, a full backlog) goes the usual way, which reports or waits as it does
+      if (typeof fd === 'number') return this.sendBlocking(fd, Buffer.concat([Buffer.from(`${method}+${arg} ${this.src} name ${dest}\0`), Buffer.from(payload)]));
+    }
+    return this.callAsync(dest, method, arg, payload);
+  }
+
+  private sendBlocking(fd: number, request: Buffer): Promise<string> {
+    const b = this.blocking as BlockingSockets;
+    return new Promise((resolve, reject) => {
+      try {
+        b.setBlocking(fd, true);
+        for (let off = 0; off < request.length; ) off += fs.writeSync(fd, request, off);
+        b.shutdown(fd, 1);
+      } catch (e) {
+        fs.closeSync(fd);
+        reject(this.connectError(e));
+        return;
+      }
+      this.pending.push({ fd, resolve, reject });
+      if (this.pending.length === 1) setImmediate(() => this.readReplies());
+    });
+  }
+
+  /** Read every pending reply to its EOF, in the order the requests went out. */
+  private readReplies(): void {
+    const calls = this.pending;
+    this.pending = [];
+    for (const c of calls) {
+      const chunks: Buffer[] = [];
+      let failure: unknown = null;
+      try {
+        for (;;) {
+          const n = fs.readSync(c.fd, READ_BUFFER, 0, READ_BUFFER.length, null);
+          if (n === 0) break;
+          chunks.push(Buffer.from(READ_BUFFER.subarray(0, n)));
+        }
+      } catch (e) {
+        failure = e;
+      } finally {
+        fs.closeSync(c.fd);
+      }
+      if (failure !== null) {
+        c.reject(this.connectError(failure));
+        continue;
+      }
+      try {
+        c.resolve(parseAdminReply(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks)));
+      } catch (e) {
+        c.reject(e as Error);
+      }
+    }
+  }
+
+  private connectError(e: unknown): AdminTransportError {
+    return new AdminTransportError(`Failed to connect to qubesd service: ${describeSystemError(e, this.socketPath)}`);
+  }
+
+  private callAsync(dest: string, method: string, arg: string, payload: Buffer | string): Promise<string> {
     return new Promise((resolve, reject) => {
       const chunks: Buffer[] = [];
       const s = net.connect({ path: this.socketPath, allowHalfOpen: true });
@@ -93,7 +186,7 @@ export class SocketTransport implements AdminTransport {
       s.on('data', (c: Buffer) => chunks.push(c));
       s.on('error', (e) => {
         failed = true;
-        reject(new AdminTransportError(`Failed to connect to qubesd service: ${describeSystemError(e, this.socketPath)}`));
+        reject(this.connectError(e));
       });
       s.on('close', () => {
         if (failed) return;
@@ -195,16 +288,16 @@ function onPath(prog: string, env: NodeJS.ProcessEnv): string | null {
   return null;
 }
 
-/** The transport our tools use (see the module comment). */
-export function defaultTransport(env: NodeJS.ProcessEnv = process.env): AdminTransport {
+/** The transport our tools use (see the module comment); `blocking`: see {@link SocketTransport}. */
+export function defaultTransport(env: NodeJS.ProcessEnv = process.env, blocking?: BlockingSockets): AdminTransport {
   const explicit = env['QUBESD_SOCKET'];
-  if (explicit) return new SocketTransport(explicit);
+  if (explicit) return new SocketTransport(explicit, 'dom0', blocking);
   const client = env['QREXEC_CLIENT_VM'];
   if (client) return new QrexecTransport(client);
   const host = localHost(env);
-  if (host) return new SocketTransport(host.qubesdSocket);
-  if (fs.existsSync(SYSTEM_QUBESD_SOCKET)) return new SocketTransport(SYSTEM_QUBESD_SOCKET);
+  if (host) return new SocketTransport(host.qubesdSocket, 'dom0', blocking);
+  if (fs.existsSync(SYSTEM_QUBESD_SOCKET)) return new SocketTransport(SYSTEM_QUBESD_SOCKET, 'dom0', blocking);
   const vm = onPath('qrexec-client-vm', env);
   if (vm) return new QrexecTransport(vm);
-  return new SocketTransport(SYSTEM_QUBESD_SOCKET);
+  return new SocketTransport(SYSTEM_QUBESD_SOCKET, 'dom0', blocking);
 }

@@ -7,6 +7,7 @@
  * padded).
  */
 import { UsageError } from '../common/args.js';
+import { loadNative } from '../native/addon.js';
 import { AdminError, AdminTransportError, defaultTransport, type AdminTransport } from '../qubesd-client/client.js';
 import { QubesApp, type Qube } from './app.js';
 import { parse, type Opt, type ParseHow, type Parsed } from './argparse.js';
@@ -75,9 +76,14 @@ export async function runTool(spec: ToolSpec, argv: readonly string[], io: ToolI
   }
 }
 
-/** A command's main: run the tool on process.argv and exit with its status. */
+/**
+ * A command's main: run the tool on process.argv and exit with its status.
+ * A command has nothing else to do while it waits for qubesd, so its calls
+ * over the socket block (with the native addon; see SocketTransport).
+ */
 export function toolMain(spec: ToolSpec): void {
-  runTool(spec, process.argv.slice(2)).then(
+  const native = loadNative();
+  runTool(spec, process.argv.slice(2), processIO, native ? defaultTransport(process.env, native) : undefined).then(
     (code) => {
       process.exitCode = code;
     },

@@ -5,38 +5,14 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { raw, req } from './helpers.js';
+import { raw, req, startQubesdProcess as startQubesd } from './helpers.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
-
-function startQubesd(dir: string): Promise<ChildProcess> {
-  const p = spawn(process.execPath, [path.join(ROOT, 'bin/qubesd'), '--data-dir', path.join(dir, 'data'), '--run-dir', path.join(dir, 'run')], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let err = '';
-  p.stderr?.on('data', (d: Buffer) => (err += d.toString()));
-  const sock = path.join(dir, 'run', 'qubesd.sock');
-  return new Promise((resolve, reject) => {
-    const t0 = Date.now();
-    const poll = (): void => {
-      void raw(sock, req('admin.vm.List', 'dom0')).then(
-        (r) => (r.data.length > 0 ? resolve(p) : retry()),
-        () => retry(),
-      );
-    };
-    const retry = (): void => {
-      if (p.exitCode !== null) return reject(new Error(`qubesd exited: ${err}`));
-      if (Date.now() - t0 > 15000) return reject(new Error('qubesd did not start'));
-      setTimeout(poll, 50);
-    };
-    poll();
-  });
-}
 
 async function callOk(sock: string, method: string, dest: string, arg: string, payload: string): Promise<boolean> {
   try {

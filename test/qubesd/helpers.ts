@@ -4,11 +4,15 @@
  * under test): it sends bytes, half-closes, and reads to the end, telling a
  * clean end from an abort.
  */
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { startQubesd, type Qubesd, type QubesdOptions } from '../../src/qubesd/index.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 
 export interface TestQubesd {
   readonly dir: string;
@@ -84,4 +88,29 @@ export async function ok(t: TestQubesd, method: string, dest = 'dom0', arg = '',
   const r = await call(t, method, dest, arg, payload, src);
   if (!r.startsWith('0\0')) throw new Error(`${method} ${dest} +${arg}: ${JSON.stringify(r)}`);
   return r.slice(2);
+}
+
+/** bin/qubesd as its own process on DIR/data and DIR/run, resolved once it answers admin.vm.List. */
+export function startQubesdProcess(dir: string): Promise<ChildProcess> {
+  const p = spawn(process.execPath, [path.join(ROOT, 'bin/qubesd'), '--data-dir', path.join(dir, 'data'), '--run-dir', path.join(dir, 'run')], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let err = '';
+  p.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+  const sock = path.join(dir, 'run', 'qubesd.sock');
+  return new Promise((resolve, reject) => {
+    const t0 = Date.now();
+    const poll = (): void => {
+      void raw(sock, req('admin.vm.List', 'dom0')).then(
+        (r) => (r.data.length > 0 ? resolve(p) : retry()),
+        () => retry(),
+      );
+    };
+    const retry = (): void => {
+      if (p.exitCode !== null) return reject(new Error(`qubesd exited: ${err}`));
+      if (Date.now() - t0 > 15000) return reject(new Error('qubesd did not start'));
+      setTimeout(poll, 50);
+    };
+    poll();
+  });
 }
