@@ -21,6 +21,21 @@ export class CommandError extends QrexecError {
   }
 }
 
+/**
+ * The other side of a call failed or refused, with the status it gave when
+ * it gave one (a qrexec client's exit status, a file copy receiver's
+ * status).
+ */
+export class PeerError extends QrexecError {
+  override name = 'PeerError';
+  constructor(
+    message: string,
+    readonly status: number | null = null,
+  ) {
+    super(message);
+  }
+}
+
 /** A Node system error (fs, net, child_process): it has an errno code. */
 export function isSystemError(e: unknown): e is NodeJS.ErrnoException {
   return e instanceof Error && typeof (e as NodeJS.ErrnoException).code === 'string' && /^E[A-Z0-9]+$/.test((e as NodeJS.ErrnoException).code as string);

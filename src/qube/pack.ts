@@ -10,6 +10,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
+import { PeerError } from '../common/errors.js';
 import { ByteReader } from './bytes.js';
 import {
   Errno,
@@ -26,16 +27,9 @@ import {
   validateSymlink,
 } from './qfile.js';
 
-/** The transfer failed; the message is the reference's. */
-export class FilecopyError extends Error {
+/** The transfer failed; the message is the reference's, `status` the receiver's when it sent one. */
+export class FilecopyError extends PeerError {
   override name = 'FilecopyError';
-  constructor(
-    message: string,
-    /** The receiver's status, when it sent one. */
-    readonly code: number | null = null,
-  ) {
-    super(message);
-  }
 }
 
 export interface PackOptions {

@@ -21,7 +21,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { describeSystemError, QrexecError } from '../common/errors.js';
+import { describeSystemError, PeerError, QrexecError } from '../common/errors.js';
 import { localHost } from '../common/local-host.js';
 
 export const SYSTEM_QUBESD_SOCKET = '/var/run/qubesd.sock';
@@ -37,16 +37,9 @@ export class AdminError extends QrexecError {
   }
 }
 
-/** No valid answer (cannot connect, empty reply, the qrexec call failed). */
-export class AdminTransportError extends QrexecError {
+/** No valid answer (cannot connect, empty reply, the qrexec call failed: `status` is then qrexec-client-vm's exit status). */
+export class AdminTransportError extends PeerError {
   override name = 'AdminTransportError';
-  constructor(
-    message: string,
-    /** qrexec-client-vm's exit status, when the call went through qrexec. */
-    readonly exitCode: number | null = null,
-  ) {
-    super(message);
-  }
 }
 
 export interface AdminTransport {

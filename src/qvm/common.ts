@@ -7,6 +7,7 @@
  * padded).
  */
 import { UsageError } from '../common/args.js';
+import { CommandError } from '../common/errors.js';
 import { loadNative } from '../native/addon.js';
 import { AdminError, AdminTransportError, defaultTransport, type AdminTransport } from '../qubesd-client/client.js';
 import { QubesApp, type Qube } from './app.js';
@@ -27,15 +28,9 @@ export interface ToolSpec {
   run(p: Parsed, app: QubesApp, io: ToolIO): Promise<number>;
 }
 
-/** A runtime error to print as `PROG: error: MESSAGE` with this exit status. */
-export class ToolError extends Error {
+/** A runtime error of a qvm-* tool: printed as `PROG: error: MESSAGE` (argparse's way), exit status `exitCode`. */
+export class ToolError extends CommandError {
   override name = 'ToolError';
-  constructor(
-    message: string,
-    readonly code = 1,
-  ) {
-    super(message);
-  }
 }
 
 export const processIO: ToolIO = {
@@ -61,7 +56,7 @@ export async function runTool(spec: ToolSpec, argv: readonly string[], io: ToolI
     }
     if (e instanceof ToolError) {
       io.err(`${spec.prog}: error: ${e.message}\n`);
-      return e.code;
+      return e.exitCode;
     }
     if (e instanceof AdminError) {
       io.err(`${spec.prog}: error: ${e.message}\n`);
