@@ -80,6 +80,8 @@ export interface RegistryStore {
   transaction<T>(fn: () => T): T;
   /** Resolves once every transaction committed so far is on disk (see SqliteStore's group fsync). */
   sync(): Promise<void>;
+  /** Set by the registry: called when committed-looking writes were lost after all (a shared commit failed). */
+  onLost?: (() => void) | null;
   addQube(q: QubeRecord): void;
   removeQube(qid: number): void;
   setProp(qid: number, name: string, value: Value | undefined): void;
@@ -222,6 +224,7 @@ export class Registry {
   private inWrite = false;
 
   constructor(private readonly store: RegistryStore) {
+    store.onLost = () => this.reload();
     this.reload();
   }
 

@@ -9,7 +9,8 @@
  * NORMAL (a commit writes the WAL but does not fsync it, so it does not
  * block the event loop), and {@link SqliteStore.sync} fdatasyncs the WAL
  * in libuv's thread pool; one fdatasync covers every commit made before it
- * started, so the Sets that arrive while one runs share the next. The
+ * started, so the Sets that arrive while one runs share the next (and one
+ * SQLite commit, see {@link SqliteStore.transaction}). The
  * reply waits for it: an acknowledged change is on disk as with FULL
  * (the WAL's own checksums find the last whole commit after a crash).
  *
@@ -86,6 +87,11 @@ export class SqliteStore implements RegistryStore {
   private next: { readonly done: Promise<void>; resolve(): void; reject(e: Error): void } | null = null;
   private dirSynced = false;
   private walOpen: { readonly fd: number; readonly ino: number; readonly dev: number } | null = null;
+  /** GROUP: whether the writes made while an fdatasync runs have a shared transaction open, and how deep in a write we are. */
+  private batch = false;
+  private depth = 0;
+  /** fdatasyncs of the WAL made so far (tests). */
+  fdatasyncs = 0;
 
   constructor(file: string, opts: SqliteStoreOptions = {}) {
     fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
@@ -143,11 +149,64 @@ export class SqliteStore implements RegistryStore {
     return { qubes: [...qubes.values()].map((x) => x.rec), globals, labels };
   }
 
+  /**
+   * Run `fn` as one transaction: committed when it returns. GROUP, while an
+   * fdatasync runs: the writes share one SQLite transaction, each in a
+   * savepoint of it (a write that throws is undone alone), committed when
+   * that fdatasync ends, just before the next one starts: they would wait
+   * for that one anyway, so sharing the commit costs them no time. Their
+   * replies wait for {@link sync}, so nothing is acknowledged before it is
+   * committed and on disk.
+   */
   transaction<T>(fn: () => T): T {
-    if (this.db.inTransaction) return fn();
-    const r = this.db.transaction(fn).immediate();
+    if (!this.group || (!this.batch && !this.running)) {
+      if (this.db.inTransaction) return fn();
+      const r = this.db.transaction(fn).immediate();
+      this.commits++;
+      return r;
+    }
+    if (this.depth > 0) return fn();
+    if (!this.batch) {
+      this.db.exec('BEGIN IMMEDIATE');
+      this.batch = true;
+    }
+    this.db.exec('SAVEPOINT w');
+    this.depth++;
+    try {
+      const r = fn();
+      // as better-sqlite3's own transactions: the change must be made by the time fn returns
+      if (r instanceof Promise) throw new TypeError('Transaction function cannot return a promise');
+      this.db.exec('RELEASE w');
+      return r;
+    } catch (e) {
+      this.db.exec('ROLLBACK TO w');
+      this.db.exec('RELEASE w');
+      throw e;
+    } finally {
+      this.depth--;
+    }
+  }
+
+  /** GROUP: called when a shared transaction could not be committed (its writes are lost: the model must be reloaded). */
+  onLost: (() => void) | null = null;
+
+  /** Commit the shared transaction, if one is open; false when that failed (its writes are lost). */
+  private commitBatch(): boolean {
+    if (!this.batch) return true;
+    this.batch = false;
+    try {
+      this.db.exec('COMMIT');
+    } catch {
+      try {
+        if (this.db.inTransaction) this.db.exec('ROLLBACK');
+      } catch {
+        // the connection has rolled back already
+      }
+      this.onLost?.();
+      return false;
+    }
     this.commits++;
-    return r;
+    return true;
   }
 
   /**
@@ -158,8 +217,10 @@ export class SqliteStore implements RegistryStore {
    * fdatasync failed.
    */
   sync(): Promise<void> {
-    if (!this.group || this.synced >= this.commits) return DONE;
-    if (this.running && this.running.upTo >= this.commits) return this.running.done;
+    if (!this.group) return DONE;
+    // the shared transaction is committed when the running fdatasync ends, and the next one covers it
+    if (!this.batch && this.synced >= this.commits) return DONE;
+    if (!this.batch && this.running && this.running.upTo >= this.commits) return this.running.done;
     if (this.running) {
       if (!this.next) {
         let resolve: () => void = () => undefined;
@@ -179,6 +240,7 @@ export class SqliteStore implements RegistryStore {
     const upTo = this.commits;
     const dir = path.dirname(this.wal);
     const done = (async () => {
+      this.fdatasyncs++;
       await fdatasync(this.walFd());
       if (!this.dirSynced) {
         // the WAL's directory entry, once (FULL has SQLite do the same)
@@ -197,7 +259,8 @@ export class SqliteStore implements RegistryStore {
       if (this.running === running) this.running = null;
       const waiting = this.next;
       this.next = null;
-      if (waiting) this.startSync().then(waiting.resolve, waiting.reject);
+      if (!this.commitBatch()) waiting?.reject(new StoreError('the registry could not be written'));
+      else if (waiting) this.startSync().then(waiting.resolve, waiting.reject);
     };
     done.then(
       () => {
@@ -264,6 +327,7 @@ export class SqliteStore implements RegistryStore {
   }
 
   close(): void {
+    this.commitBatch();
     const w = this.walOpen;
     this.walOpen = null;
     // not under an fdatasync still running on it
