@@ -149,7 +149,7 @@ Host *
   ControlPersist yes
   ConnectTimeout 5
   ConnectionAttempts 1
-  ServerAliveInterval 2
+  ServerAliveInterval 1
   ServerAliveCountMax 3
   ClearAllForwardings yes
   ForwardAgent no

@@ -258,26 +258,75 @@ export async function syncRelay(h: AirHost, relay: string): Promise<void> {
 }
 
 /**
- * (Re)starts the relay's sshd and drops its open connections to the peers
- * (the next call makes them again).
+ * The relay-side script that stops its sshd for good: the listener and every
+ * per-connection child it forked (each sshd child is in its own session, so
+ * killing the listener alone leaves the open connections, and the calls on
+ * them, running), with the processes of those connections' calls; then the
+ * relay's own connections to its peers (their ControlMaster processes).
+ */
+export function stopRelayScript(): string {
+  return `cd ${RELAY_DIR} 2>/dev/null || exit 0
+# the direct children of $1 (from /proc: the field after the command name's ')')
+kids() {
+  for s in /proc/[0-9]*/stat; do
+    read -r line 2>/dev/null < "$s" || continue
+    r=\${line##*) }; r=\${r#* }
+    [ "\${r%% *}" = "$1" ] || continue
+    p=\${s#/proc/}; echo "\${p%/stat}"
+  done
+}
+# $1 and all its descendants, children first noted (a killed parent's children are re-parented)
+tree() {
+  for k in $(kids "$1"); do tree "$k"; done
+  echo "$1"
+}
+# whether one of $all still runs (a zombie does not count)
+alive() {
+  for p in $all; do
+    read -r line 2>/dev/null < /proc/"$p"/stat || continue
+    r=\${line##*) }
+    [ "\${r%% *}" = Z ] || return 0
+  done
+  return 1
+}
+l=$(cat sshd.pid 2>/dev/null)
+if [ -n "$l" ] && [ "$(cat /proc/"$l"/comm 2>/dev/null)" = sshd ]; then
+  all=$(tree "$l")
+  # shellcheck disable=SC2086
+  kill $all 2>/dev/null
+  n=0
+  while [ "$n" -lt 50 ] && alive; do sleep 0.1; n=$((n + 1)); done
+  # shellcheck disable=SC2086
+  kill -9 $all 2>/dev/null
+fi
+rm -f sshd.pid
+for c in /tmp/qubes-air-*.ctl; do [ -S "$c" ] && ssh -F ssh_config -o ControlPath="$c" -O exit x 2>/dev/null; done
+exit 0
+`;
+}
+
+/**
+ * (Re)starts the relay's sshd, after ending the old one with its open
+ * connections and the relay's connections to its peers (the next call makes
+ * them again).
  */
 export async function startRelay(h: AirHost, relay: string): Promise<void> {
   await checkRelay(h, relay);
   await runInQube(
     h.app,
     relay,
-    `cd ${RELAY_DIR} || { echo "${relay} is no relay yet (qvm-air relay ${relay})" >&2; exit 1; }
-[ -s sshd.pid ] && kill "$(cat sshd.pid)" 2>/dev/null && sleep 0.2
-for c in /tmp/qubes-air-*.ctl; do [ -S "$c" ] && ssh -F ssh_config -o ControlPath="$c" -O exit x 2>/dev/null; done
-/usr/sbin/sshd -f ${RELAY_DIR}/sshd_config -E ${RELAY_DIR}/sshd.log
+    `[ -d ${RELAY_DIR} ] || { echo "${relay} is no relay yet (qvm-air relay ${relay})" >&2; exit 1; }
+(
+${stopRelayScript()}) || exit 1
+cd ${RELAY_DIR} && /usr/sbin/sshd -f ${RELAY_DIR}/sshd_config -E ${RELAY_DIR}/sshd.log
 `,
   );
 }
 
-/** Stops the relay's sshd. */
+/** Stops the relay's sshd and ends its open connections, both ways. */
 export async function stopRelay(h: AirHost, relay: string): Promise<void> {
   await checkRelay(h, relay);
-  await runInQube(h.app, relay, `cd ${RELAY_DIR} 2>/dev/null && [ -s sshd.pid ] && kill "$(cat sshd.pid)" 2>/dev/null; exit 0\n`);
+  await runInQube(h.app, relay, stopRelayScript());
 }
 
 /**

@@ -11,7 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
-import { AirTestHost, RELAY_PORT, airSkipReason, forwardToRelay, link, netnsTag } from './hosts.js';
+import { AirTestHost, RELAY_PORT, airSkipReason, blockLink, forwardToRelay, link, netnsTag, setLink } from './hosts.js';
 
 const skip = airSkipReason();
 
@@ -238,6 +238,108 @@ exec ssh -F $HOME/.qubes-air/ssh_config b "qubes-air-v1 $src work $service $env"
     }
     const again = await a.runIn('work', 'qrexec-client-vm work-b test.Who </dev/null');
     assert.equal(again.stdout, 'work-a\n', again.stderr);
+  });
+
+  describe('faults', () => {
+    // ConnectTimeout 5 for a new connection; keep-alives of 2 s x 3 for an open one
+    const BOUND_MS = 15_000;
+    const timed = async (h: AirTestHost, qube: string, cmd: string): Promise<{ r: { status: number; stdout: string; stderr: string }; ms: number }> => {
+      const t0 = Date.now();
+      const r = await h.runIn(qube, cmd, 60_000);
+      return { r, ms: Date.now() - t0 };
+    };
+    /** The processes of relay `h` running the call path (entry point, client, ssh), as "comm" lines. */
+    const callPath = async (h: AirTestHost): Promise<string> =>
+      (await h.runIn('relay', 'for s in /proc/[0-9]*/comm; do read -r c < $s 2>/dev/null && echo $c; done | grep -x -e qubes-air-entry -e qrexec-client-v || true')).stdout;
+
+    it('the remote host down: a call fails within the connect timeout with a clear message, over the open connection and over a new one; then it reconnects', async () => {
+      const warm = await a.runIn('work', 'qrexec-client-vm work-b test.Who </dev/null');
+      assert.equal(warm.stdout, 'work-a\n', warm.stderr);
+      blockLink(b, true);
+      try {
+        for (const what of ['the open connection', 'a new connection']) {
+          const { r, ms } = await timed(a, 'work', 'qrexec-client-vm work-b test.Who </dev/null');
+          assert.notEqual(r.status, 0, `${what}: ${r.stdout}`);
+          assert.equal(r.stdout, '');
+          assert.match(r.stderr, /qubesair\.SSHProxy: the SSH connection to b failed or was lost/, what);
+          assert.ok(ms < BOUND_MS, `${what}: failed after ${ms} ms`);
+        }
+      } finally {
+        blockLink(b, false);
+      }
+      const again = await a.runIn('work', 'qrexec-client-vm work-b test.Who </dev/null');
+      assert.equal(again.stdout, 'work-a\n', again.stderr);
+    });
+
+    it('the link cut mid-stream (32 of 64 MiB sent): the caller fails non-zero with a partial count; both relays end the call; then it reconnects', async () => {
+      // the producer sends half, then holds the stream open: the cut is always mid-call
+      const p = a.runIn(
+        'work',
+        'rm -f /tmp/f && mkfifo /tmp/f && { (head -c 33554432 /dev/zero; exec sleep 60) > /tmp/f & pid=$!; }; ' +
+          'qrexec-client-vm work-b test.Echo < /tmp/f > /tmp/out; echo "rc=$?"; kill $pid; wc -c < /tmp/out',
+        90_000,
+      );
+      // wait until the echo is under way: a's work has the output going
+      let n = 0;
+      for (let i = 0; i < 100 && n < 1 << 20; i++) {
+        await new Promise((res) => setTimeout(res, 200));
+        n = Number((await a.runIn('work', 'wc -c < /tmp/out 2>/dev/null || echo 0')).stdout.trim());
+      }
+      assert.ok(n >= 1 << 20, `echo never got going (${n} bytes)`);
+      const t0 = Date.now();
+      setLink(a, b, false);
+      let r: { status: number; stdout: string; stderr: string };
+      try {
+        r = await p;
+      } finally {
+        setLink(a, b, true);
+      }
+      const ms = Date.now() - t0;
+      const [rc, count] = r.stdout.trim().split('\n');
+      assert.notEqual(rc, 'rc=0', r.stdout + r.stderr);
+      assert.match(rc ?? '', /^rc=\d+$/);
+      assert.ok(Number(count) < 67108864, `partial transfer: ${count}`);
+      assert.match(r.stderr, /the SSH connection to b failed or was lost/);
+      assert.ok(ms < BOUND_MS, `the caller failed after ${ms} ms`);
+      // the far end: b's relay ended its side too (sshd's keep-alive or a reset), and says the call failed
+      let log = '';
+      for (let i = 0; i < 60 && !/test\.Echo/.test(log); i++) {
+        log = (await b.runIn('relay', 'cat ~/.qubes-air/entry.log')).stdout;
+        if (!/test\.Echo/.test(log)) await new Promise((res) => setTimeout(res, 250));
+      }
+      assert.match(log, /call from a: work -> work test\.Echo\+ failed \(the SSH connection was lost\)/);
+      assert.equal(await callPath(b), '', 'relay b still runs the call');
+      assert.equal(await callPath(a), '', 'relay a still runs the call');
+      const again = await a.runIn('work', 'echo back | qrexec-client-vm work-b test.Echo');
+      assert.equal(again.stdout, 'back\n', again.stderr);
+    });
+
+    it('qvm-air stop ends the open connections (no call gets through); start: the next call reconnects', async () => {
+      const logins = async (): Promise<number> => Number((await b.runIn('relay', "grep -c 'Accepted publickey' ~/.qubes-air/sshd.log")).stdout.trim());
+      const warm = await a.runIn('work', 'qrexec-client-vm work-b test.Who </dev/null');
+      assert.equal(warm.stdout, 'work-a\n', warm.stderr);
+      const before = await logins();
+      b.ok('qvm-air', 'stop', 'relay');
+      const r = await b.runIn('relay', 'for s in /proc/[0-9]*/comm; do read -r c < $s && echo $c; done | grep -cx sshd || true');
+      assert.equal(r.stdout, '0\n', 'sshd processes left in relay b');
+      const { r: down, ms } = await timed(a, 'work', 'qrexec-client-vm work-b test.Who </dev/null');
+      assert.notEqual(down.status, 0, down.stdout);
+      assert.equal(down.stdout, '');
+      assert.match(down.stderr, /the SSH connection to b failed or was lost/);
+      assert.ok(ms < BOUND_MS, `failed after ${ms} ms`);
+      b.ok('qvm-air', 'start', 'relay');
+      const again = await a.runIn('work', 'qrexec-client-vm work-b test.Who </dev/null');
+      assert.equal(again.stdout, 'work-a\n', again.stderr);
+      assert.equal(await logins(), before + 1);
+      // and a restart with a call open: the call fails, the next one reconnects
+      const open = a.runIn('work', 'rm -f /tmp/f && mkfifo /tmp/f && { (echo x; exec sleep 60) > /tmp/f & pid=$!; }; qrexec-client-vm work-b test.Echo < /tmp/f; echo "rc=$?"; kill $pid', 60_000);
+      await new Promise((res) => setTimeout(res, 1500));
+      b.ok('qvm-air', 'start', 'relay');
+      const cut = await open;
+      assert.match(cut.stdout, /^x\nrc=(?!0\n)\d+\n$/, cut.stderr);
+      const third = await a.runIn('work', 'qrexec-client-vm work-b test.Who </dev/null');
+      assert.equal(third.stdout, 'work-a\n', third.stderr);
+    });
   });
 });
 

@@ -193,3 +193,14 @@ export function setLink(a: AirTestHost, b: AirTestHost, up: boolean, n = 0): voi
   sh('ip', ['-n', a.netns, 'link', 'set', `l${n}${b.name}`, up ? 'up' : 'down']);
   sh('ip', ['-n', b.netns, 'link', 'set', `l${n}${a.name}`, up ? 'up' : 'down']);
 }
+
+/** Makes host `h` unreachable (or reachable again): its namespace drops everything that comes over its links. */
+export function blockLink(h: AirTestHost, block: boolean): void {
+  sh('ip', ['netns', 'exec', h.netns, 'nft', '-f', '-'], block
+    ? `table inet airdown {
+  chain input { type filter hook input priority -10; policy accept; iifname "l*" drop; }
+  chain forward { type filter hook forward priority -10; policy accept; iifname "l*" drop; }
+}
+`
+    : 'delete table inet airdown\n');
+}
