@@ -204,3 +204,34 @@ export function blockLink(h: AirTestHost, block: boolean): void {
 `
     : 'delete table inet airdown\n');
 }
+
+/**
+ * A site network for many hosts: a switch namespace `${tag}sw` with a bridge,
+ * each host joined to it by a veth (`lsw` on the host's side, so the rules of
+ * {@link forwardToRelay} apply) at 10.231.0.(i+1)/24. Returns what removes
+ * the switch (the hosts' ends go with their namespaces).
+ */
+export function star(tag: string, hosts: readonly AirTestHost[]): () => void {
+  const sw = `${tag}sw`;
+  sh('ip', ['netns', 'add', sw]);
+  sh('ip', ['-n', sw, 'link', 'add', 'br0', 'type', 'bridge']);
+  sh('ip', ['-n', sw, 'link', 'set', 'br0', 'up']);
+  hosts.forEach((h, i) => {
+    sh('ip', ['-n', h.netns, 'link', 'add', 'lsw', 'type', 'veth', 'peer', 'name', `p${h.name}`, 'netns', sw]);
+    h.linkAddress = `10.231.0.${i + 1}`;
+    sh('ip', ['-n', h.netns, 'addr', 'add', `${h.linkAddress}/24`, 'dev', 'lsw']);
+    sh('ip', ['-n', h.netns, 'link', 'set', 'lsw', 'up']);
+    sh('ip', ['-n', sw, 'link', 'set', `p${h.name}`, 'master', 'br0']);
+    sh('ip', ['-n', sw, 'link', 'set', `p${h.name}`, 'up']);
+  });
+  return () => {
+    spawnSync('ip', ['netns', 'del', sw]);
+  };
+}
+
+/** A program in a qube's /usr/local/bin (its private volume). */
+export function program(h: AirTestHost, qube: string, name: string, script: string): void {
+  const d = path.join(h.data, 'qubes', qube, 'private', 'usrlocal', 'bin');
+  fs.mkdirSync(d, { recursive: true, mode: 0o755 });
+  fs.writeFileSync(path.join(d, name), script, { mode: 0o755 });
+}
