@@ -183,13 +183,26 @@ export function decide(
   }
 }
 
+/**
+ * The GUI domain that answers for a call's source: its own, or for a
+ * RemoteVM relayed here the GUI domain of its relay, a qube of this host
+ * (qubes-issues #10913). A RemoteVM's own guivm would name no qube that
+ * can show anything here.
+ */
+function guivmOf(info: SystemInfo, source: string, relayvm: string | null): string | null {
+  const d = info.domains.get(source);
+  if (relayvm !== null && d?.type === 'RemoteVM') return info.domains.get(relayvm)?.guivm ?? null;
+  return d?.guivm ?? null;
+}
+
 /** policy.Notify to the GUI domain of the call's source, if it has one (fire and forget). */
 function notifyGuivm(
   ctx: DecideContext,
   info: SystemInfo,
   params: { resolution: 'allow' | 'deny'; service: string; argument: string; source: string; target: string },
+  relayvm: string | null,
 ): void {
-  const guivm = info.domains.get(params.source)?.guivm ?? null;
+  const guivm = guivmOf(info, params.source, relayvm);
   if (guivm) ctx.notify.send(guivm, params);
 }
 
@@ -207,7 +220,7 @@ function denied(
   if (mayNotify && d.notify && !req.justEvaluate) {
     // The reference notifies with the request as the daemon sent it.
     const { service, argument } = splitService(req.serviceAndArg);
-    notifyGuivm(ctx, info, { resolution: 'deny', service, argument, source: req.source, target: req.intendedTarget });
+    notifyGuivm(ctx, info, { resolution: 'deny', service, argument, source: req.source, target: req.intendedTarget }, null);
   }
   return rec.done(DENY_REPLY);
 }
@@ -226,8 +239,8 @@ function allowed(
   if (!Array.isArray(lines)) return denied(lines as DenyDecision, req, info, ctx, rec, mayNotify);
   if (ctx.log.enabled?.('info') !== false) ctx.log.info(`${rec.logPrefix} allowed to ${safe(a.target)}`);
   if (mayNotify && a.notify) {
-    const { service, argument, source } = a.request;
-    notifyGuivm(ctx, info, { resolution: 'allow', service, argument, source, target: a.target });
+    const { service, argument, source, relayvm } = a.request;
+    notifyGuivm(ctx, info, { resolution: 'allow', service, argument, source, target: a.target }, relayvm);
   }
   return rec.done(lines.join('\n'));
 }
@@ -250,7 +263,7 @@ function asked(
     rec.reason = 'ask (just_evaluate)';
     return rec.done(DENY_REPLY);
   }
-  const guivm = info.domains.get(ask.request.source)?.guivm ?? null;
+  const guivm = guivmOf(info, ask.request.source, ask.request.relayvm);
   if (!guivm || ctx.gui === null) {
     ctx.log.error(
       `${safe(ask.request.service)} not allowed from ${safe(ask.request.source)}: the resolution was "ask", ` +
