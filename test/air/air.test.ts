@@ -32,6 +32,10 @@ test.Exit * ${remote} work allow
 test.Who * ${remote} work allow
 test.Missing * ${remote} work allow
 test.Who * personal-a work allow
+qubes.VMShell * work ${remote} allow
+qubes.VMShell * ${remote} work allow
+qubes.Filecopy * work ${remote} allow
+qubes.Filecopy * ${remote} work allow
 `;
 
 void describe('Qubes Air: two hosts in network namespaces, calls through their relays over SSH', { skip: skip ?? false, timeout: 300_000 }, () => {
@@ -238,6 +242,24 @@ exec ssh -F $HOME/.qubes-air/ssh_config b "qubes-air-v1 $src work $service $env"
     }
     const again = await a.runIn('work', 'qrexec-client-vm work-b test.Who </dev/null');
     assert.equal(again.stdout, 'work-a\n', again.stderr);
+  });
+
+  it('a → b: qvm-run-vm and qvm-copy-to-vm in a qube toward the RemoteVM: the command runs, the file lands on b from work-a', async () => {
+    const r = await a.runIn('work', 'qvm-run-vm work-b "echo ran >/tmp/ran-by-air; echo \\$QREXEC_REMOTE_DOMAIN"; echo "rc=$?"; ' +
+      'head -c 1048576 /dev/urandom > /tmp/gift && sha256sum < /tmp/gift && qvm-copy-to-vm work-b /tmp/gift; echo "copy=$?"');
+    const [who, rc, sum, copy] = r.stdout.trim().split('\n');
+    assert.equal(who, 'work-a', r.stderr);
+    assert.equal(rc, 'rc=0');
+    assert.equal(copy, 'copy=0', r.stderr);
+    const there = await b.runIn('work', 'cat /tmp/ran-by-air; sha256sum < ~/QubesIncoming/work-a/gift');
+    assert.equal(there.stdout, `ran\n${sum}\n`, there.stderr);
+  });
+
+  it('dom0\'s qvm-run toward a RemoteVM: refused with a clear message (dom0 has no qrexec link to it; a qube calls it through the relay)', () => {
+    const r = a.tool('qvm-run', ['--pass-io', 'work-b', 'true'], undefined, 30_000);
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /^qvm-run: error: A remote qube cannot be started from here\n$/);
+    assert.doesNotMatch(r.stderr, /\n\s+at /);
   });
 
   describe('faults', () => {
