@@ -56,6 +56,7 @@ import {
 import { drainSignalRecords, loadNative, type NativeHelper } from '../native/addon.js';
 import { describeSystemError, QrexecError } from '../common/errors.js';
 import { flushed, openLocal, type LocalStream } from '../native/local-stream.js';
+import { SignalRelays, type Relay } from './sigrelay.js';
 
 /** The reference's default agent socket. */
 export const DEFAULT_AGENT_SOCKET = '/var/run/qubes/qrexec-agent';
@@ -114,6 +115,12 @@ export class Agent {
   private closed = false;
   /** Running executable services whose stdin socket a SIGUSR1 may switch to, by pid. */
   private readonly switchable = new Map<number, SwitchableService>();
+  /** Per-call SIGUSR1 targets (undefined when not built: the agent itself is then every call's target). */
+  private relays: SignalRelays | undefined;
+  /** Running switchable calls by their relay's pid. */
+  private readonly byRelay = new Map<number, SwitchableService>();
+  /** Relays given to calls whose pump is not running yet: whether they were signalled meanwhile. */
+  private readonly awaiting = new Map<number, boolean>();
   /** Resolves when the control channel is gone. */
   readonly done: Promise<void>;
   private resolveDone: () => void = () => undefined;
@@ -131,6 +138,7 @@ export class Agent {
 
   /** Listens on the control vchan, waits for dom0's handshake, then opens the agent socket. */
   async start(): Promise<void> {
+    if (!this.closed && loadNative()) this.relays = SignalRelays.start((relay) => this.relaySignal(relay), this.log);
     const listener = await vchanListen(this.opts.vchan, 0, VCHAN_BASE_PORT);
     // close() while we wait for dom0 (SIGTERM) stops the wait
     this.ctrlListener = listener;
@@ -147,6 +155,7 @@ export class Agent {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.relays?.close();
     this.ctrlListener?.close();
     this.server?.close();
     try {
@@ -297,13 +306,29 @@ export class Agent {
     const setupMs = limits.setupTimeoutMs > 0 ? limits.setupTimeoutMs : undefined;
     let dataUp: (ok: boolean) => void = () => undefined;
     const dataReady = new Promise<boolean>((r) => (dataUp = r));
+    // the call's own SIGUSR1 target (QREXEC_AGENT_PID), when relays are built
+    let relay: Relay | undefined;
+    const withRelay = async (c: PreparedCall): Promise<StartedService | FailedService> => {
+      const pid = this.relays ? await this.relays.take() : undefined;
+      if (pid !== undefined && this.relays) {
+        relay = this.relays.relay(pid);
+        this.awaiting.set(pid, false);
+      }
+      return startService(c, relay ? { ...this.opts.exec, agentPid: relay.pid } : this.opts.exec, dataReady);
+    };
     // started at once: a socket service connects while the data vchan does; executables wait for it
     const started: Promise<StartedService | FailedService> | undefined =
       type === MsgType.JUST_EXEC
         ? undefined
         : call
-          ? startService(call, this.opts.exec, dataReady).catch((e: Error) => ({ code: ExitCode.PROBLEM, reason: e.message }))
+          ? withRelay(call).catch((e: Error) => ({ code: ExitCode.PROBLEM, reason: e.message }))
           : Promise.resolve({ code: ExitCode.PROBLEM, reason: 'bad command' });
+    const dropRelay = (): void => {
+      if (!relay) return;
+      this.awaiting.delete(relay.pid);
+      relay.release();
+      relay = undefined;
+    };
     void (async () => {
       let ch: net.Socket;
       try {
@@ -312,6 +337,7 @@ export class Agent {
         dataUp(false);
         void started?.then((s) => {
           if (!('code' in s)) for (const x of [s.sink, s.source, s.errSource]) x?.destroy();
+          dropRelay();
         });
         log(`Data vchan connection failed: ${(e as Error).message}`);
         this.sendCtrl(encodeConnectionTerminated(domain, port));
@@ -329,6 +355,7 @@ export class Agent {
       } else {
         const s = await started;
         if ('code' in s) {
+          dropRelay();
           log(s.reason);
           log(`failed to spawn process (exited ${s.code}): ${cmdline}`);
           pump = exitOnly(Promise.resolve({ code: s.code, eofs: true }));
@@ -352,18 +379,26 @@ export class Agent {
             peer,
             limits,
             // the service's SIGUSR1 may still be queued when its output's EOF
-            // (its exit) is seen: hand it on first (see serviceSignal)
-            ...(s.stdinReadFd !== undefined ? { beforeOutputEof: drainSignalRecords } : {}),
+            // (its exit) is seen: hand it on first (see serviceSignal, relaySignal)
+            ...(s.stdinReadFd !== undefined ? { beforeOutputEof: relay ? relay.sync : drainSignalRecords } : {}),
           });
           const pid = s.child?.pid;
           if (s.stdinReadFd !== undefined && pid !== undefined) {
             const entry: SwitchableService = { pump, stdinReadFd: s.stdinReadFd, switched: false };
-            this.switchable.set(pid, entry);
+            const own = relay;
+            if (own) this.byRelay.set(own.pid, entry);
+            else this.switchable.set(pid, entry);
+            if (own && this.awaiting.get(own.pid) === true) this.switchTo(entry);
+            if (own) this.awaiting.delete(own.pid);
             void pump.done.then(() => {
-              if (this.switchable.get(pid) === entry) this.switchable.delete(pid);
+              if (own) {
+                if (this.byRelay.get(own.pid) === entry) this.byRelay.delete(own.pid);
+                dropRelay();
+              } else if (this.switchable.get(pid) === entry) this.switchable.delete(pid);
               if (!entry.switched) closeFd(entry.stdinReadFd); // else the pump closed its stream
             });
           } else {
+            dropRelay();
             closeFd(s.stdinReadFd);
           }
           if (s.release) void pump.done.then(s.release);
@@ -405,6 +440,21 @@ export class Agent {
       this.log(`SIGUSR1 from pid ${senderPid} ignored: not a running service's process (ancestry ${lineage.join(' ') || 'unknown'})`);
       return;
     }
+    this.switchTo(found);
+  }
+
+  /**
+   * A SIGUSR1 sent to a call's relay (its QREXEC_AGENT_PID): as
+   * the reference's per-call agent process, any sender switches that call.
+   * A signal that comes before the call's pump runs is kept for it.
+   */
+  private relaySignal(relay: number): void {
+    const found = this.byRelay.get(relay);
+    if (found) this.switchTo(found);
+    else if (this.awaiting.has(relay)) this.awaiting.set(relay, true);
+  }
+
+  private switchTo(found: SwitchableService): void {
     if (found.switched) return; // the first signal switched it
     found.switched = true;
     const sock = new net.Socket({ fd: found.stdinReadFd, readable: true, writable: false, allowHalfOpen: true });

@@ -8,7 +8,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, describe, it } from 'node:test';
-import { DOMAIN, Fixture, T, TARGET_DOMAIN, execPayload, fixed, msg, sortMessages, u32, type Conn, type Message } from './peer.js';
+import { DOMAIN, Fixture, ROOT, T, TARGET_DOMAIN, execPayload, fixed, msg, sortMessages, u32, type Conn, type Message } from './peer.js';
 
 let fx: Fixture;
 afterEach(async () => {
@@ -157,16 +157,18 @@ describe('qrexec-agent: services', () => {
     fx.service(
       'rpc',
       'qubes.Service',
-      '#!/bin/sh\nprintf "%s|" "$0" "$#" "$1" "$QREXEC_REMOTE_DOMAIN" "$QREXEC_SERVICE_FULL_NAME" "$QREXEC_SERVICE_ARGUMENT" ' +
+      // (and the parent of QREXEC_AGENT_PID's parent: a relay's server is the agent's child)
+      '#!/bin/sh\nppid() { awk \'/^PPid:/ { print $2 }\' "/proc/$1/status"; }\n' +
+        'printf "%s|" "$0" "$#" "$1" "$QREXEC_REMOTE_DOMAIN" "$QREXEC_SERVICE_FULL_NAME" "$QREXEC_SERVICE_ARGUMENT" ' +
         '"${QREXEC_REQUESTED_TARGET_TYPE-unset}" "${QREXEC_REQUESTED_TARGET-unset}" "${QREXEC_REQUESTED_TARGET_KEYWORD-unset}" ' +
-        '"$QREXEC_AGENT_PID" "${QREXEC_SERVICE_PATH:+set}"\nprintf err >&2\n',
+        '"$QREXEC_AGENT_PID" "${QREXEC_SERVICE_PATH:+set}" "$(ppid "$(ppid "$QREXEC_AGENT_PID")")"\nprintf err >&2\n',
     );
     fx.startAgent();
     await fx.connectDom0();
     const { target } = await fx.exec(T.EXEC_CMDLINE, 'QUBESRPC qubes.Service+arg domX');
     target.send(msg(T.DATA_STDIN));
     const r = await outcome(target);
-    const [argv0, argc, arg1, remote, full, argument, ttype, tname, tkw, pid, sp] = r.out.split('|');
+    const [argv0, argc, arg1, remote, full, argument, ttype, tname, tkw, pid, sp, grandparent] = r.out.split('|');
     assert.equal(argv0, path.join(fx.dir, 'rpc', 'qubes.Service'));
     assert.equal(argc, '1');
     assert.equal(arg1, 'arg');
@@ -176,7 +178,14 @@ describe('qrexec-agent: services', () => {
     assert.equal(ttype, '');
     assert.equal(tname, 'unset');
     assert.equal(tkw, 'unset');
-    assert.equal(pid, String(fx.agent?.pid));
+    // as the reference's per-call agent process: the call's own relay
+    // (native/qrexec-sigrelay), or the agent itself when it is not built
+    if (fs.existsSync(path.join(ROOT, 'native', 'build', 'qrexec-sigrelay'))) {
+      assert.notEqual(pid, String(fx.agent?.pid));
+      assert.equal(grandparent, String(fx.agent?.pid));
+    } else {
+      assert.equal(pid, String(fx.agent?.pid));
+    }
     assert.equal(sp, 'set');
     assert.equal(r.err, 'err');
     assert.equal(r.code, 0);

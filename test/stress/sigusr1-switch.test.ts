@@ -177,6 +177,65 @@ describe('stress: the single-socket switch (SIGUSR1) under CPU load', () => {
   });
 });
 
+const relayBuilt = fs.existsSync(path.join(ROOT, 'native', 'build', 'qrexec-sigrelay'));
+const TOGETHER = 8;
+const TOGETHER_ROUNDS = 3;
+
+async function waitMarks(dir: string, prefix: string, n: number): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  while (fs.readdirSync(dir).filter((x) => x.startsWith(prefix)).length < n) {
+    if (Date.now() > deadline) throw new Error(`only ${fs.readdirSync(dir).filter((x) => x.startsWith(prefix)).length} of ${n} ${prefix} marks`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+describe('stress: services that signal (SIGUSR1) at the same moment', () => {
+  // The agent is stopped while every service signals: its signals are then
+  // pending together, and a standard signal does not queue (the kernel keeps
+  // one). Each call must still switch: its QREXEC_AGENT_PID is its own.
+  it('every call switches, though all signals are sent while the agent is stopped', { skip: !(addonBuilt && relayBuilt) && 'native parts not built', timeout: 180_000 }, async () => {
+    const f = new Fixture();
+    const agent = (): ChildProcess => {
+      assert.ok(f.agent?.pid);
+      return f.agent;
+    };
+    try {
+      f.startAgent();
+      await f.connectDom0();
+      const problems: string[] = [];
+      for (let r = 0; r < TOGETHER_ROUNDS; r++) {
+        const marks = fs.mkdtempSync(path.join(f.dir, 'marks-'));
+        const go = path.join(marks, 'go');
+        f.service(
+          'rpc',
+          'test.SwTogether',
+          `#!/bin/sh\n: > "${marks}/ready.$1"\nwhile [ ! -e "${go}" ]; do sleep 0.005; done\nkill -USR1 "$QREXEC_AGENT_PID"\n: > "${marks}/sent.$1"\necho "together $1" >&0\n`,
+        );
+        const calls = await Promise.all(Array.from({ length: TOGETHER }, (_, i) => f.exec(T.EXEC_CMDLINE, `QUBESRPC test.SwTogether+r${r}c${i} domX`)));
+        for (const c of calls) c.target.send(msg(T.DATA_STDIN));
+        await waitMarks(marks, 'ready.', TOGETHER);
+        agent().kill('SIGSTOP');
+        try {
+          fs.writeFileSync(go, '');
+          await waitMarks(marks, 'sent.', TOGETHER);
+        } finally {
+          agent().kill('SIGCONT');
+        }
+        const outs = await Promise.all(calls.map(async (c) => sortMessages(await c.target.recvAll())));
+        for (const [i, all] of outs.entries()) {
+          const stdout = all.filter((m) => m.type === T.DATA_STDOUT).map((m) => m.data.toString()).join('');
+          const exit = all.find((m) => m.type === T.DATA_EXIT_CODE)?.data.readUInt32LE(0);
+          if (stdout !== `together r${r}c${i}\n` || exit !== 0) problems.push(`r${r}c${i}: stdout ${JSON.stringify(stdout)}, exit ${exit}`);
+        }
+      }
+      console.log(`stress simultaneous signals: ${TOGETHER * TOGETHER_ROUNDS} calls, ${problems.length} lost or wrong`);
+      assert.deepEqual(problems, [], `agent log:\n${quietLog(f)}`);
+    } finally {
+      await f.stop();
+    }
+  });
+});
+
 const LAUNCHER = path.join(ROOT, 'native', 'build', 'qrexec-client-vm');
 const NODE_CLIENT = path.join(ROOT, 'dist', 'src', 'cli', 'qrexec-client-vm.js');
 // (a Node.js start per call through qrexec-client-vm's Node code: fewer)
