@@ -10,21 +10,21 @@
  *
  * agent -> server (stdin), 8-byte records {op, pid}:
  *   {1, 0}    fork a relay (answered with READY)
- *   {2, pid}  sync: the relay answers SYNCED once every SIGUSR1 sent to it
- *             before now was reported (or GONE if it died)
  *   {3, pid}  release: the call is over, the relay is killed and reaped
  * server and relays -> agent (stdout), 12-byte records {type, relay, value}:
  *   {1, relay, 0}       READY: a new relay is waiting
- *   {2, relay, sender}  SIGNAL: the relay got SIGUSR1 from `sender`
- *   {3, relay, 0}       SYNCED
- *   {4, relay, status}  GONE: the relay died before it was released
+ *   {2, relay, 0}       SIGNAL: the relay was sent SIGUSR1
+ *   {4, 0, 0}           a fork failed
  *
- * Relays block every signal and take SIGUSR1 and SIGUSR2 with sigwaitinfo.
- * The server syncs a relay with SIGUSR2: Linux hands out the lowest pending
- * signal first, so a pending SIGUSR1 is always reported before SYNCED. A relay
- * is reaped only after its release, so its pid is not reused while the agent
- * may still name it. Records are shorter than PIPE_BUF: writes from the server
- * and the relays to the shared pipe do not interleave.
+ * A relay blocks every signal and never takes SIGUSR1: it watches it with a
+ * signalfd that it does not read, reports it once, and sleeps. The signal
+ * stays pending, so the agent can also see it at once, without a round
+ * trip, in the relay's /proc/PID/status (ShdPnd): a signal sent before a
+ * service exited is there when the service's output EOF is handled, even if
+ * its record is not read yet. A relay is reaped only after its release, so
+ * its pid is not reused while the agent may still name it. Records are
+ * shorter than PIPE_BUF: writes from the server and the relays to the shared
+ * pipe do not interleave.
  *
  * Written for qrexec-ts (MIT).
  */
@@ -41,12 +41,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-enum { OP_NEW = 1, OP_SYNC = 2, OP_RELEASE = 3 };
-enum { REC_READY = 1, REC_SIGNAL = 2, REC_SYNCED = 3, REC_GONE = 4 };
+enum { OP_NEW = 1, OP_RELEASE = 3 };
+enum { REC_READY = 1, REC_SIGNAL = 2, REC_FAILED = 4 };
 
 struct relay {
     pid_t pid;
-    int gone; /* died before release, already reported */
 };
 
 static struct relay *relays;
@@ -65,20 +64,21 @@ static int send_record(uint32_t type, uint32_t pid, uint32_t value)
 static void relay_main(pid_t server)
 {
     sigset_t want;
-    siginfo_t si;
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != server)
         _exit(0);
     sigemptyset(&want);
     sigaddset(&want, SIGUSR1);
-    sigaddset(&want, SIGUSR2);
-    for (;;) {
-        int sig = sigwaitinfo(&want, &si);
-        if (sig < 0)
-            continue;
-        if (send_record(sig == SIGUSR1 ? REC_SIGNAL : REC_SYNCED, (uint32_t)getpid(),
-                        sig == SIGUSR1 ? (uint32_t)si.si_pid : 0) != 0)
-            _exit(0); /* the agent is gone */
-    }
+    int fd = signalfd(-1, &want, SFD_CLOEXEC);
+    if (fd < 0)
+        _exit(1);
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    while (poll(&p, 1, -1) < 0)
+        if (errno != EINTR)
+            _exit(1);
+    send_record(REC_SIGNAL, (uint32_t)getpid(), 0);
+    /* every signal is blocked: only SIGKILL (the release) ends this */
+    for (;;)
+        pause();
 }
 
 static struct relay *find(pid_t pid)
@@ -94,7 +94,7 @@ static void forget(struct relay *r)
     *r = relays[--nrelays];
 }
 
-static int new_relay(int sfd)
+static int new_relay(void)
 {
     if (nrelays == cap) {
         size_t ncap = cap ? cap * 2 : 64;
@@ -110,28 +110,11 @@ static int new_relay(int sfd)
         return -1;
     if (pid == 0) {
         close(0);
-        close(sfd);
         relay_main(server);
     }
     relays[nrelays].pid = pid;
-    relays[nrelays].gone = 0;
     nrelays++;
     return send_record(REC_READY, (uint32_t)pid, 0);
-}
-
-/* A relay that died on its own (SIGKILL by someone): reported, kept unreaped. */
-static void check_children(void)
-{
-    for (size_t i = 0; i < nrelays; i++) {
-        siginfo_t si;
-        if (relays[i].gone)
-            continue;
-        si.si_pid = 0;
-        if (waitid(P_PID, (id_t)relays[i].pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid != 0) {
-            relays[i].gone = 1;
-            send_record(REC_GONE, (uint32_t)relays[i].pid, (uint32_t)si.si_status);
-        }
-    }
 }
 
 static void shutdown_all(void)
@@ -144,7 +127,7 @@ static void shutdown_all(void)
 
 int main(int argc, char **argv)
 {
-    sigset_t all, chld;
+    sigset_t all;
     (void)argv;
     if (argc != 1) {
         fprintf(stderr, "usage: qrexec-sigrelay (started by qrexec-agent; records on stdin/stdout)\n");
@@ -157,29 +140,10 @@ int main(int argc, char **argv)
     sigfillset(&all);
     if (sigprocmask(SIG_BLOCK, &all, NULL) != 0)
         return 1;
-    sigemptyset(&chld);
-    sigaddset(&chld, SIGCHLD);
-    int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-    if (sfd < 0)
-        return 1;
 
     unsigned char buf[8 * 64];
     size_t have = 0;
     for (;;) {
-        struct pollfd p[2] = { { .fd = 0, .events = POLLIN }, { .fd = sfd, .events = POLLIN } };
-        if (poll(p, 2, -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
-        }
-        if (p[1].revents & POLLIN) {
-            struct signalfd_siginfo ssi;
-            while (read(sfd, &ssi, sizeof ssi) == (ssize_t)sizeof ssi)
-                ;
-            check_children();
-        }
-        if (!(p[0].revents & (POLLIN | POLLHUP | POLLERR)))
-            continue;
         ssize_t n = read(0, buf + have, sizeof buf - have);
         if (n < 0 && errno == EINTR)
             continue;
@@ -191,18 +155,11 @@ int main(int argc, char **argv)
             uint32_t op, pid;
             memcpy(&op, buf + off, 4);
             memcpy(&pid, buf + off + 4, 4);
-            struct relay *r = op == OP_NEW ? NULL : find((pid_t)pid);
+            struct relay *r = op == OP_RELEASE ? find((pid_t)pid) : NULL;
             if (op == OP_NEW) {
-                if (new_relay(sfd) != 0)
-                    send_record(REC_GONE, 0, 0);
-            } else if (!r) {
-                /* not ours: a sync is answered, nothing is signalled */
-                if (op == OP_SYNC)
-                    send_record(REC_GONE, pid, 0);
-            } else if (op == OP_SYNC) {
-                if (r->gone || kill(r->pid, SIGUSR2) != 0)
-                    send_record(REC_GONE, pid, 0);
-            } else if (op == OP_RELEASE) {
+                if (new_relay() != 0)
+                    send_record(REC_FAILED, 0, 0);
+            } else if (r) {
                 kill(r->pid, SIGKILL);
                 waitpid(r->pid, NULL, 0);
                 forget(r);

@@ -323,6 +323,10 @@ export class Agent {
         : call
           ? withRelay(call).catch((e: Error) => ({ code: ExitCode.PROBLEM, reason: e.message }))
           : Promise.resolve({ code: ExitCode.PROBLEM, reason: 'bad command' });
+    // the relay's SIGUSR1 is pending until it is released: seen at once
+    const relayPending = (r: Relay) => (): void => {
+      if (r.signalled()) this.relaySignal(r.pid);
+    };
     const dropRelay = (): void => {
       if (!relay) return;
       this.awaiting.delete(relay.pid);
@@ -380,7 +384,7 @@ export class Agent {
             limits,
             // the service's SIGUSR1 may still be queued when its output's EOF
             // (its exit) is seen: hand it on first (see serviceSignal, relaySignal)
-            ...(s.stdinReadFd !== undefined ? { beforeOutputEof: relay ? relay.sync : drainSignalRecords } : {}),
+            ...(s.stdinReadFd !== undefined ? { beforeOutputEof: relay ? relayPending(relay) : drainSignalRecords } : {}),
           });
           const pid = s.child?.pid;
           if (s.stdinReadFd !== undefined && pid !== undefined) {

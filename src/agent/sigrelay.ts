@@ -5,16 +5,18 @@
  * agent itself at the same moment are one signal, and one switch is lost. So
  * each call's QREXEC_AGENT_PID is a relay process of its own, forked by one
  * small C server that the agent starts once; the server reports each relay's
- * signals as records. Before a call's output EOF is handled, `sync` makes sure
- * every signal sent to its relay before then was reported.
+ * signals as records. A relay never takes its SIGUSR1: it stays pending, so
+ * `signalled` sees at once, in /proc, a signal whose record is not read yet
+ * (before a call's output EOF is handled).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const Op = { NEW: 1, SYNC: 2, RELEASE: 3 } as const;
-const Rec = { READY: 1, SIGNAL: 2, SYNCED: 3, GONE: 4 } as const;
+const Op = { NEW: 1, RELEASE: 3 } as const;
+const Rec = { READY: 1, SIGNAL: 2, FAILED: 4 } as const;
+const SIGUSR1_BIT = 1n << 9n;
 /** Relays kept ready, so that a call does not wait for a fork. */
 const POOL = 4;
 
@@ -27,8 +29,8 @@ export function sigrelayPath(): string {
 /** One call's signal target. */
 export interface Relay {
   readonly pid: number;
-  /** Resolves once every SIGUSR1 sent to the relay before now was reported (or the relay is gone). */
-  sync(): Promise<void>;
+  /** Whether SIGUSR1 was sent to the relay before now (its record may not be read yet). */
+  signalled(): boolean;
   /** The call is over: the relay is killed. */
   release(): void;
 }
@@ -38,21 +40,20 @@ export class SignalRelays {
   private readonly ready: number[] = [];
   private readonly waiters: Array<(pid: number | undefined) => void> = [];
   private requested = 0;
-  private readonly syncs = new Map<number, Array<() => void>>();
   private pending: Buffer = Buffer.alloc(0);
   private dead = false;
 
   /**
-   * Starts the relay server; `onSignal(relay, sender)` is called for each
-   * SIGUSR1 a relay gets. Returns undefined when it is not built.
+   * Starts the relay server; `onSignal(relay)` is called when a relay was
+   * first sent SIGUSR1. Returns undefined when it is not built.
    */
-  static start(onSignal: (relay: number, sender: number) => void, log: (msg: string) => void): SignalRelays | undefined {
+  static start(onSignal: (relay: number) => void, log: (msg: string) => void): SignalRelays | undefined {
     const file = sigrelayPath();
     if (process.env['QREXEC_TS_NO_NATIVE'] === '1' || !fs.existsSync(file)) return undefined;
     return new SignalRelays(file, onSignal, log);
   }
 
-  private constructor(file: string, private readonly onSignal: (relay: number, sender: number) => void, private readonly log: (msg: string) => void) {
+  private constructor(file: string, private readonly onSignal: (relay: number) => void, private readonly log: (msg: string) => void) {
     this.child = spawn(file, [], { stdio: ['pipe', 'pipe', 'inherit'] });
     this.child.on('error', (e) => this.fail(`signal relay server: ${e.message}`));
     this.child.on('exit', (code, sig) => this.fail(`signal relay server exited (${sig ?? code})`));
@@ -77,14 +78,7 @@ export class SignalRelays {
   relay(pid: number): Relay {
     return {
       pid,
-      sync: () =>
-        new Promise<void>((resolve) => {
-          if (this.dead) return resolve();
-          const list = this.syncs.get(pid);
-          if (list) list.push(resolve);
-          else this.syncs.set(pid, [resolve]);
-          this.send(Op.SYNC, pid);
-        }),
+      signalled: () => pendingSigusr1(pid),
       release: () => this.send(Op.RELEASE, pid),
     };
   }
@@ -117,19 +111,14 @@ export class SignalRelays {
     for (; this.pending.length - off >= 12; off += 12) {
       const type = this.pending.readUInt32LE(off);
       const pid = this.pending.readUInt32LE(off + 4);
-      const value = this.pending.readUInt32LE(off + 8);
-      if (type === Rec.READY || (type === Rec.GONE && pid === 0)) {
+      if (type === Rec.READY || type === Rec.FAILED) {
         this.requested = Math.max(0, this.requested - 1);
         const got = type === Rec.READY ? pid : undefined;
         const w = this.waiters.shift();
         if (w) w(got);
         else if (got !== undefined) this.ready.push(got);
       } else if (type === Rec.SIGNAL) {
-        this.onSignal(pid, value);
-      } else if (type === Rec.SYNCED || type === Rec.GONE) {
-        const list = this.syncs.get(pid);
-        this.syncs.delete(pid);
-        for (const r of list ?? []) r();
+        this.onSignal(pid);
       }
     }
     this.pending = this.pending.subarray(off);
@@ -140,7 +129,17 @@ export class SignalRelays {
     this.dead = true;
     this.log(why);
     for (const w of this.waiters.splice(0)) w(undefined);
-    for (const list of this.syncs.values()) for (const r of list) r();
-    this.syncs.clear();
   }
+}
+
+/** SIGUSR1 in the process's shared pending set (what kill(2) sets), from /proc/PID/status. */
+function pendingSigusr1(pid: number): boolean {
+  let st: string;
+  try {
+    st = fs.readFileSync(`/proc/${pid}/status`, 'latin1');
+  } catch {
+    return false;
+  }
+  const m = /^ShdPnd:\s*([0-9a-f]+)/m.exec(st);
+  return m !== null && (BigInt(`0x${m[1]}`) & SIGUSR1_BIT) !== 0n;
 }
