@@ -390,13 +390,24 @@ export class QubeDaemon {
       await this.connectDispVm(p, target, d.targetUuid !== undefined, d.autostart, cmd);
       return;
     }
-    let call = await this.execInTarget(target, cmd);
+    // A target served by this process: the caller's agent is told its data
+    // vchan first, so that it listens before the target's agent connects
+    // (which otherwise finds no socket yet and waits for it).
+    let announced = false;
+    const announce = (ep: DataEndpoint): void => {
+      if (p.state !== 'pending' || p.generation !== this.generation) return;
+      p.state = 'allowed';
+      announced = true;
+      this.sendControl(encodeServiceConnect(ep.domain, ep.port, p.identRaw));
+    };
+    let call = await this.execInTarget(target, cmd, announce);
     if (!call) {
       if (!d.autostart) throw new Error(`qube ${target} is not running`);
       await this.qubesdStart(target);
       call = await this.execWhenStarted(target, cmd);
     }
     call.client?.close();
+    if (announced) return;
     if (p.state !== 'pending' || p.generation !== this.generation) return;
     p.state = 'allowed';
     this.sendControl(encodeServiceConnect(call.ep.domain, call.ep.port, p.identRaw));
@@ -409,9 +420,9 @@ export class QubeDaemon {
    * caller that waits for the call's end). Undefined when the target's
    * daemon is not there or has no agent.
    */
-  private async execInTarget(target: string, cmd: string): Promise<TargetCall | undefined> {
+  private async execInTarget(target: string, cmd: string, announce?: (ep: DataEndpoint) => void): Promise<TargetCall | undefined> {
     const local = this.opts.host?.find(target);
-    const ep = local?.execForCall(cmd, this.opts.domid);
+    const ep = local?.execForCall(cmd, this.opts.domid, announce);
     if (local && ep) return { ep, local };
     let c: DaemonClient;
     try {
@@ -552,10 +563,11 @@ export class QubeDaemon {
    * qube for a call whose data vchan the qube `connectDomain` serves: what a
    * local client's MSG_EXEC_CMDLINE does, without the socket. Returns the data
    * endpoint, or undefined when this qube's agent is not connected (the
-   * caller then fails as it would on a missing socket).
+   * caller then fails as it would on a missing socket). `announce` is called
+   * with the endpoint just before the message goes out.
    * @throws when no data port is free.
    */
-  execForCall(cmdline: string, connectDomain: number): DataEndpoint | undefined {
+  execForCall(cmdline: string, connectDomain: number, announce?: (ep: DataEndpoint) => void): DataEndpoint | undefined {
     if (this.stopped || !this.control || this.control.destroyed) return undefined;
     const port = this.ports.allocate(connectDomain);
     if (port === 0) throw new Error('Failed to allocate new vchan port, too many clients?');
@@ -567,8 +579,10 @@ export class QubeDaemon {
       this.ports.release(port, connectDomain);
       throw e;
     }
+    const ep = { domain: this.opts.domid, port };
+    announce?.(ep);
     this.sendControl(msg);
-    return { domain: this.opts.domid, port };
+    return ep;
   }
 
   /** The agent disconnected: drop clients and pending calls, wait for it to come back (no timeout). */
