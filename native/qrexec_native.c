@@ -4,6 +4,8 @@
  *   recvFds(fd, maxBytes, maxFds) -> { data: Buffer, fds: number[] } | null
  *       one non-blocking recvmsg() with room for maxFds descriptors
  *       (SCM_RIGHTS, received close-on-exec); null on EAGAIN.
+ *   sendFds(fd, data, fds) -> bytes sent    one non-blocking sendmsg() of data with
+ *       fds attached (SCM_RIGHTS)
  *   pipe() -> [readFd, writeFd]             pipe2(O_CLOEXEC)
  *   setBlocking(fd, blocking)               clear/set O_NONBLOCK
  *   shutdown(fd, how) -> errno or 0         shutdown(2)
@@ -176,6 +178,67 @@ static napi_value recv_fds(napi_env env, napi_callback_info info)
     napi_set_named_property(env, result, "data", data);
     napi_set_named_property(env, result, "fds", arr);
     return result;
+}
+
+/* sendFds(fd, data, fds): one non-blocking sendmsg() of data with fds (SCM_RIGHTS). */
+static napi_value send_fds(napi_env env, napi_callback_info info)
+{
+    napi_value argv[3];
+    size_t argc = 3;
+    int32_t fd;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok)
+        return NULL;
+    if (!get_int_arg(env, argv, argc, 0, &fd))
+        return NULL;
+    void *data;
+    size_t len;
+    bool is_buf = false, is_arr = false;
+    if (argc < 3 || napi_is_buffer(env, argv[1], &is_buf) != napi_ok || !is_buf ||
+        napi_get_buffer_info(env, argv[1], &data, &len) != napi_ok || napi_is_array(env, argv[2], &is_arr) != napi_ok || !is_arr) {
+        napi_throw_type_error(env, NULL, "sendFds(fd, buffer, fds)");
+        return NULL;
+    }
+    uint32_t nfds;
+    napi_get_array_length(env, argv[2], &nfds);
+    if (fd < 0 || len == 0 || nfds > MAX_FDS_LIMIT) {
+        napi_throw_range_error(env, NULL, "sendFds: argument out of range");
+        return NULL;
+    }
+    int fds[MAX_FDS_LIMIT];
+    for (uint32_t i = 0; i < nfds; i++) {
+        napi_value v;
+        if (napi_get_element(env, argv[2], i, &v) != napi_ok || napi_get_value_int32(env, v, &fds[i]) != napi_ok) {
+            napi_throw_type_error(env, NULL, "sendFds: fds must be numbers");
+            return NULL;
+        }
+    }
+    union {
+        struct cmsghdr align;
+        char space[CMSG_SPACE(sizeof(int) * MAX_FDS_LIMIT)];
+    } cbuf;
+    memset(&cbuf, 0, sizeof(cbuf));
+    struct iovec iov = { .iov_base = data, .iov_len = len };
+    struct msghdr msg = { 0 };
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (nfds > 0) {
+        msg.msg_control = cbuf.space;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+    }
+    ssize_t n;
+    do
+        n = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return throw_errno(env, "sendmsg", errno);
+    napi_value r;
+    napi_create_int64(env, (int64_t)n, &r);
+    return r;
 }
 
 static napi_value make_pipe(napi_env env, napi_callback_info info)
@@ -826,7 +889,7 @@ NAPI_MODULE_INIT()
         !add_fn(env, exports, "setBlocking", set_blocking) || !add_fn(env, exports, "shutdown", do_shutdown) ||
         !add_fn(env, exports, "waitReadable", wait_readable) || !add_fn(env, exports, "connectUnix", connect_unix) || !add_fn(env, exports, "dup", do_dup) ||
         !add_fn(env, exports, "socketpair", make_socketpair) || !add_fn(env, exports, "watchSignal", watch_signal) ||
-        !add_fn(env, exports, "drainSignals", drain_signals))
+        !add_fn(env, exports, "drainSignals", drain_signals) || !add_fn(env, exports, "sendFds", send_fds))
         return NULL;
     return exports;
 }

@@ -308,13 +308,19 @@ export class Agent {
     const dataReady = new Promise<boolean>((r) => (dataUp = r));
     // the call's own SIGUSR1 target (QREXEC_AGENT_PID), when relays are built
     let relay: Relay | undefined;
-    const withRelay = async (c: PreparedCall): Promise<StartedService | FailedService> => {
-      const pid = this.relays ? await this.relays.take() : undefined;
-      if (pid !== undefined && this.relays) {
-        relay = this.relays.relay(pid);
+    const withRelay = (c: PreparedCall): Promise<StartedService | FailedService> => {
+      const relays = this.relays;
+      if (!relays) return startService(c, this.opts.exec, dataReady);
+      // asked for executables only (a socket service has no QREXEC_AGENT_PID)
+      const agentPidFor = async (): Promise<number | undefined> => {
+        const pid = await relays.take();
+        if (pid === undefined) return undefined;
+        relay = relays.relay(pid);
         this.awaiting.set(pid, false);
-      }
-      return startService(c, relay ? { ...this.opts.exec, agentPid: relay.pid } : this.opts.exec, dataReady);
+        return pid;
+      };
+      // the relay server also spawns the service (a fork of a small process)
+      return startService(c, { ...this.opts.exec, agentPidFor, ...(relays.canSpawn ? { spawner: relays } : {}) }, dataReady);
     };
     // started at once: a socket service connects while the data vchan does; executables wait for it
     const started: Promise<StartedService | FailedService> | undefined =

@@ -13,9 +13,14 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import * as os from 'node:os';
+import { EventEmitter } from 'node:events';
+import { loadNative } from '../native/addon.js';
+import type { ServiceSpawner, SpawnedService, SpawnRequest } from '../services/exec.js';
 
-const Op = { NEW: 1, RELEASE: 3 } as const;
-const Rec = { READY: 1, SIGNAL: 2, FAILED: 4 } as const;
+const Op = { NEW: 1, RELEASE: 3, SPAWN: 4 } as const;
+const Rec = { READY: 1, SIGNAL: 2, FAILED: 4, SPAWNED: 5, SPAWN_ERROR: 6, EXITED: 7 } as const;
+const NO_ID = 0xffffffff;
 const SIGUSR1_BIT = 1n << 9n;
 /** Relays kept ready, so that a call does not wait for a fork. */
 const POOL = 4;
@@ -35,13 +40,41 @@ export interface Relay {
   release(): void;
 }
 
-export class SignalRelays {
+/**
+ * A service spawned by the server: 'exit' (code, signal) as a ChildProcess's.
+ * Its exit may be read in the same chunk as its start, before anyone
+ * listens: it is kept and given to later 'exit' listeners too.
+ */
+class RemoteChild extends EventEmitter implements SpawnedService {
+  private status: [number | null, NodeJS.Signals | null] | undefined;
+  constructor(readonly pid: number) {
+    super();
+    this.on('newListener', (event: string, cb: (...a: unknown[]) => void) => {
+      const st = this.status;
+      if (event === 'exit' && st) process.nextTick(() => cb(...st));
+    });
+  }
+
+  exited(code: number | null, signal: NodeJS.Signals | null): void {
+    if (this.status) return;
+    this.status = [code, signal];
+    this.emit('exit', code, signal);
+  }
+}
+
+export class SignalRelays implements ServiceSpawner {
   private readonly child: ChildProcess;
   private readonly ready: number[] = [];
   private readonly waiters: Array<(pid: number | undefined) => void> = [];
   private requested = 0;
   private pending: Buffer = Buffer.alloc(0);
   private dead = false;
+  private readonly spawning = new Map<number, (r: RemoteChild | NodeJS.ErrnoException) => void>();
+  private readonly running = new Map<number, RemoteChild>();
+  private nextTag = 1;
+  /** The server's stdin (a socket): written only with sendmsg, so records and descriptors never interleave. */
+  private readonly fd: number | undefined;
+  private readonly queue: Array<{ data: Buffer; fds: number[]; onSent?: () => void }> = [];
 
   /**
    * Starts the relay server; `onSignal(relay)` is called when a relay was
@@ -59,6 +92,8 @@ export class SignalRelays {
     this.child.on('exit', (code, sig) => this.fail(`signal relay server exited (${sig ?? code})`));
     this.child.stdin?.on('error', () => undefined);
     this.child.stdout?.on('data', (d: Buffer) => this.onData(d));
+    const fd = (this.child.stdin as unknown as { _handle?: { fd?: number } } | null)?._handle?.fd;
+    this.fd = typeof fd === 'number' && fd >= 0 && typeof loadNative()?.sendFds === 'function' ? fd : undefined;
     this.fill();
   }
 
@@ -97,12 +132,75 @@ export class SignalRelays {
     }
   }
 
+  /** Whether services can be spawned here (the addon can pass descriptors). */
+  get canSpawn(): boolean {
+    return this.fd !== undefined && !this.dead;
+  }
+
+  /**
+   * Spawns a service (the server forks and execs it with `stdio` as its
+   * descriptors 0-2, which are ours to close once sent). Resolves once it
+   * ran execve, or rejects with the errno error (as Node's spawn 'error').
+   */
+  spawn(req: SpawnRequest): Promise<SpawnedService> {
+    const tag = this.nextTag;
+    this.nextTag = (this.nextTag % 0xfffffff0) + 1;
+    const strs = [req.file, req.cwd ?? '', req.argv0, ...req.args, ...Object.entries(req.env).filter((e): e is [string, string] => e[1] !== undefined).map(([k, v]) => `${k}=${v}`)];
+    if (strs.some((x) => x.includes('\0'))) return Promise.reject(Object.assign(new Error(`spawn ${req.file} EINVAL`), { code: 'EINVAL' }));
+    const body = Buffer.from(`${strs.join('\0')}\0`);
+    const head = Buffer.alloc(28);
+    head.writeUInt32LE(Op.SPAWN, 0);
+    head.writeUInt32LE(20 + body.length, 4);
+    head.writeUInt32LE(tag, 8);
+    head.writeUInt32LE(req.uid ?? NO_ID, 12);
+    head.writeUInt32LE(req.gid ?? NO_ID, 16);
+    head.writeUInt32LE(1 + req.args.length, 20);
+    head.writeUInt32LE(strs.length - 3 - req.args.length, 24);
+    return new Promise((resolve, reject) => {
+      if (!this.canSpawn) return reject(Object.assign(new Error(`spawn ${req.file} ENOSYS`), { code: 'ENOSYS' }));
+      this.spawning.set(tag, (r) => (r instanceof RemoteChild ? resolve(r) : reject(r)));
+      this.queue.push({ data: Buffer.concat([head, body]), fds: [...req.stdio] });
+      this.flush();
+    });
+  }
+
   private send(op: number, pid: number): void {
     if (this.dead) return;
     const b = Buffer.alloc(8);
     b.writeUInt32LE(op, 0);
     b.writeUInt32LE(pid, 4);
-    this.child.stdin?.write(b);
+    if (this.fd === undefined) {
+      this.child.stdin?.write(b);
+      return;
+    }
+    this.queue.push({ data: b, fds: [] });
+    this.flush();
+  }
+
+  /** Sends what is queued (sendmsg); a full socket is retried on the next turn. */
+  private flush(): void {
+    const n = loadNative();
+    while (this.queue.length > 0 && this.fd !== undefined && n?.sendFds && !this.dead) {
+      const m = this.queue[0] as { data: Buffer; fds: number[] };
+      let sent: number;
+      try {
+        sent = n.sendFds(this.fd, m.data, m.fds);
+      } catch (e) {
+        if (/EAGAIN|EWOULDBLOCK/.test((e as Error).message)) {
+          setImmediate(() => this.flush());
+          return;
+        }
+        this.fail(`signal relay server: ${(e as Error).message}`);
+        return;
+      }
+      // the descriptors went with the first byte
+      m.fds = [];
+      if (sent < m.data.length) {
+        m.data = m.data.subarray(sent);
+        continue;
+      }
+      this.queue.shift();
+    }
   }
 
   private onData(d: Buffer): void {
@@ -111,6 +209,7 @@ export class SignalRelays {
     for (; this.pending.length - off >= 12; off += 12) {
       const type = this.pending.readUInt32LE(off);
       const pid = this.pending.readUInt32LE(off + 4);
+      const value = this.pending.readUInt32LE(off + 8);
       if (type === Rec.READY || type === Rec.FAILED) {
         this.requested = Math.max(0, this.requested - 1);
         const got = type === Rec.READY ? pid : undefined;
@@ -119,6 +218,25 @@ export class SignalRelays {
         else if (got !== undefined) this.ready.push(got);
       } else if (type === Rec.SIGNAL) {
         this.onSignal(pid);
+      } else if (type === Rec.SPAWNED || type === Rec.SPAWN_ERROR) {
+        const done = this.spawning.get(pid);
+        this.spawning.delete(pid);
+        if (type === Rec.SPAWNED) {
+          const c = new RemoteChild(value);
+          this.running.set(value, c);
+          done?.(c);
+        } else {
+          const code = errnoName(value);
+          done?.(Object.assign(new Error(`spawn ${code}`), { code, errno: -value }));
+        }
+      } else if (type === Rec.EXITED) {
+        const c = this.running.get(pid);
+        this.running.delete(pid);
+        if (c) {
+          const sig = value & 0x7f;
+          if (sig === 0) c.exited((value >> 8) & 0xff, null);
+          else c.exited(null, signalName(sig));
+        }
       }
     }
     this.pending = this.pending.subarray(off);
@@ -129,6 +247,11 @@ export class SignalRelays {
     this.dead = true;
     this.log(why);
     for (const w of this.waiters.splice(0)) w(undefined);
+    for (const done of this.spawning.values()) done(Object.assign(new Error('spawn EPIPE: the relay server is gone'), { code: 'EPIPE' }));
+    this.spawning.clear();
+    // their exits will not be reported: as killed
+    for (const c of this.running.values()) c.exited(null, 'SIGKILL');
+    this.running.clear();
   }
 }
 
@@ -142,4 +265,14 @@ function pendingSigusr1(pid: number): boolean {
   }
   const m = /^ShdPnd:\s*([0-9a-f]+)/m.exec(st);
   return m !== null && (BigInt(`0x${m[1]}`) & SIGUSR1_BIT) !== 0n;
+}
+
+function errnoName(n: number): string {
+  const e = Object.entries(os.constants.errno).find(([, v]) => v === n);
+  return e ? e[0] : `E${n}`;
+}
+
+function signalName(n: number): NodeJS.Signals {
+  const e = Object.entries(os.constants.signals).find(([, v]) => v === n);
+  return (e ? e[0] : 'SIGKILL') as NodeJS.Signals;
 }

@@ -67,6 +67,8 @@ export interface NativeHelper {
    * then hands on every signal sent before it. (Older builds lack it.)
    */
   drainSignals?(): number;
+  /** One non-blocking sendmsg(2) of `data` with `fds` attached (SCM_RIGHTS); bytes sent. Throws (EAGAIN...) on failure. (Older builds lack it.) */
+  sendFds?(fd: number, data: Buffer, fds: number[]): number;
 }
 
 let cached: NativeHelper | null | undefined;

@@ -4,7 +4,8 @@
  * its argument and QREXEC_* environment, a unix-socket or /dev/tcp service
  * with its descriptor header, or a plain command through `/bin/sh -c`.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -22,8 +23,8 @@ import {
   warnIgnoredOptions,
   type ServiceTarget,
 } from './lookup.js';
-import { loadNative, nativeSocketpair } from '../native/addon.js';
-import { spawnHeld, type HeldChild } from '../native/spawn-held.js';
+import { loadNative, nativePipe, nativeSocketpair } from '../native/addon.js';
+import { pipeReader, spawnHeld } from '../native/spawn-held.js';
 import { connectedPair } from '../vchan/socket-pair.js';
 import { decodeVmExecArg, VMEXEC_SERVICES, VmExecDecodeError } from './vmexec.js';
 
@@ -41,6 +42,41 @@ export interface ExecContext {
   readonly uid: number;
   readonly userName: string;
   readonly log: (msg: string) => void;
+  /** Spawns executable services outside this process, when set and able (see ServiceSpawner). */
+  readonly spawner?: ServiceSpawner;
+  /** The call's own QREXEC_AGENT_PID for an executable service, instead of agentPid (asked only when one is spawned). */
+  readonly agentPidFor?: () => Promise<number | undefined> | number | undefined;
+}
+
+/** A child process: its pid and its 'exit' (code, signal) event, as a ChildProcess has. */
+export interface SpawnedService {
+  readonly pid?: number | undefined;
+  once(event: 'exit', cb: (code: number | null, signal: NodeJS.Signals | null) => void): unknown;
+  once(event: 'error', cb: (e: NodeJS.ErrnoException) => void): unknown;
+}
+
+/** What a spawner runs: execve(file, [argv0, ...args], env) with `stdio` as 0-2. */
+export interface SpawnRequest {
+  readonly file: string;
+  readonly args: readonly string[];
+  readonly argv0: string;
+  readonly env: NodeJS.ProcessEnv;
+  readonly uid?: number;
+  readonly gid?: number;
+  readonly cwd?: string;
+  /** Descriptors for the child's 0, 1, 2 (still the caller's to close). */
+  readonly stdio: readonly [number, number, number];
+}
+
+/**
+ * Spawns services from a small process of its own (the agent's relay server,
+ * src/agent/sigrelay.ts): Node's spawn forks the whole agent, which blocks
+ * its event loop for as long as copying its page tables takes.
+ */
+export interface ServiceSpawner {
+  readonly canSpawn: boolean;
+  /** Resolves once execve ran; rejects with an errno error (code ENOENT, EACCES...). */
+  spawn(req: SpawnRequest): Promise<SpawnedService>;
 }
 
 /** Builds the context from the agent's process environment. */
@@ -109,7 +145,7 @@ export interface StartedService {
   /** For the log: what runs. */
   readonly what: string;
   /** The child, when there is one. */
-  readonly child?: ChildProcess;
+  readonly child?: SpawnedService;
   /**
    * With the native addon: a second descriptor (close-on-exec) of our end of
    * the child's stdin socketpair, for reading. A service may ask, with
@@ -321,7 +357,7 @@ function failedChild(reason: string, code: number, what: string): StartedService
   };
 }
 
-function exitStatusOf(child: ChildProcess, onSpawnError: (e: NodeJS.ErrnoException) => void): Promise<number> {
+function exitStatusOf(child: SpawnedService, onSpawnError: (e: NodeJS.ErrnoException) => void): Promise<number> {
   return new Promise((resolve) => {
     child.once('error', (e: NodeJS.ErrnoException) => {
       if (child.pid === undefined) {
@@ -334,6 +370,43 @@ function exitStatusOf(child: ChildProcess, onSpawnError: (e: NodeJS.ErrnoExcepti
       else resolve(code ?? 255);
     });
   });
+}
+
+/**
+ * Spawns `plan` through `spawner` with `stdin` and two pipes of ours as its
+ * stdio (`stdin` is closed here). A failed spawn looks like Node's: a child
+ * without a pid that emits 'error'. Undefined when no pipes could be made
+ * (the caller then spawns itself).
+ */
+async function spawnRemote(spawner: ServiceSpawner, plan: SpawnPlan, stdin: number): Promise<{ child: SpawnedService; stdout: Readable; stderr: Readable } | undefined> {
+  const out = nativePipe();
+  const err = out ? nativePipe() : undefined;
+  if (!out || !err) {
+    if (out) for (const fd of out) fs.closeSync(fd);
+    return undefined;
+  }
+  let child: SpawnedService;
+  try {
+    child = await spawner.spawn({
+      file: plan.file,
+      args: plan.args,
+      argv0: plan.argv0,
+      env: plan.env,
+      ...(plan.uid !== undefined ? { uid: plan.uid } : {}),
+      ...(plan.gid !== undefined ? { gid: plan.gid } : {}),
+      ...(plan.cwd !== undefined ? { cwd: plan.cwd } : {}),
+      stdio: [stdin, out[1], err[1]],
+    });
+  } catch (e) {
+    const failed = new EventEmitter();
+    const error = Object.assign(new Error(`spawn ${plan.file} ${(e as NodeJS.ErrnoException).code ?? 'EIO'}`), { code: (e as NodeJS.ErrnoException).code });
+    process.nextTick(() => failed.emit('error', error));
+    child = failed as SpawnedService;
+  } finally {
+    // the child has its copies (or never will): its exit is then our EOF
+    for (const fd of [stdin, out[1], err[1]]) fs.closeSync(fd);
+  }
+  return { child, stdout: pipeReader(out[0]), stderr: pipeReader(err[0]) };
 }
 
 /**
@@ -371,6 +444,10 @@ export async function startService(call: PreparedCall, ctx: ExecContext, dataRea
       what: target.kind === 'socket' ? `socket ${target.path}` : `tcp ${target.host}:${target.port}`,
     };
   }
+  if (ctx.agentPidFor) {
+    const own = await ctx.agentPidFor();
+    if (own !== undefined) ctx = { ...ctx, agentPid: own };
+  }
   let plan: SpawnPlan | string;
   let what: string;
   if (target.kind === 'vmexec') {
@@ -402,8 +479,11 @@ export async function startService(call: PreparedCall, ctx: ExecContext, dataRea
     }
   }
   let spawnError = '';
-  let held: HeldChild;
-  try {
+  let held: { child: SpawnedService; stdout: Readable | null; stderr: Readable | null };
+  const remote = inPair && ctx.spawner?.canSpawn ? await spawnRemote(ctx.spawner, plan, inPair[1]) : undefined;
+  if (remote) {
+    held = remote;
+  } else try {
     held = spawnHeld(plan.file, plan.args, {
       argv0: plan.argv0,
       env: plan.env,
@@ -420,7 +500,7 @@ export async function startService(call: PreparedCall, ctx: ExecContext, dataRea
   let stdinSink: net.Socket | undefined;
   let stdinReadFd: number | undefined;
   if (inPair) {
-    fs.closeSync(inPair[1]);
+    if (!remote) fs.closeSync(inPair[1]);
     try {
       stdinReadFd = loadNative()?.dup(inPair[0]);
     } catch {

@@ -53,6 +53,24 @@ export async function childrenOf(pid: number): Promise<number[]> {
   return out;
 }
 
+/**
+ * The service processes an agent runs: its children, where its SIGUSR1 relay
+ * server (native/qrexec-sigrelay, which spawns services) counts by its
+ * children other than the relays.
+ */
+export async function servicesOf(agentPid: number): Promise<number[]> {
+  const comm = (pid: number): Promise<string> => readFile(`/proc/${pid}/comm`, 'utf8').then((c) => c.trim(), () => '');
+  const out: number[] = [];
+  for (const c of await childrenOf(agentPid)) {
+    if ((await comm(c)) !== 'qrexec-sigrelay') {
+      out.push(c);
+      continue;
+    }
+    for (const g of await childrenOf(c)) if ((await comm(g)) !== 'qrexec-sigrelay') out.push(g);
+  }
+  return out;
+}
+
 /** A call a real qrexec-client-vm in `work` makes; its stdio is left to the scenario. */
 export interface LocalCall {
   readonly proc: ChildProcess;

@@ -15,7 +15,7 @@ import {
   EVIL,
   HostileWorld,
   T,
-  childrenOf,
+  servicesOf,
   fdTargets,
   floodUntilStalled,
   msg,
@@ -399,8 +399,8 @@ void test('after the attacks: agents up, RSS within +50 MB, descriptors back, no
   // service processes end once their pipes close (test.Sleep after 2 s)
   const vaultPid = h.pid('vault');
   const deadline = Date.now() + 15000;
-  while ((await childrenOf(vaultPid)).length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-  assert.deepEqual(await childrenOf(vaultPid), [], "vault's agent has service processes left");
+  while ((await servicesOf(vaultPid)).length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  assert.deepEqual(await servicesOf(vaultPid), [], "vault's agent has service processes left");
   for (const a of ['work', 'vault'] as const) {
     const b = base.get(a) as ProcStats;
     let now = await procStats(h.pid(a));
