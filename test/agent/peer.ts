@@ -10,41 +10,12 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-export const T = {
-  DATA_STDIN: 0x190,
-  DATA_STDOUT: 0x191,
-  DATA_STDERR: 0x192,
-  DATA_EXIT_CODE: 0x193,
-  EXEC_CMDLINE: 0x200,
-  JUST_EXEC: 0x201,
-  SERVICE_CONNECT: 0x202,
-  SERVICE_REFUSED: 0x203,
-  TRIGGER_SERVICE: 0x210,
-  CONNECTION_TERMINATED: 0x211,
-  TRIGGER_SERVICE3: 0x212,
-  TRIGGER_SERVICE4: 0x213,
-  HELLO: 0x300,
-} as const;
+import { T, fixed, msg, u32 } from '../wire.js';
+
+export { T, fixed, msg, u32 };
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
-export function msg(type: number, payload: Buffer | string = Buffer.alloc(0)): Buffer {
-  const p = typeof payload === 'string' ? Buffer.from(payload) : payload;
-  const h = Buffer.alloc(8);
-  h.writeUInt32LE(type, 0);
-  h.writeUInt32LE(p.length, 4);
-  return Buffer.concat([h, p]);
-}
-export const u32 = (n: number): Buffer => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(n >>> 0, 0);
-  return b;
-};
-export const fixed = (s: string, n: number): Buffer => {
-  const b = Buffer.alloc(n);
-  b.write(s, 'latin1');
-  return b;
-};
 /** exec_params + NUL-terminated command line. */
 export const execPayload = (domain: number, port: number, cmd: string): Buffer =>
   Buffer.concat([u32(domain), u32(port), Buffer.from(cmd), Buffer.from([0])]);

@@ -3,33 +3,10 @@
 import * as net from 'node:net';
 import { unlink } from 'node:fs/promises';
 
-export const T = {
-  EXEC_CMDLINE: 0x200,
-  JUST_EXEC: 0x201,
-  SERVICE_CONNECT: 0x202,
-  SERVICE_REFUSED: 0x203,
-  TRIGGER_SERVICE: 0x210,
-  CONNECTION_TERMINATED: 0x211,
-  TRIGGER_SERVICE3: 0x212,
-  TRIGGER_SERVICE4: 0x213,
-  HELLO: 0x300,
-  DATA_STDIN: 0x190,
-  DATA_STDOUT: 0x191,
-  DATA_STDERR: 0x192,
-  DATA_EXIT_CODE: 0x193,
-};
+import { T, fixed, msg, u32 } from '../wire.js';
 
-export const u32 = (...v: number[]): Buffer => {
-  const b = Buffer.alloc(4 * v.length);
-  v.forEach((x, i) => b.writeUInt32LE(x >>> 0, 4 * i));
-  return b;
-};
-export const msg = (type: number, payload: Buffer = Buffer.alloc(0)): Buffer => Buffer.concat([u32(type, payload.length), payload]);
-export const pad = (s: string | Buffer, n: number): Buffer => {
-  const b = Buffer.alloc(n);
-  (typeof s === 'string' ? Buffer.from(s, 'latin1') : s).copy(b);
-  return b;
-};
+export { T, msg, u32 };
+export const pad = fixed;
 export const trigger4 = (target: string, ident: string | Buffer, service: string | Buffer, source = ''): Buffer =>
   msg(T.TRIGGER_SERVICE4, Buffer.concat([pad(source, 64), pad(target, 64), pad(ident, 32), typeof service === 'string' ? Buffer.from(`${service}\0`, 'latin1') : service]));
 
