@@ -107,6 +107,7 @@ export class Lifecycle implements PowerControl {
         ...(maxmemMb !== undefined ? { maxmemMb } : {}),
         ...(vcpus !== undefined ? { vcpus } : {}),
         ...(dvm ? { rootTemplate: typeof rootTpl === 'string' ? rootTpl : null } : {}),
+        ...addresses(q),
       });
     } catch (e) {
       this.failed(q, e);
@@ -228,6 +229,15 @@ export class Lifecycle implements PowerControl {
   get runningCount(): number {
     return this.active.size;
   }
+}
+
+/** The addresses a qube sees (qubes/vm/mix/net.py visible_ip, visible_gateway), for its backend's interfaces. */
+function addresses(q: Qube): { ip: string | null; gateway: string | null } {
+  const s = (prop: string): string | null => {
+    const v = q.has(prop) ? q.get(prop) : null;
+    return typeof v === 'string' && v !== '' ? v : null;
+  };
+  return { ip: s('visible_ip'), gateway: s('visible_gateway') };
 }
 
 export { NO_VALUE, pyRepr };

@@ -51,6 +51,9 @@ export interface QubeDescription {
   readonly providesNetwork?: boolean;
   readonly maxmemMb?: number;
   readonly vcpus?: number;
+  /** Its address and gateway (visible_ip, visible_gateway); without them, a /30 of the backend's pool. */
+  readonly ip?: string | null;
+  readonly gateway?: string | null;
 }
 
 export interface BwrapRuntimeOptions {
@@ -80,6 +83,8 @@ function launchDescription(q: QubeLaunch): QubeDescription {
     ...(q.providesNetwork !== undefined ? { providesNetwork: q.providesNetwork } : {}),
     ...(q.maxmemMb ? { maxmemMb: q.maxmemMb } : {}),
     ...(q.vcpus ? { vcpus: q.vcpus } : {}),
+    ...(q.ip ? { ip: q.ip } : {}),
+    ...(q.gateway ? { gateway: q.gateway } : {}),
   };
 }
 
@@ -174,7 +179,10 @@ export class BwrapRuntime implements Runtime {
       if (d.netvm) {
         const up = this.active.get(d.netvm)?.network;
         if (!up) throw new RuntimeError(`${q.name}: its netvm ${d.netvm} is not running with a network`);
-        n = connectUplink(this.net, n, q.domid, up);
+        // as on Qubes: the qube's own /32 (10.137.0.<qid>, 10.138.x for DispVMs), its netvm's IP as gateway
+        const ip = d.ip ?? q.ip;
+        const gateway = d.gateway ?? q.gateway;
+        n = connectUplink(this.net, n, q.domid, up, ip && gateway ? { ip, gateway } : undefined);
       } else if (d.providesNetwork) n = connectUplink(this.net, n, q.domid, 'host');
       if (d.providesNetwork) makeNetvm(n);
       return n;

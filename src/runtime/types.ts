@@ -38,6 +38,10 @@ export interface QubeLaunch {
    * runs on (`template` is the disposable template, an AppVM).
    */
   readonly rootTemplate?: string | null;
+  /** Its IPv4 address as the qube sees it (visible_ip: 10.137.0.<qid>, a DispVM 10.138.<dispid>), or null. */
+  readonly ip?: string | null;
+  /** Its default gateway as it sees it (visible_gateway: its netvm's IP), or null. */
+  readonly gateway?: string | null;
 }
 
 /** Where a qube's vchan sockets are, as the host side sees them. */

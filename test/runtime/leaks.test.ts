@@ -31,33 +31,68 @@ after(async () => {
   await w?.close();
 });
 
-/** Everything a sandbox could leave behind, counted. */
-function census(): Record<string, number> {
+/** Our own cgroups' names start with this (those of the world's qubes with its own prefix). */
+const CG_PREFIX = `ql${process.pid}-`;
+
+/** Pids of this process's descendants. */
+function descendants(): Set<number> {
+  const parent = new Map<number, number>();
+  for (const e of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const st = fs.readFileSync(`/proc/${e}/stat`, 'utf8');
+      parent.set(Number(e), Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      /* exited */
+    }
+  }
+  const out = new Set<number>();
+  let grew = true;
+  while (grew) {
+    grew = false;
+    for (const [p, pp] of parent) if (!out.has(p) && (pp === process.pid || out.has(pp))) {
+      out.add(p);
+      grew = true;
+    }
+  }
+  return out;
+}
+
+/**
+ * Everything a sandbox of this test could leave behind, counted: only what
+ * this test makes (its processes, its own cgroup, netns and veth names, its
+ * directory), so that other sandboxes on the machine do not change the counts.
+ */
+function census() {
+  const kids = descendants();
   const children = spawnSync('ps', ['-o', 'pid=', '--ppid', String(process.pid)], { encoding: 'utf8' }).stdout.split('\n').filter((l) => l.trim()).length;
   const mntNs = new Set<string>();
   let sandboxProcs = 0;
   for (const e of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(e)) continue;
     try {
-      mntNs.add(fs.readlinkSync(`/proc/${e}/ns/mnt`));
-      if (fs.readFileSync(`/proc/${e}/cmdline`, 'utf8').includes(w.dir)) sandboxProcs++;
+      // ours: a descendant, or a process of our directory (an orphan reparented to init)
+      const mine = fs.readFileSync(`/proc/${e}/cmdline`, 'utf8').includes(w.dir);
+      if (mine) sandboxProcs++;
+      if (mine || kids.has(Number(e))) mntNs.add(fs.readlinkSync(`/proc/${e}/ns/mnt`));
     } catch {
       /* exited */
     }
   }
   const cg = detectCgroups();
   const bases = cg.kind === 'v2' ? [cg.base] : cg.kind === 'v1' ? [...cg.bases.values()] : [];
-  const walk = (d: string): number => fs.readdirSync(d, { withFileTypes: true }).filter((x) => x.isDirectory()).length;
+  const ours = (n: string): boolean => n.startsWith(CG_PREFIX) || n.startsWith(w.cgroupPrefix);
+  const groups = (d: string): number => fs.readdirSync(d, { withFileTypes: true }).filter((x) => x.isDirectory() && ours(x.name)).length;
   const ip = (args: string[]): string => spawnSync('ip', args, { encoding: 'utf8' }).stdout;
   const files = (d: string): number => (fs.existsSync(d) ? fs.readdirSync(d, { recursive: true }).length : 0);
   return {
     children,
     sandboxProcs,
     mountNamespaces: mntNs.size,
-    hostMounts: fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').length,
-    cgroups: bases.reduce((n, b) => n + walk(b), 0),
-    links: ip(['-o', 'link']).split('\n').length,
-    netns: ip(['netns', 'list']).split('\n').length,
+    hostMounts: fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(w.dir)).length,
+    cgroups: bases.reduce((n, b) => n + groups(b), 0),
+    links: [...ip(['-o', 'link']).matchAll(/^\d+: ([^:@]+)[@:]/gm)].filter((m) => (m[1] as string).startsWith(netOpts.prefix)).length,
+    netns: ip(['netns', 'list']).split('\n').filter((l) => l.startsWith(netOpts.prefix)).length,
     vchanFiles: files(w.vchanRoot),
     runFiles: files(path.join(w.dir, 'run')),
   };
@@ -67,6 +102,9 @@ void test('100 sandboxes (overlay root, cgroup, every 4th with a netvm and veth)
   const sysnet = connectUplink(netOpts, createNetns(netOpts, 90), 90, 'host');
   makeNetvm(sysnet);
   const before = census();
+  // the census sees this test's resources (or it would prove nothing)
+  assert.equal(before.netns, 1, 'our sys-net namespace is counted');
+  assert.equal(before.links, 1, "our sys-net's host veth is counted");
   for (let i = 0; i < 100; i++) {
     const domid = 100 + i;
     const net = i % 4 === 0 ? connectUplink(netOpts, createNetns(netOpts, domid), domid, sysnet) : undefined;
@@ -77,11 +115,16 @@ void test('100 sandboxes (overlay root, cgroup, every 4th with a netvm and veth)
       dataDir: w.data,
       runDir: path.join(w.dir, 'run', `q${i}`),
       vchanDir: w.links.add(domid),
+      cgroupName: `${CG_PREFIX}q${i}`,
       command: ['/bin/sh', '-c', 'echo x > /etc/x; sleep 1000 & sleep 1000'],
       limits: { pids: 100, memoryBytes: 64 * 1024 * 1024 },
       ...(net ? { network: net } : {}),
     });
     assert.ok(sb.pids().length >= 2);
+    if (i === 0) {
+      const during = census();
+      assert.ok(during.cgroups > before.cgroups && during.netns === before.netns + 1 && during.sandboxProcs > before.sandboxProcs, `a running sandbox is counted: ${JSON.stringify(during)}`);
+    }
     await sb.stop();
     if (net) destroyNetwork(netOpts, net, domid);
     w.links.remove(domid);

@@ -48,6 +48,22 @@ void test('qubesd --runtime bwrap: qrexec-client reaches a started sandbox; netv
       timeout: 30_000,
     });
     assert.equal(c.stdout, 'work\n1000\n1\n', c.stderr);
+    // the addresses are Qubes' (qubes/vm/mix/net.py), the ones qvm-ls and qvm-prefs show:
+    // 10.137.0.<qid>/32 on eth0, the netvm's own IP as gateway, and it routes
+    const ipOf = (vm: string): string => tool('qvm-prefs', vm, 'ip').trim();
+    assert.match(ipOf('work'), /^10\.137\.0\.\d+$/);
+    assert.equal(tool('qvm-prefs', 'work', 'visible_gateway').trim(), ipOf('sys-net'));
+    const inQube = (vm: string, cmd: string): string => spawnSync(BIN('qrexec-client'), [`--socket-dir=${path.join(rundir, 'qrexec')}`, '-d', vm, `DEFAULT:${cmd}`], {
+      env: { ...process.env, VCHAN_SOCKET_DIR: path.join(rundir, 'vchan'), VCHAN_DOMAIN: '0', VCHAN_SOCKET_LAYOUT: 'per-domain' },
+      encoding: 'utf8',
+      timeout: 30_000,
+    }).stdout;
+    assert.equal(inQube('work', "ip -o -4 addr show dev eth0 | awk '{print $4}'; ip -4 route show default | awk '{print $3}'"), `${ipOf('work')}/32\n${ipOf('sys-net')}\n`);
+    assert.equal(tool('qvm-ls', '--raw-data', '-O', 'name,ip', 'work'), `work|${ipOf('work')}\n`);
+    // work reaches a listener in sys-net at its gateway address
+    inQube('sys-net', `/run/qrexec-ts/node -e "require('net').createServer((s) => s.end('hi ' + s.remoteAddress)).listen(7777, '${ipOf('sys-net')}')" </dev/null >/dev/null 2>&1 & sleep 0.5`);
+    const got = inQube('work', `/run/qrexec-ts/node -e "const s = require('net').connect(7777, '${ipOf('sys-net')}'); s.on('data', (d) => process.stdout.write(d)); s.on('error', (e) => console.log(e.code))"`);
+    assert.equal(got, `hi ${ipOf('work')}`, 'sys-net sees work by its own address (no NAT between a qube and its netvm)');
     // maxmem and vcpus became the sandbox's cgroup limits
     const cg = detectCgroups();
     const memLimit = (d: string): number => Number(fs.readFileSync(path.join(d, cg.kind === 'v2' ? 'memory.max' : 'memory.limit_in_bytes'), 'utf8'));

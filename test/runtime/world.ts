@@ -63,6 +63,10 @@ export class SandboxWorld {
   get vchanRoot(): string {
     return path.join(this.dir, 'vchan');
   }
+  /** The names of this world's sandboxes' cgroups start with this. */
+  get cgroupPrefix(): string {
+    return `${path.basename(this.dir)}-`;
+  }
   get sockDir(): string {
     return path.join(this.dir, 'sock');
   }
@@ -128,6 +132,8 @@ export class SandboxWorld {
       volumes: opts.volumes ?? { klass: 'AppVM', name, template: 'tpl' },
       dataDir: this.data,
       runDir: path.join(this.dir, 'run', name),
+      // unique to this world: another run's groups never collide with ours (see {@link cgroupPrefix})
+      cgroupName: `${this.cgroupPrefix}${name}`,
       vchanDir,
       ...(opts.limits ? { limits: opts.limits } : {}),
       ...(opts.network ? { network: opts.network } : {}),

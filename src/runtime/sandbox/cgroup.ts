@@ -114,6 +114,37 @@ export function cleanStaleCgroups(prefix: string): number {
   return n;
 }
 
+/**
+ * Makes group `d` of sandbox `id`. One of that name left behind (a host or
+ * test killed before its cleanup) is removed when it holds no process, and
+ * reused when the kernel keeps it (a child group); one that still holds
+ * processes belongs to a live sandbox and is refused.
+ */
+function makeOrReclaim(d: string, id: string): void {
+  try {
+    fs.mkdirSync(d);
+    return;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+  }
+  let procs: string[];
+  try {
+    procs = fs.readFileSync(path.join(d, 'cgroup.procs'), 'utf8').split('\n').filter((x) => x);
+  } catch (e) {
+    throw new SandboxError('CGROUP', `cgroup for ${id}: ${d} exists and is not a usable group (${(e as Error).message})`);
+  }
+  if (procs.length > 0) {
+    throw new SandboxError('CGROUP', `cgroup for ${id}: ${d} already holds processes (${procs.slice(0, 5).join(', ')}${procs.length > 5 ? ', ...' : ''}): another sandbox of this name is running`);
+  }
+  try {
+    fs.rmdirSync(d);
+    fs.mkdirSync(d);
+  } catch (e) {
+    // still there (it has child groups): empty of processes, so ours to reuse
+    if (!fs.existsSync(d)) throw e;
+  }
+}
+
 /** The groups of one sandbox. */
 export class SandboxCgroup {
   private constructor(
@@ -131,7 +162,7 @@ export class SandboxCgroup {
     try {
       for (const [c, base] of bases) {
         const d = path.join(base, id);
-        fs.mkdirSync(d);
+        makeOrReclaim(d, id);
         dirs.set(c, d);
       }
       const cg = new SandboxCgroup(mode, dirs);
@@ -139,6 +170,7 @@ export class SandboxCgroup {
       return cg;
     } catch (e) {
       for (const d of dirs.values()) fs.rmSync(d, { force: true, recursive: false });
+      if (e instanceof SandboxError) throw e;
       throw new SandboxError('CGROUP', `cgroup for ${id}: ${(e as Error).message}`);
     }
   }

@@ -15,6 +15,8 @@ export {
   ensurePrivate,
   ensureStandalone,
   ensureTemplate,
+  isRunning,
+  markRunning,
   privateDir,
   qubeDir,
   readVolumeInfo,
@@ -22,6 +24,6 @@ export {
   volumeMounts,
 } from './volumes.js';
 export { type Limits, type CgroupMode, SandboxCgroup, cleanStaleCgroups, detectCgroups } from './cgroup.js';
-export { type QubeNetwork, type NetworkOptions, cleanStaleNetns, connectUplink, createNetns, destroyNetwork, linkAddresses, makeNetvm, networkAvailable } from './netvm.js';
+export { type QubeAddresses, type QubeNetwork, type NetworkOptions, DEFAULT_POOL_OCTET, cleanStaleNetns, connectUplink, createNetns, destroyNetwork, linkAddresses, makeNetvm, networkAvailable } from './netvm.js';
 export { INSIDE_AGENT_SOCKET, INSIDE_PROJECT, INSIDE_VCHAN_DIR, Sandbox, type SandboxSpec, type SandboxTools, sandboxPlan, sandboxSupport, waitAgentReady } from './sandbox.js';
 export { VchanLinks } from './vchan-links.js';

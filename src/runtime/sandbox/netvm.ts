@@ -3,13 +3,16 @@
  *
  * - netvm none: the sandbox's own new network namespace, loopback only.
  * - a qube with a netvm X: a named namespace of its own, joined to X's by a
- *   veth pair (`eth0` inside, `vif<domid>` in X), with a /30 of the pool;
- *   its default route goes through X, which forwards and masquerades
+ *   veth pair (`eth0` inside, `vif<domid>` in X). Addresses as on Qubes
+ *   (qubes/vm/mix/net.py): the qube's own /32 (its `ip`, 10.137.0.<qid>, or
+ *   10.138.<dispid> for a DispVM) on eth0, X's own IP (the qube's gateway)
+ *   on the vif, host routes both ways; without them a /30 of the pool.
+ *   Its default route goes through X, which forwards and masquerades
  *   (nftables) out of its own `eth0`, and drops traffic between two of its
  *   vifs (qubes behind one netvm do not reach each other).
  * - a qube that provides network with no netvm of its own (sys-net): its
- *   `eth0` is a veth to the host's namespace (`qh<domid>` on the host), so it
- *   reaches the host, and through the host's own routing (and NAT, when the
+ *   `eth0` is a veth to the host's namespace (`qh<domid>` on the host, a /30
+ *   of the pool 10.255/16: its "physical" network), so it reaches the host, and through the host's own routing (and NAT, when the
  *   host is set up for it) the outside.
  *
  * Namespaces are named `<prefix><domid>` in /run/netns (ip netns); a host
@@ -38,7 +41,14 @@ export function networkAvailable(): { ok: true } | { ok: false; reason: string }
   return { ok: true };
 }
 
-/** The /30 of link `n` in 10.<a>.<b>.<c>/30 from `pool` (a /16 such as 10.139.0.0): [upstream, downstream, prefix]. */
+/**
+ * Second octet of the default pool of /30 links: sys-net's link to the host
+ * (its "physical" network). Not Qubes' 10.137-10.139, which name qubes,
+ * DispVMs and the virtual DNS servers.
+ */
+export const DEFAULT_POOL_OCTET = 255;
+
+/** The /30 of link `n` in 10.<a>.<b>.<c>/30 from `pool` (a /16 such as 10.255.0.0): [upstream, downstream, prefix]. */
 export function linkAddresses(poolSecondOctet: number, n: number): { up: string; down: string } {
   if (!Number.isInteger(n) || n < 0 || n >= 16384) throw new SandboxError('NETWORK', `link number ${n} out of the pool`);
   const third = n >> 6;
@@ -59,7 +69,7 @@ export interface QubeNetwork {
 export interface NetworkOptions {
   /** Names of our namespaces start with this (unique per host run dir). */
   readonly prefix: string;
-  /** Second octet of the 10.x.0.0/16 pool (default 139). */
+  /** Second octet of the 10.x.0.0/16 pool ({@link DEFAULT_POOL_OCTET}). */
   readonly poolOctet?: number;
 }
 
@@ -72,18 +82,41 @@ export function createNetns(o: NetworkOptions, domid: number): QubeNetwork {
   return { netns: name, path: `${NETNS_DIR}/${name}` };
 }
 
+/** A qube's own address and its gateway (its netvm's), as Qubes gives them. */
+export interface QubeAddresses {
+  readonly ip: string;
+  readonly gateway: string;
+}
+
+const IPV4 = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
+
 /**
  * The uplink of qube `domid` (namespace `net`) to `upstream`: a netvm's
  * namespace, or 'host' (the host's own, for sys-net). The upstream end routes
- * and masquerades; its nftables table is made once per upstream.
+ * and masquerades; its nftables table is made once per upstream. With
+ * `addrs` (a netvm upstream only), the Qubes layout: `ip`/32 on eth0 and
+ * `gateway`/32 (the netvm's own IP, on every one of its vifs) with a host
+ * route each way; otherwise a /30 of the pool.
  */
-export function connectUplink(o: NetworkOptions, net: QubeNetwork, domid: number, upstream: QubeNetwork | 'host'): QubeNetwork {
-  const { up, down } = linkAddresses(o.poolOctet ?? 139, domid);
+export function connectUplink(o: NetworkOptions, net: QubeNetwork, domid: number, upstream: QubeNetwork | 'host', addrs?: QubeAddresses): QubeNetwork {
   const upName = upstream === 'host' ? `${o.prefix}h${domid}` : `vif${domid}`;
   if (upName.length > 15) throw new SandboxError('NETWORK', `interface name ${upName} too long (shorten the prefix)`);
   const upNs = upstream === 'host' ? [] : ['netns', upstream.netns];
-  ip(['link', 'add', upName, ...upNs, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', net.netns]);
   const onUp = upstream === 'host' ? [] : ['-n', upstream.netns];
+  if (addrs && upstream !== 'host') {
+    if (!IPV4.test(addrs.ip) || !IPV4.test(addrs.gateway)) throw new SandboxError('NETWORK', `bad addresses ${addrs.ip} via ${addrs.gateway}`);
+    ip(['link', 'add', upName, ...upNs, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', net.netns]);
+    ip([...onUp, 'addr', 'add', `${addrs.gateway}/32`, 'dev', upName]);
+    ip([...onUp, 'link', 'set', upName, 'up']);
+    ip([...onUp, 'route', 'add', `${addrs.ip}/32`, 'dev', upName]);
+    ip(['-n', net.netns, 'addr', 'add', `${addrs.ip}/32`, 'dev', 'eth0']);
+    ip(['-n', net.netns, 'link', 'set', 'eth0', 'up']);
+    ip(['-n', net.netns, 'route', 'add', `${addrs.gateway}/32`, 'dev', 'eth0']);
+    ip(['-n', net.netns, 'route', 'add', 'default', 'via', addrs.gateway, 'dev', 'eth0']);
+    return { ...net, address: addrs.ip, gateway: addrs.gateway };
+  }
+  const { up, down } = linkAddresses(o.poolOctet ?? DEFAULT_POOL_OCTET, domid);
+  ip(['link', 'add', upName, ...upNs, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', net.netns]);
   ip([...onUp, 'addr', 'add', `${up}/30`, 'dev', upName]);
   ip([...onUp, 'link', 'set', upName, 'up']);
   ip(['-n', net.netns, 'addr', 'add', `${down}/30`, 'dev', 'eth0']);

@@ -12,7 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { SandboxError } from './errors.js';
 import { launchCommand, type MountOp, type SandboxBind, type SandboxPlan } from './plan.js';
-import { QUBE_USER_UID, commitPendingLayer, volumeMounts, type QubeVolumes } from './volumes.js';
+import { QUBE_USER_UID, commitPendingLayer, markRunning, volumeMounts, type QubeVolumes } from './volumes.js';
 import { SandboxCgroup, type Limits } from './cgroup.js';
 import { openDirBeneath } from './beneath.js';
 import type { QubeNetwork } from './netvm.js';
@@ -233,6 +233,7 @@ export class Sandbox {
       const initPid = await readInfo(proc, () => tail);
       const sb = new Sandbox(spec, proc, initPid, cgroup);
       sb.state = 'running';
+      if (ownsRoot(spec) && proc.pid !== undefined) markRunning(spec.dataDir, spec.name, proc.pid);
       proc.stderr?.on('data', () => {
         sb.stderrTail = tail;
       });
@@ -289,10 +290,18 @@ export class Sandbox {
     for (let i = 0; i < 200 && pidAlive(this.initPid); i++) await sleep(2);
     if (this.cgroup) await this.cgroup.destroy();
     fs.rmSync(this.spec.runDir, { recursive: true, force: true });
-    const k = this.spec.volumes.klass;
-    if (k === 'TemplateVM' || k === 'StandaloneVM') commitPendingLayer(this.spec.dataDir, this.spec.name);
+    if (ownsRoot(this.spec)) {
+      commitPendingLayer(this.spec.dataDir, this.spec.name);
+      markRunning(this.spec.dataDir, this.spec.name, undefined);
+    }
     return performance.now() - t0;
   }
+}
+
+/** A TemplateVM or StandaloneVM: it writes its own root. */
+function ownsRoot(spec: SandboxSpec): boolean {
+  const k = spec.volumes.klass;
+  return k === 'TemplateVM' || k === 'StandaloneVM';
 }
 
 function signal(pid: number, sig: NodeJS.Signals): void {

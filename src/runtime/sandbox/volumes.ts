@@ -11,6 +11,7 @@
  *                                           committed layers of its changes, oldest first
  *   <data>/qubes/<name>/pending/...         the layer a running TemplateVM writes (work/: overlayfs')
  *   <data>/qubes/<name>/volume.json         { base: "host" | "own" }
+ *   <data>/qubes/<name>/running             a running TemplateVM/StandaloneVM: its bwrap pid
  *
  * A template's root is its base, then its layers, and for base "host" the
  * host's /usr and /etc below its usr and etc layers. A running TemplateVM
@@ -202,12 +203,51 @@ function writeUsers(etcUpper: string): void {
   fix('group', `user:x:${QUBE_USER_UID}:`);
 }
 
-/** A StandaloneVM `name`: its own copy of `template` (base and committed layers), made once. */
+/** The file that says a TemplateVM or StandaloneVM is running (its sandbox's bwrap pid); see {@link markRunning}. */
+function runningMarker(dataDir: string, name: string): string {
+  return path.join(qubeDir(dataDir, name), 'running');
+}
+
+/**
+ * Records that the sandbox `pid` (its bwrap) now runs the root-owning qube
+ * `name`, or (pid undefined) that it stopped. Read by {@link isRunning}.
+ */
+export function markRunning(dataDir: string, name: string, pid: number | undefined): void {
+  if (pid === undefined) fs.rmSync(runningMarker(dataDir, name), { force: true });
+  else fs.writeFileSync(runningMarker(dataDir, name), `${pid}\n`);
+}
+
+/** True when a sandbox of `name` is running (its marker names a live bwrap; a stale one left by a killed host does not count). */
+export function isRunning(dataDir: string, name: string): boolean {
+  let pid: number;
+  try {
+    pid = Number(fs.readFileSync(runningMarker(dataDir, name), 'utf8').trim());
+  } catch {
+    return false;
+  }
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return !/\) [ZX] /.test(st) && fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('bwrap');
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A StandaloneVM `name`: its own copy of `template` (base, committed layers
+ * and private volume), made once. As Qubes' clone, it needs the template
+ * halted: a running one changes its private volume while it is copied (and
+ * its own layer is not committed yet), so the copy is refused then.
+ */
 export function ensureStandalone(dataDir: string, name: string, template: string): VolumeInfo {
   const existing = readVolumeInfo(dataDir, name);
   if (existing) return existing;
   const t = readVolumeInfo(dataDir, template);
   if (!t) throw new SandboxError('STORAGE', `standalone ${name}: template ${template} has no volume`);
+  if (isRunning(dataDir, template)) throw new SandboxError('STATE', `standalone ${name}: template ${template} is running; shut it down first (it must be halted to be copied)`);
+  // the layer a template left by a host that died while it ran is part of it
+  commitPendingLayer(dataDir, template);
   const from = qubeDir(dataDir, template);
   const q = qubeDir(dataDir, name);
   fs.mkdirSync(q, { recursive: true });
