@@ -71,7 +71,7 @@ export interface RunningSystem {
   readonly call: QubesdCaller;
   /** The in-process daemons of the qubes running now, by name. */
   daemon(name: string): QubeDaemon | undefined;
-  /** Start every qube with autostart=True (and their netvms); failures are logged. */
+  /** Start every qube with autostart=True (and their netvms), then preload disposables; failures are logged. */
   autostart(): Promise<void>;
   /** Shut every running qube down (clients before their netvms), then stop everything. */
   close(): Promise<void>;
@@ -199,6 +199,8 @@ export async function startSystem(cfg: SystemConfig): Promise<RunningSystem> {
       dataDir: cfg.dataDir,
       runDir: cfg.runDir,
       runtime,
+      // after the host is up and has autostarted its qubes (see autostart below)
+      startPreload: false,
       log: (level, msg) => {
         if (level !== 'info' || cfg.debug) log[level](`qubesd: ${msg}`);
       },
@@ -276,6 +278,8 @@ export async function startSystem(cfg: SystemConfig): Promise<RunningSystem> {
           }),
         ),
       );
+      // then the preloaded disposables (qubes-preload-dispvm.service runs after the autostart of qubes)
+      qubesd.lifecycle.preloader.start();
     },
     close: () =>
       (closing ??= (async () => {
@@ -306,6 +310,8 @@ function airFacts(q: Qubesd, name: string): QubeFacts | undefined {
  */
 async function shutdownAll(q: Qubesd, log: Logger, timeoutMs = 10_000): Promise<void> {
   const end = Date.now() + timeoutMs;
+  // no refill of preloaded disposables while they stop
+  q.lifecycle.preloader.close();
   const running = (): Qube[] => q.registry.list().filter((x) => x.klass !== 'AdminVM' && x.power !== 'Halted');
   for (let left = running(); left.length > 0 && Date.now() < end; left = running()) {
     const used = new Set(left.map((x) => x.get('netvm')).filter((n) => typeof n === 'string'));

@@ -48,6 +48,8 @@ export interface PowerControl {
   pause(q: Qube): Promise<void>;
   unpause(q: Qube): Promise<void>;
   createDisposable(template: Qube, creator: Qube): Qube;
+  /** Refill the template's preloaded disposables (CreateDisposable with the argument `preload`). */
+  preloadDisposables?(template: Qube): void;
 }
 
 export interface ApiContext {
@@ -429,7 +431,10 @@ m('admin.vm.CreateDisposable', { dest: null, arg: null, payload: null, scope: 'g
   }
   c.permit({ dispvm_template: appvm?.name ?? null });
   if (!appvm) throw new QubesError('QubesException', 'No default disposable template set for the calling qube');
-  if (c.arg === 'preload') return null;
+  if (c.arg === 'preload') {
+    c.ctx.power.preloadDisposables?.(appvm);
+    return null;
+  }
   const disp = c.ctx.power.createDisposable(appvm, c.src);
   c.registry.addTag(disp, `disp-created-by-${c.src.name}`);
   return pl === 'uuid' ? `uuid:${disp.uuid}` : disp.name;

@@ -63,6 +63,12 @@ export interface QubesdOptions {
   readonly policy?: () => Policy | null;
   /** The store's durability (default GROUP: group fsync, see src/qubesd/store.ts). */
   readonly synchronous?: 'FULL' | 'NORMAL' | 'GROUP';
+  /**
+   * Preloaded disposables are cleaned and refilled at once (default); false:
+   * when the caller calls `lifecycle.preloader.start()` (the host, after its
+   * own start and autostart, as the reference's qubes-preload-dispvm service).
+   */
+  readonly startPreload?: boolean;
 }
 
 export interface Qubesd {
@@ -97,6 +103,8 @@ export async function startQubesd(opts: QubesdOptions): Promise<Qubesd> {
     store.close();
     throw e;
   }
+  // the reference's qubes-preload-dispvm service: clean an earlier run's preloaded disposables, refill
+  if (opts.startPreload !== false) lifecycle.preloader.start();
   let closing: Promise<void> | null = null;
   return {
     registry,

@@ -23,6 +23,7 @@ import {
 import type { PowerControl } from './admin-api.js';
 import { NO_VALUE } from './properties.js';
 import type { Qube, Registry } from './registry.js';
+import { Preloader } from './preload.js';
 
 interface Active {
   readonly qube: Qube;
@@ -39,12 +40,27 @@ export class Lifecycle implements PowerControl {
   private readonly active = new Map<Qube, Active>();
   private readonly starting = new Map<Qube, Promise<void>>();
   private nextDomid = 1;
+  /** Set by close(): no start any more. */
+  private closed = false;
+  /** Preloaded disposables (preload-dispvm-max); see preload.ts. */
+  readonly preloader: Preloader;
 
   constructor(
     private readonly registry: Registry,
     private readonly runtime: Runtime | null,
     private readonly log: LifecycleLog = () => undefined,
-  ) {}
+  ) {
+    const power = {
+      canStart: runtime !== null,
+      start: (q: Qube) => this.start(q),
+      pause: (q: Qube) => this.pause(q),
+      unpause: (q: Qube) => this.unpause(q),
+      kill: (q: Qube) => this.kill(q),
+    };
+    this.preloader = new Preloader(registry, power, (level, m) => {
+      if (level === 'warning') log(m);
+    });
+  }
 
   /** Domain ids in use, for the next start. */
   private allocDomid(): number {
@@ -60,6 +76,7 @@ export class Lifecycle implements PowerControl {
     if (q.power !== 'Halted') return;
     if (q.klass === 'RemoteVM') throw new QubesNotImplementedError('A remote qube cannot be started from here');
     if (!this.runtime) throw new QubesException('Start failed: qubesd runs without a runtime backend (--runtime none)');
+    if (this.closed) throw new QubesException('Start failed: qubesd is stopping');
     const p = this.doStart(q, this.runtime, new Set([...chain, q]));
     this.starting.set(q, p);
     try {
@@ -76,6 +93,7 @@ export class Lifecycle implements PowerControl {
       // a netvm that is this qube, or one already being started for it (default_netvm is itself), is not waited for
       if (n && !chain.has(n)) await this.start(n, chain);
     }
+    if (this.closed) throw new QubesException('Start failed: qubesd is stopping');
     this.registry.fire(q, 'domain-pre-start', [['start_guid', 'True']]);
     const domid = this.allocDomid();
     this.registry.setPower(q, 'Transient', domid);
@@ -208,20 +226,41 @@ export class Lifecycle implements PowerControl {
     return Promise.resolve();
   }
 
-  /** DispVM.from_appvm: a disposable `dispN` of a disposable template, removed when it stops. */
+  /**
+   * DispVM.from_appvm: a preloaded disposable of the template when one is
+   * ready (already running), else a new `dispN`; removed when it stops.
+   */
   createDisposable(template: Qube, creator: Qube): Qube {
     if (template.get('template_for_dispvms') !== true) {
       throw new QubesException('Refusing to create DispVM out of this AppVM, because template_for_dispvms=False');
+    }
+    const pre = this.preloader.request(template);
+    if (pre) {
+      this.registry.addTag(pre, `created-by-${creator.name}`);
+      return pre;
     }
     const label = template.get('label');
     return this.registry.createDisposable(template, typeof label === 'string' ? label : 'red', creator.name);
   }
 
+  /** admin.vm.CreateDisposable+preload: refill the template's preloaded disposables now. */
+  preloadDisposables(template: Qube): void {
+    this.preloader.schedule(template, 0, 'autostart was requested');
+  }
+
   /** Stop every running qube (qubesd exit): kill, and wait for the exits. */
   async close(): Promise<void> {
-    const acts = [...this.active.values()];
-    for (const a of acts) a.run.kill();
-    await Promise.all(acts.map((a) => a.done));
+    this.closed = true;
+    this.preloader.close();
+    const kill = async (): Promise<void> => {
+      const acts = [...this.active.values()];
+      for (const a of acts) a.run.kill();
+      await Promise.all(acts.map((a) => a.done));
+    };
+    await kill();
+    // starts under way (a preload, a netvm chain) end failing; one that got its qube running meanwhile is killed
+    await Promise.all([...this.starting.values()].map((p) => p.catch(() => undefined)));
+    await kill();
     await this.runtime?.close();
   }
 

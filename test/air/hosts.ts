@@ -14,7 +14,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { BIN, ROOT, waitFor } from '../e2e/harness.js';
 import { sandboxSkipReason } from '../runtime/world.js';
-import { linkAddresses } from '../../src/runtime/sandbox/index.js';
+import { DEFAULT_POOL_OCTET, linkAddresses } from '../../src/runtime/sandbox/index.js';
 
 /** Why these tests cannot run here, or undefined. As root (CI) a missing prerequisite fails. */
 export function airSkipReason(): string | undefined {
@@ -125,7 +125,7 @@ export class AirTestHost {
     this.ok('qvm-start', 'relay');
     this.ok('qvm-start', 'work');
     const xid = Number(this.ok('qvm-prefs', 'relay', 'xid').trim());
-    this.relayAddress = linkAddresses(139, xid).down;
+    this.relayAddress = linkAddresses(DEFAULT_POOL_OCTET, xid).down;
   }
 
   /** A service in a qube's /usr/local/etc/qubes-rpc (its private volume). */
