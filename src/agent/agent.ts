@@ -418,7 +418,11 @@ export class Agent {
           });
         }
       }
-      await pump.done;
+      // As the reference's per-call agent process, which leaves process_io when the
+      // vchan is closed: a caller that went away (killed) ends the call now, even if
+      // its service still runs (a @dispvm call's DispVM is then killed by dom0).
+      const closed = new Promise<void>((r) => (ch.destroyed ? r() : ch.once('close', () => r())));
+      await Promise.race([pump.done, closed]);
       this.sendCtrl(encodeConnectionTerminated(domain, port));
     })();
   }
@@ -679,6 +683,9 @@ export class Agent {
   private async runFastCaller(caller: PendingCaller, domain: number, port: number): Promise<void> {
     const fast = caller.fast as NonNullable<PendingCaller['fast']>;
     const sock = caller.sock;
+    // the launcher never shuts its side down: its EOF (the socket is half-open) means it is gone
+    // (killed), which must end the call as its close does (the reference's client holds the vchan)
+    sock.once('end', () => sock.destroy());
     const [sinkFd, sourceFd, errFd] = fast.fds as [number, number, number];
     const flags = fast.opts.flags;
     const record = (a: number, b: number): void => {

@@ -88,6 +88,17 @@ function launchDescription(q: QubeLaunch): QubeDescription {
   };
 }
 
+/**
+ * The short prefix of the names of a run directory's host resources: its
+ * network namespaces, host veths and cgroups (unique per run directory, so
+ * that a start cleans only its own stale ones).
+ */
+export function resourcePrefix(runDir: string): string {
+  let h = 0;
+  for (const c of path.resolve(runDir)) h = (h * 31 + c.charCodeAt(0)) >>> 0;
+  return `q${(h % 46656).toString(36)}-`;
+}
+
 const DEFAULT_LIMITS: Limits = { memoryBytes: 4000 * 1024 * 1024, cpus: 2, pids: 4096 };
 
 /** Why bwrap cannot run here, or undefined when it can. */
@@ -115,10 +126,7 @@ export class BwrapRuntime implements Runtime {
     this.log = opts.log ?? (() => undefined);
     fs.mkdirSync(this.vchanRoot, { recursive: true, mode: 0o700 });
     this.links = new VchanLinks(this.vchanRoot);
-    // a short prefix per run directory: netns and host veth names of ours
-    let h = 0;
-    for (const c of path.resolve(opts.runDir)) h = (h * 31 + c.charCodeAt(0)) >>> 0;
-    this.net = { prefix: `q${(h % 46656).toString(36)}-` };
+    this.net = { prefix: resourcePrefix(opts.runDir) };
     // leftovers of a host that died (kill -9): network namespaces and veths; mounts died with their namespaces
     if (networkAvailable().ok) {
       const n = cleanStaleNetns(this.net.prefix);
