@@ -1,37 +1,61 @@
-// bench/runtime.ts — qubes as bwrap sandboxes against qubes as plain processes.
-// Needs root (the bwrap backend mounts overlayfs on the host side). Prints one
-// JSON line (last line). Starts are measured from the start request until a
-// call into the qube (the real qrexec-client through the real qrexec-host)
-// has succeeded; qubesd's admin.vm.Start is not on main yet, so the start
-// request is the sandbox layer's Sandbox.start (bwrap) or a spawn of the
-// agent (process). Baselines in the same run: a bare `bwrap true`, a spawn
-// of `true`, and a call alone into a running qube.
+// bench/runtime.ts — qubes as bwrap sandboxes, and as plain processes, in the
+// real host (src/host/system.ts: qubesd, the policy daemon and every qube's
+// qrexec daemon in this process). Needs root for bwrap. Prints one JSON line
+// (the last line).
 //
-// BENCH_RUNTIME_RUNS (default 15) starts per backend; BENCH_RUNTIME_MANY
-// (default 100) qubes running at once for host_rss_mb_per_qube and
-// max_running (a cap, not a limit found: each idle qube costs ~qube_rss_mb).
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+// - start_ms_p50_*: admin.vm.Start until a call into the qube has returned
+//   (the call is made in this process through the qube's qrexec daemon, as
+//   qrexec-client does, so no Node start is counted);
+// - dispvm_call_ms_p50: cold, what a @dispvm call does: CreateDisposable,
+//   Start, the call, Kill (which removes it); _preloaded: the same with
+//   preload-dispvm-max=1 (CreateDisposable hands out a started one);
+// - shutdown_ms_p50: admin.vm.Shutdown +wait;
+// - qube_rss_mb: RSS of every process of one idle qube (counts the Node
+//   binary's text, shared by every qube); qube_pss_mb / qube_uss_mb: its
+//   proportional and private memory, what one more qube costs;
+// - host_rss_mb_per_qube: this (host) process's RSS growth with N idle qubes, / N;
+// - max_running: how many idle qubes ran at once. By default only up to a
+//   cap (BENCH_RUNTIME_MANY, default 40) on this shared machine, and then
+//   max_running_is_cap is true; with --max-running it starts qubes until one
+//   fails, free memory falls under 2 GiB, or 500.
+// Baselines in the same run: a raw unix-socket round trip, `bwrap true`, a
+// spawn of `true`, and a call into a qube that is running.
+//
+// BENCH_RUNTIME_RUNS (default 9) measurements per figure.
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
-import { BIN, waitFor } from '../test/e2e/harness.js';
-import { SandboxWorld, SH_SERVICE, type WorldQube } from '../test/runtime/world.js';
-import { Sandbox, sandboxSupport, waitAgentReady } from '../src/runtime/sandbox/index.js';
+import { PassThrough } from 'node:stream';
+import { startSystem, type RunningSystem } from '../src/host/system.js';
+import { silentLogger } from '../src/policyd/index.js';
+import { DaemonClient } from '../src/daemon/client.js';
+import { startPump, vchanListen } from '../src/vchan/index.js';
+import { detectCgroups, sandboxSupport } from '../src/runtime/sandbox/index.js';
+import { resourcePrefix } from '../src/runtime/index.js';
 
-const RUNS = Number(process.env['BENCH_RUNTIME_RUNS'] ?? 15);
-const MANY = Number(process.env['BENCH_RUNTIME_MANY'] ?? 100);
+const RUNS = Number(process.env['BENCH_RUNTIME_RUNS'] ?? 9);
+const FIND_MAX = process.argv.includes('--max-running');
+const MANY = FIND_MAX ? 500 : Number(process.env['BENCH_RUNTIME_MANY'] ?? 40);
 
-const pct = (xs: number[], p: number): number => {
+const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
+  return s.length === 0 ? NaN : s.length % 2 ? (s[(s.length - 1) / 2] as number) : ((s[s.length / 2 - 1] as number) + (s[s.length / 2] as number)) / 2;
 };
-const median = (xs: number[]): number => pct(xs, 50);
 const r1 = (x: number): number => Math.round(x * 10) / 10;
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const T0 = performance.now();
+const progress = (m: string): void => void process.stderr.write(`bench:runtime: ${((performance.now() - T0) / 1000).toFixed(1)} s: ${m}\n`);
 
-function rssKb(pid: number): number {
+/** Rss, Pss and private (Private_Clean + Private_Dirty) of a process, in kB. */
+function mem(pid: number): { rss: number; pss: number; uss: number } {
   try {
-    return Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+    const t = fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+    const f = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(t)?.[1] ?? 0);
+    return { rss: f('Rss'), pss: f('Pss'), uss: f('Private_Clean') + f('Private_Dirty') };
   } catch {
-    return 0;
+    return { rss: 0, pss: 0, uss: 0 };
   }
 }
 
@@ -41,7 +65,126 @@ function timeSpawn(cmd: string, args: string[]): number {
   return performance.now() - t;
 }
 
-const uuid = (i: number): string => `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`;
+/** A raw unix-socket round trip (connect, one byte each way), the floor of any call. */
+async function rawRoundTrip(dir: string): Promise<number[]> {
+  const p = path.join(dir, 'raw.sock');
+  const server = net.createServer((s) => s.once('data', () => s.end('y')));
+  await new Promise<void>((r) => server.listen(p, r));
+  const out: number[] = [];
+  for (let i = 0; i < RUNS * 4; i++) {
+    const t = performance.now();
+    await new Promise<void>((resolve, reject) => {
+      const c = net.connect(p, () => c.write('x'));
+      c.once('data', () => {
+        c.destroy();
+        resolve();
+      });
+      c.once('error', reject);
+    });
+    out.push(performance.now() - t);
+  }
+  server.close();
+  return out;
+}
+
+interface Host {
+  readonly sys: RunningSystem;
+  /** Who calls run as: the qube's user; root with the process backend (the host has no `user`). */
+  readonly user: string;
+  call(method: string, dest: string, arg?: string, payload?: string): Promise<string>;
+  /** Runs `cmd` in `qube` as qrexec-client -d does, in this process; resolves with its output. */
+  run(qube: string, cmd: string): Promise<string>;
+}
+
+async function host(dir: string, runtime: string): Promise<Host> {
+  const data = path.join(dir, runtime, 'data');
+  const sys = await startSystem({ dataDir: data, runDir: path.join(data, 'run'), runtime, log: silentLogger, warn: (m) => process.stderr.write(`${m}\n`) });
+  const venv = { dir: sys.info.vchanDir, ownDomain: 0, layout: sys.info.vchanLayout };
+  return {
+    sys,
+    user: runtime === 'process' ? 'root' : 'DEFAULT',
+    call: async (method, dest, arg = '', payload = '') => (await sys.call(method, dest, { arg, payload: Buffer.from(payload) })).toString(),
+    run: async (qube, cmd) => {
+      const client = await DaemonClient.connect(sys.info.qrexecSocketDir, qube);
+      try {
+        const ep = await client.exec(cmd, 0, false);
+        const listener = await vchanListen(venv, ep.domain, ep.port);
+        const ch = await listener.accepted;
+        const source = new PassThrough();
+        source.end();
+        const sink = new PassThrough();
+        const chunks: Buffer[] = [];
+        sink.on('data', (d: Buffer) => chunks.push(d));
+        const status = await startPump({ channel: ch, role: 'client', sink, source, single: false, errSink: new PassThrough().resume(), log: () => undefined }).done;
+        if (status !== 0) throw new Error(`${cmd} in ${qube}: exit ${status}`);
+        return Buffer.concat(chunks).toString();
+      } finally {
+        client.close();
+      }
+    },
+  };
+}
+
+async function setup(h: Host): Promise<void> {
+  await h.call('admin.vm.Create.TemplateVM', 'dom0', '', 'name=tpl label=black');
+  await h.call('admin.property.Set', 'dom0', 'default_template', 'tpl');
+  await h.call('admin.property.Set', 'dom0', 'default_netvm', '');
+  for (const n of ['work', 'dvm']) await h.call('admin.vm.Create.AppVM', 'dom0', '', `name=${n} label=red`);
+  await h.call('admin.vm.property.Set', 'dvm', 'template_for_dispvms', 'True');
+  await h.call('admin.vm.feature.Set', 'dvm', 'preload-dispvm-delay', '0');
+}
+
+const power = (h: Host, q: string): string | undefined => h.sys.qubesd.registry.byName(q)?.power;
+
+/** Start until a call returns; the call alone (running); Shutdown+wait. */
+async function starts(h: Host, q: string): Promise<{ start: number[]; call: number[]; shutdown: number[] }> {
+  const start: number[] = [];
+  const call: number[] = [];
+  const shutdown: number[] = [];
+  // the first start makes the template's files: not counted
+  await h.call('admin.vm.Start', q);
+  await h.call('admin.vm.Shutdown', q, 'wait');
+  for (let i = 0; i < RUNS; i++) {
+    const t = performance.now();
+    await h.call('admin.vm.Start', q);
+    if ((await h.run(q, `${h.user}:echo ok`)) !== 'ok\n') throw new Error('bad output');
+    start.push(performance.now() - t);
+    const tc = performance.now();
+    await h.run(q, `${h.user}:echo ok`);
+    call.push(performance.now() - tc);
+    const ts = performance.now();
+    await h.call('admin.vm.Shutdown', q, 'wait');
+    shutdown.push(performance.now() - ts);
+  }
+  return { start, call, shutdown };
+}
+
+/** A @dispvm call as the qrexec daemon makes it: CreateDisposable, Start, the call, Kill. */
+async function dispvmCall(h: Host): Promise<number> {
+  const t = performance.now();
+  const d = await h.call('admin.vm.CreateDisposable', 'dvm');
+  if (process.env['BENCH_DEBUG']) progress(`created ${d}`);
+  await h.call('admin.vm.Start', d).catch((e: Error) => {
+    if (!/not powered off|NotHalted/.test(e.message)) throw e;
+  });
+  if (process.env['BENCH_DEBUG']) progress(`started ${d}`);
+  if ((await h.run(d, `${h.user}:echo ok`)) !== 'ok\n') throw new Error('bad output');
+  if (process.env['BENCH_DEBUG']) progress(`called ${d}`);
+  await h.call('admin.vm.Kill', d);
+  return performance.now() - t;
+}
+
+/** Every process of qube `q` of a bwrap host: its cgroup's. */
+function qubePids(h: Host, q: string): number[] {
+  const cg = detectCgroups();
+  const base = cg.kind === 'v2' ? cg.base : cg.kind === 'v1' ? (cg.bases.get('pids') ?? cg.bases.get('memory')) : undefined;
+  if (!base) return [];
+  try {
+    return fs.readFileSync(path.join(base, `${resourcePrefix(h.sys.info.runDir)}${q}`, 'cgroup.procs'), 'utf8').split('\n').filter((x) => x).map(Number);
+  } catch {
+    return [];
+  }
+}
 
 async function main(): Promise<void> {
   const support = sandboxSupport();
@@ -49,21 +192,11 @@ async function main(): Promise<void> {
     process.stderr.write(`bench:runtime: the bwrap backend cannot run here: ${support.reason}\n`);
     process.exit(1);
   }
-  const qubes: WorldQube[] = [{ name: 'work', domid: 1, uuid: uuid(1) }, { name: 'proc', domid: 2, uuid: uuid(2) }, { name: 'disp', domid: 3, uuid: uuid(3) }, { name: 'dvm', domid: 4, uuid: uuid(4) }];
-  for (let i = 0; i < MANY; i++) qubes.push({ name: `m${i}`, domid: 100 + i, uuid: uuid(100 + i) });
-  const w = await SandboxWorld.create(qubes);
-  const hostPid = w.procs[0]?.pid ?? 0;
-  const extra: ChildProcess[] = [];
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-runtime-'));
+  fs.chmodSync(dir, 0o755);
   try {
-    w.templateService('test.Sh', SH_SERVICE);
-    w.templateService('test.Echo', '#!/bin/sh\necho ok\n');
-    // (the process-backend agent runs as the host's root, which has no `user`)
-    const callOk = async (name: string, user = 'DEFAULT'): Promise<void> => {
-      const r = await w.call(name, `${user}:QUBESRPC test.Echo+ dom0`);
-      if (r.stdout.toString() !== 'ok\n') throw new Error(`call into ${name} failed: ${r.code} ${r.stderr}`);
-    };
-
     // baselines
+    const raw = await rawRoundTrip(dir);
     const bareBwrap: number[] = [];
     const bareSpawn: number[] = [];
     for (let i = 0; i < RUNS; i++) {
@@ -71,117 +204,114 @@ async function main(): Promise<void> {
       bareSpawn.push(timeSpawn('/bin/true', []));
     }
 
-    // bwrap: start until a call succeeds; shutdown
-    const startBwrap: number[] = [];
-    const readyBwrap: number[] = [];
-    const shutdown: number[] = [];
-    const callAlone: number[] = [];
-    let qubeRss = 0;
-    let qubeProcs = 0;
-    for (let i = 0; i < RUNS; i++) {
-      const t = performance.now();
-      await w.start('work');
-      readyBwrap.push(performance.now() - t);
-      await callOk('work');
-      startBwrap.push(performance.now() - t);
-      const tc = performance.now();
-      await callOk('work');
-      callAlone.push(performance.now() - tc);
-      if (i === RUNS - 1) {
-        await new Promise((r) => setTimeout(r, 300));
-        const pids = w.sandboxes.get('work')?.pids() ?? [];
-        qubeProcs = pids.length;
-        qubeRss = pids.reduce((n, p) => n + rssKb(p), 0) / 1024;
+    // the process backend
+    progress('baselines done');
+    const p = await host(dir, 'process');
+    let proc;
+    try {
+      await setup(p);
+      proc = await starts(p, 'work');
+    } finally {
+      await p.sys.close();
+    }
+
+    // the bwrap backend
+    progress('process backend done');
+    const h = await host(dir, 'bwrap');
+    try {
+      await setup(h);
+      const bw = await starts(h, 'work');
+      // one idle qube's memory
+      progress('bwrap starts done');
+      await h.call('admin.vm.Start', 'work');
+      await sleep(1000);
+      const m = qubePids(h, 'work').map(mem);
+      const sum = (k: 'rss' | 'pss' | 'uss'): number => m.reduce((n, x) => n + x[k], 0) / 1024;
+      const qube = { rss: sum('rss'), pss: sum('pss'), uss: sum('uss'), procs: m.length };
+      await h.call('admin.vm.Shutdown', 'work', 'wait');
+
+      // DispVMs, cold then preloaded
+      progress('memory done');
+      await dispvmCall(h); // its first start: not counted
+      const cold: number[] = [];
+      for (let i = 0; i < RUNS; i++) cold.push(await dispvmCall(h));
+      await h.call('admin.vm.feature.Set', 'dvm', 'preload-dispvm-max', '1');
+      const warm: number[] = [];
+      const reg = h.sys.qubesd.registry;
+      const preloaded = (): boolean => {
+        const n = reg.byName('dvm')?.feature('preload-dispvm') ?? '';
+        return n !== '' && reg.byName(n)?.feature('preload-dispvm-completed') === '1' && power(h, n) === 'Paused';
+      };
+      for (let i = 0; i < RUNS; i++) {
+        for (let j = 0; j < 3000 && !preloaded(); j++) await sleep(10);
+        if (!preloaded()) throw new Error('no preloaded disposable');
+        warm.push(await dispvmCall(h));
       }
-      shutdown.push(await w.stop('work'));
-    }
+      await h.call('admin.vm.feature.Remove', 'dvm', 'preload-dispvm-max');
+      for (let j = 0; j < 1000 && reg.list().some((q) => q.klass === 'DispVM'); j++) await sleep(10);
 
-    // process: the agent as a plain child process (what the process backend does)
-    const startProc: number[] = [];
-    const pdir = path.join(w.dir, 'proc-qube');
-    fs.mkdirSync(path.join(pdir, 'rpc'), { recursive: true });
-    fs.writeFileSync(path.join(pdir, 'rpc', 'test.Echo'), '#!/bin/sh\necho ok\n', { mode: 0o755 });
-    const vdir = w.links.add(2);
-    let procRss = 0;
-    for (let i = 0; i < RUNS; i++) {
-      const t = performance.now();
-      const p = spawn(BIN('qrexec-agent'), [`--agent-socket=${path.join(pdir, 'agent.sock')}`], {
-        env: { ...process.env, VCHAN_SOCKET_DIR: vdir, VCHAN_DOMAIN: '2', QREXEC_SERVICE_PATH: path.join(pdir, 'rpc') },
-        stdio: 'ignore',
-      });
-      extra.push(p);
-      await waitFor(async () => fs.existsSync(path.join(pdir, 'agent.sock')), 20_000, 'process agent');
-      await callOk('proc', 'root');
-      startProc.push(performance.now() - t);
-      if (i === RUNS - 1) procRss = rssKb(p.pid ?? 0) / 1024;
-      p.kill('SIGKILL');
-      await new Promise((r) => p.once('exit', r));
-      fs.rmSync(path.join(pdir, 'agent.sock'), { force: true });
-    }
+      // many idle qubes at once
+      progress('dispvms done');
+      global.gc?.();
+      await sleep(500);
+      const hostBefore = mem(process.pid).rss;
+      let running = 0;
+      let stopReason = 'cap';
+      const tMany = performance.now();
+      for (let i = 0; i < MANY; i++) {
+        if (FIND_MAX && os.freemem() < 2 * 1024 ** 3) {
+          stopReason = 'free memory under 2 GiB';
+          break;
+        }
+        const name = `m${i}`;
+        await h.call('admin.vm.Create.AppVM', 'dom0', '', `name=${name} label=red`);
+        try {
+          await h.call('admin.vm.Start', name);
+        } catch (e) {
+          stopReason = `start ${running + 1} failed: ${(e as Error).message.slice(0, 120)}`;
+          break;
+        }
+        running++;
+      }
+      const manyStartS = (performance.now() - tMany) / 1000;
+      if (running > 0) await h.run(`m${running - 1}`, `${h.user}:echo ok`);
+      global.gc?.();
+      await sleep(1000);
+      const hostAfter = mem(process.pid).rss;
+      const eachPss = running ? Array.from({ length: running }, (_, i) => qubePids(h, `m${i}`).map(mem).reduce((n, x) => n + x.pss, 0)).reduce((a, b) => a + b, 0) / 1024 / running : 0;
 
-    // DispVM through the sandbox layer (no qubesd yet): create+start, call, destroy; and preloaded (started before)
-    await w.start('dvm');
-    await w.stop('dvm');
-    const disp = { volumes: { klass: 'DispVM' as const, name: 'disp', template: 'tpl', dispvmTemplate: 'dvm' } };
-    const dispCold: number[] = [];
-    const dispWarm: number[] = [];
-    for (let i = 0; i < RUNS; i++) {
-      const t = performance.now();
-      await w.start('disp', disp);
-      await callOk('disp');
-      await w.stop('disp');
-      dispCold.push(performance.now() - t);
-      await w.start('disp', disp);
-      const t2 = performance.now();
-      await callOk('disp');
-      await w.stop('disp');
-      dispWarm.push(performance.now() - t2);
+      const result = {
+        start_ms_p50_bwrap: r1(median(bw.start)),
+        start_ms_p50_process: r1(median(proc.start)),
+        call_ms_p50_running_bwrap: r1(median(bw.call)),
+        call_ms_p50_running_process: r1(median(proc.call)),
+        dispvm_call_ms_p50: r1(median(cold)),
+        dispvm_call_ms_p50_preloaded: r1(median(warm)),
+        shutdown_ms_p50: r1(median(bw.shutdown)),
+        shutdown_ms_p50_process: r1(median(proc.shutdown)),
+        qube_rss_mb: r1(qube.rss),
+        qube_pss_mb: r1(qube.pss),
+        qube_uss_mb: r1(qube.uss),
+        qube_processes: qube.procs,
+        many_qubes_pss_mb_each: r1(eachPss),
+        host_rss_mb_per_qube: running ? r1((hostAfter - hostBefore) / 1024 / running) : null,
+        max_running: running,
+        max_running_is_cap: !FIND_MAX && running === MANY,
+        max_running_stop: FIND_MAX ? stopReason : `capped at ${MANY} (measure with --max-running)`,
+        many_start_s: r1(manyStartS),
+        baseline_raw_unix_rtt_ms_p50: Math.round(median(raw) * 1000) / 1000,
+        baseline_bwrap_true_ms_p50: r1(median(bareBwrap)),
+        baseline_spawn_true_ms_p50: r1(median(bareSpawn)),
+        runs: RUNS,
+      };
+      await h.sys.close();
+      console.log(JSON.stringify(result));
+    } catch (e) {
+      await h.sys.close();
+      throw e;
     }
-
-    // many idle qubes at once
-    const hostBefore = rssKb(hostPid);
-    const many: Sandbox[] = [];
-    const tMany = performance.now();
-    for (let i = 0; i < MANY; i++) {
-      const name = `m${i}`;
-      const sb = await Sandbox.start({
-        name, domid: 100 + i, volumes: { klass: 'AppVM', name, template: 'tpl' }, dataDir: w.data,
-        runDir: path.join(w.dir, 'run', name), vchanDir: w.links.add(100 + i),
-      });
-      many.push(sb);
-      await waitAgentReady(sb, 60_000);
-    }
-    const manyStartS = (performance.now() - tMany) / 1000;
-    await callOk(`m${MANY - 1}`);
-    await new Promise((r) => setTimeout(r, 500));
-    const hostAfter = rssKb(hostPid);
-    const manyRss = many.reduce((n, sb) => n + sb.pids().reduce((m, p) => m + rssKb(p), 0), 0) / 1024;
-    for (const sb of many) await sb.stop();
-
-    const result = {
-      start_ms_p50_bwrap: r1(median(startBwrap)),
-      start_ms_p50_process: r1(median(startProc)),
-      start_ready_ms_p50_bwrap: r1(median(readyBwrap)),
-      call_ms_p50_running: r1(median(callAlone)),
-      shutdown_ms_p50: r1(median(shutdown)),
-      dispvm_call_ms_p50: r1(median(dispCold)),
-      dispvm_call_ms_p50_preloaded: r1(median(dispWarm)),
-      qube_rss_mb: r1(qubeRss),
-      qube_processes: qubeProcs,
-      process_qube_rss_mb: r1(procRss),
-      host_rss_mb_per_qube: r1((hostAfter - hostBefore) / 1024 / MANY),
-      many_qubes_rss_mb_each: r1(manyRss / MANY),
-      max_running: MANY,
-      max_running_is_cap: true,
-      many_start_s: r1(manyStartS),
-      baseline_bwrap_true_ms_p50: r1(median(bareBwrap)),
-      baseline_spawn_true_ms_p50: r1(median(bareSpawn)),
-      runs: RUNS,
-    };
-    console.log(JSON.stringify(result));
   } finally {
-    for (const p of extra) if (p.exitCode === null) p.kill('SIGKILL');
-    await w.close();
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 

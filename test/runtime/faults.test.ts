@@ -97,12 +97,13 @@ void test('the host killed (-9) while a qube starts, then started again: the reg
     const before = listing(h);
     // qvm-start work: sys-net first, then work's sandbox; the host is killed once work's sandbox exists
     const starting = spawn(BIN('qvm-start'), ['work'], { env: h.env, stdio: 'ignore' });
+    const startEnded = new Promise((r) => starting.once('exit', r));
     const sandboxOf = (name: string): boolean => processesUsing(path.join(runDir, 'sandboxes', name)).length > 0;
     await waitFor(() => Promise.resolve(sandboxOf('work')), 60_000, "work's sandbox");
     assert.match(tool(h, 'qvm-ls', '--raw-data', '-O', 'name,state', 'work'), /^work\|(Transient|Running)$/m);
     h.proc.kill('SIGKILL');
     await h.exited;
-    await new Promise((r) => starting.once('exit', r));
+    await startEnded;
     // the sandboxes die with the host (their lifeline)
     await waitFor(() => Promise.resolve(processesUsing(data).length === 0), 20_000, `no process of the killed host (${processesUsing(data).join(' ')})`);
 

@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { SandboxWorld, SH_SERVICE, sandboxSkipReason } from './world.js';
-import { Sandbox, connectUplink, createNetns, destroyNetwork, detectCgroups, makeNetvm, type NetworkOptions } from '../../src/runtime/sandbox/index.js';
+import { Sandbox, cleanStaleCgroups, connectUplink, createNetns, destroyNetwork, detectCgroups, makeNetvm, type NetworkOptions } from '../../src/runtime/sandbox/index.js';
 
 const skip = sandboxSkipReason();
 const opts = { skip: skip ?? false };
@@ -148,13 +148,16 @@ void test('10 real qubes (agent, host, a call each) started and stopped leak not
   assert.deepEqual(census(), before);
 });
 
-void test('a sandbox dies with its host: kill -9 of the process that started it leaves no sandbox process', opts, async () => {
+for (const paused of [false, true]) {
+void test(`a sandbox dies with its host${paused ? ', even paused (a preloaded disposable)' : ''}: kill -9 of the process that started it leaves no sandbox process`, opts, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qrexec-orphan-'));
   const script = path.join(dir, 'start.mjs');
   const mod = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../src/runtime/sandbox/index.js');
   fs.writeFileSync(script, `import { Sandbox } from ${JSON.stringify(mod)};
 const sb = await Sandbox.start({ name: 'orphan', domid: 77, volumes: { klass: 'AppVM', name: 'orphan', template: 'tpl' }, dataDir: ${JSON.stringify(w.data)},
-  runDir: ${JSON.stringify(path.join(dir, 'run'))}, vchanDir: ${JSON.stringify(path.join(dir, 'vchan'))}, command: ['/bin/sh', '-c', 'sleep 1000 & sleep 1000'] });
+  runDir: ${JSON.stringify(path.join(dir, 'run'))}, vchanDir: ${JSON.stringify(path.join(dir, 'vchan'))}, command: ['/bin/sh', '-c', 'sleep 1000 & sleep 1000'],
+  limits: { pids: 100 }, cgroupName: ${JSON.stringify(`${CG_PREFIX}orphan${paused ? 'p' : ''}`)} });
+if (${String(paused)}) await sb.pause();
 console.log(sb.initPid);
 `);
   const p = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -172,8 +175,11 @@ console.log(sb.initPid);
   }).length;
   for (let i = 0; i < 500 && inNs() > 0; i++) await new Promise((r) => setTimeout(r, 20));
   assert.equal(inNs(), 0, 'every process of the sandbox is gone');
+  // its (empty) cgroup is what a host's next start removes
+  cleanStaleCgroups(`${CG_PREFIX}orphan`);
   fs.rmSync(dir, { recursive: true, force: true });
 });
+}
 
 void test('a sandbox ends when its command does, even with a process left in the background', opts, async () => {
   const sb = await Sandbox.start({

@@ -215,9 +215,15 @@ export class SandboxCgroup {
     }
   }
 
-  /** True when a freezer is available. */
+  /**
+   * True when pause may use the freezer: cgroup v2 only. A task frozen by
+   * the v1 freezer does not die of SIGKILL until thawed, so a paused qube
+   * (a preloaded disposable) would outlive a host killed with -9 (its
+   * lifeline and --die-with-parent cannot act); in v2 fatal signals kill
+   * frozen tasks. On v1, pause is SIGSTOP, which SIGKILL ends.
+   */
   get canFreeze(): boolean {
-    return this.mode.kind === 'v2' || this.dirs.has('freezer');
+    return this.mode.kind === 'v2';
   }
 
   /** Freezes (true) or thaws (false) every process of the qube; waits until the freezer says so. */

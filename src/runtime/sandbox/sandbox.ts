@@ -252,25 +252,59 @@ export class Sandbox {
     return this.stderrTail;
   }
 
+  /**
+   * The processes a SIGSTOP pause stops: all but the sandbox's own
+   * supervision (its init, pid 1; the main shell, pid 2; and the lifeline
+   * reader, a fork of that shell), which must stay able to kill everything
+   * when the host dies.
+   */
+  private pausable(): number[] {
+    const nsPid = (p: number): string | undefined => /^NSpid:.*\s(\d+)$/m.exec(readProc(p, 'status'))?.[1];
+    const all = this.pids().filter((p) => p !== this.pid);
+    const main = all.find((p) => nsPid(p) === '2');
+    const mainCmd = main === undefined ? undefined : readProc(main, 'cmdline');
+    return all.filter((p) => {
+      const n = nsPid(p);
+      return n !== undefined && n !== '1' && n !== '2' && readProc(p, 'cmdline') !== mainCmd;
+    });
+  }
+
   /** Host pids of every process of the sandbox (from its cgroup, else by its pid namespace). */
   pids(): number[] {
     if (this.cgroup) return this.cgroup.pids();
     return pidsInNamespaceOf(this.initPid, this.pid);
   }
 
-  /** Pause: the cgroup freezer, else SIGSTOP of every process of the pid namespace. */
+  /**
+   * Pause: the cgroup freezer, else SIGSTOP of every process of the pid
+   * namespace. The state changes at once and the freezer operations run one
+   * after the other: an unpause asked while a pause is still freezing thaws
+   * after it (it is not lost, leaving the qube frozen).
+   */
   async pause(): Promise<void> {
     if (this.state !== 'running') throw new SandboxError('STATE', `${this.spec.name} is ${this.state}, not running`);
-    if (this.cgroup?.canFreeze) await this.cgroup.freeze(true);
-    else for (const p of this.pids()) signal(p, 'SIGSTOP');
     this.state = 'paused';
+    await this.freezer(true);
   }
 
   async unpause(): Promise<void> {
     if (this.state !== 'paused') throw new SandboxError('STATE', `${this.spec.name} is ${this.state}, not paused`);
-    if (this.cgroup?.canFreeze) await this.cgroup.freeze(false);
-    else for (const p of this.pids()) signal(p, 'SIGCONT');
     this.state = 'running';
+    await this.freezer(false);
+  }
+
+  private freezeOps: Promise<void> = Promise.resolve();
+
+  private freezer(on: boolean): Promise<void> {
+    const op = this.freezeOps.then(async () => {
+      if (this.cgroup?.canFreeze) await this.cgroup.freeze(on);
+      else {
+        // twice: a process forked while the first round ran is stopped by the second
+        for (let i = 0; i < (on ? 2 : 1); i++) for (const p of this.pausable()) signal(p, on ? 'SIGSTOP' : 'SIGCONT');
+      }
+    });
+    this.freezeOps = op.catch(() => undefined);
+    return op;
   }
 
   /**
@@ -310,6 +344,14 @@ function signal(pid: number, sig: NodeJS.Signals): void {
     process.kill(pid, sig);
   } catch {
     /* gone */
+  }
+}
+
+function readProc(pid: number, file: string): string {
+  try {
+    return fs.readFileSync(`/proc/${pid}/${file}`, 'latin1');
+  } catch {
+    return '';
   }
 }
 
