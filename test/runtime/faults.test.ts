@@ -78,15 +78,35 @@ function tool(h: Host, name: string, ...args: string[]): string {
   return r.stdout;
 }
 
-void test('the host killed (-9) while a qube starts, then started again: the registry is intact and nothing is leaked', { skip: skip ?? false, timeout: 300_000 }, async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qhf-'));
+/** SIGTERM: the host exits 0 and leaves nothing. */
+async function stopCleanly(h: Host, data: string, runDir: string): Promise<void> {
+  h.proc.kill('SIGTERM');
+  assert.equal(await h.exited, 0, h.out());
+  assert.deepEqual(leftovers(data, runDir), NOTHING);
+}
+
+async function killHost(h: Host): Promise<void> {
+  if (h.proc.exitCode !== null) return;
+  h.proc.kill('SIGKILL');
+  await h.exited;
+}
+
+/** A fresh data dir (in a world-readable temp dir: the sandboxes bind parts of it) and a host on it with template `tpl`. */
+async function hostWithTemplate(prefix: string): Promise<{ dir: string; data: string; runDir: string; h: Host }> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
   fs.chmodSync(dir, 0o755);
   const data = path.join(dir, 'data');
-  const runDir = path.join(data, 'run');
-  let h = await startHost(data);
+  const h = await startHost(data);
+  tool(h, 'qvm-create', '-C', 'TemplateVM', '-l', 'black', 'tpl');
+  tool(h, 'qubes-prefs', 'default_template', 'tpl');
+  return { dir, data, runDir: path.join(data, 'run'), h };
+}
+
+void test('the host killed (-9) while a qube starts, then started again: the registry is intact and nothing is leaked', { skip: skip ?? false, timeout: 300_000 }, async () => {
+  const w = await hostWithTemplate('qhf-');
+  const { dir, data, runDir } = w;
+  let h = w.h;
   try {
-    tool(h, 'qvm-create', '-C', 'TemplateVM', '-l', 'black', 'tpl');
-    tool(h, 'qubes-prefs', 'default_template', 'tpl');
     tool(h, 'qvm-create', '-l', 'red', '--prop', 'provides_network=True', 'sys-net');
     tool(h, 'qvm-prefs', 'sys-net', 'netvm', 'none');
     tool(h, 'qubes-prefs', 'default_netvm', 'sys-net');
@@ -116,14 +136,9 @@ void test('the host killed (-9) while a qube starts, then started again: the reg
     // and the qube starts and answers
     tool(h, 'qvm-start', 'work');
     assert.equal(tool(h, 'qvm-run', '-p', 'work', 'hostname'), 'work\n');
-    h.proc.kill('SIGTERM');
-    assert.equal(await h.exited, 0, h.out());
-    assert.deepEqual(leftovers(data, runDir), NOTHING);
+    await stopCleanly(h, data, runDir);
   } finally {
-    if (h.proc.exitCode === null) {
-      h.proc.kill('SIGKILL');
-      await h.exited;
-    }
+    await killHost(h);
     await waitFor(() => Promise.resolve(processesUsing(data).length === 0), 20_000, 'nothing left').catch(() => undefined);
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -184,14 +199,8 @@ void test('a qube that crashes in the middle of a call: that call fails at once,
 });
 
 void test('a DispVM whose call hangs is destroyed when its caller gives up (killed at its timeout): no DispVM, sandbox or process left', { skip: skip ?? false, timeout: 300_000 }, async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qhd-'));
-  fs.chmodSync(dir, 0o755);
-  const data = path.join(dir, 'data');
-  const runDir = path.join(data, 'run');
-  const h = await startHost(data);
+  const { dir, data, runDir, h } = await hostWithTemplate('qhd-');
   try {
-    tool(h, 'qvm-create', '-C', 'TemplateVM', '-l', 'black', 'tpl');
-    tool(h, 'qubes-prefs', 'default_template', 'tpl');
     tool(h, 'qubes-prefs', 'default_netvm', '');
     tool(h, 'qvm-create', '-l', 'blue', 'work');
     tool(h, 'qvm-create', '-l', 'red', 'dvm');
@@ -213,14 +222,9 @@ void test('a DispVM whose call hangs is destroyed when its caller gives up (kill
     assert.ok(Date.now() - t0 < 60_000);
     assert.deepEqual(fs.readdirSync(path.join(runDir, 'sandboxes')).filter((n) => n.startsWith('disp')), [], 'its sandbox is gone');
     assert.deepEqual(processesUsing(path.join(runDir, 'sandboxes', 'disp')), []);
-    h.proc.kill('SIGTERM');
-    assert.equal(await h.exited, 0, h.out());
-    assert.deepEqual(leftovers(data, runDir), NOTHING);
+    await stopCleanly(h, data, runDir);
   } finally {
-    if (h.proc.exitCode === null) {
-      h.proc.kill('SIGKILL');
-      await h.exited;
-    }
+    await killHost(h);
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
