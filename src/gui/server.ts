@@ -23,6 +23,7 @@ import { listenAt, readAll, readHeader, type CallHeader } from './socket-service
 import { AdminError, type AdminTransport } from './admin.js';
 import { ACTIONS, QubeManager, type QubeAction } from './qubes.js';
 import { PolicyCallError, PolicyClient, type AuditQuery } from './policy.js';
+import { TerminalError, Terminals } from './terminal.js';
 
 export const SERVICES = ['gui.Http', 'gui.Token', 'policy.Ask', 'policy.Notify'] as const;
 export type GuiServiceName = (typeof SERVICES)[number];
@@ -43,6 +44,8 @@ export interface GuiServerOptions {
   readonly routes?: readonly Route[];
   /** The Admin API (the qube manager); none: the manager says it has no access. */
   readonly admin?: AdminTransport;
+  /** Terminals into qubes (default: gui.Terminal calls through this qube's agent, when `admin` is given). */
+  readonly terminals?: Terminals;
 }
 
 /** An Admin API error as the page shows it. */
@@ -76,6 +79,7 @@ export class GuiServer {
   readonly app: WebApp;
   readonly qubes: QubeManager | null;
   readonly policy: PolicyClient | null;
+  readonly terminals: Terminals | null;
   private readonly http: http.Server;
   private readonly servers: net.Server[] = [];
   private readonly log: (msg: string) => void;
@@ -89,11 +93,12 @@ export class GuiServer {
     this.prompts = new Prompts({ askTimeoutMs: opts.askTimeoutMs ?? 110_000, armMs: 1000, historySize: 500 });
     this.qubes = opts.admin ? new QubeManager(opts.admin, opts.name, (m) => this.log(m)) : null;
     this.policy = opts.admin ? new PolicyClient(opts.admin) : null;
+    this.terminals = opts.admin ? (opts.terminals ?? new Terminals()) : null;
     this.app = new WebApp({
       token: this.token,
       name: opts.name,
       ...(opts.assetsDir !== undefined ? { assetsDir: opts.assetsDir } : {}),
-      routes: [...this.promptRoutes(), ...this.qubeRoutes(), ...this.policyRoutes(), ...(opts.routes ?? [])],
+      routes: [...this.promptRoutes(), ...this.qubeRoutes(), ...this.policyRoutes(), ...this.terminalRoutes(), ...(opts.routes ?? [])],
       events: (send, onClose) => {
         send('hello', { name: opts.name });
         send('asks', this.asksEvent());
@@ -104,6 +109,7 @@ export class GuiServer {
           send('qubes', this.qubesEvent());
           onClose(qm.subscribe((c) => (('all' in c) ? send('qubes', this.qubesEvent()) : send('qube', c))));
         }
+        if (this.terminals) onClose(this.terminals.subscribe((e) => send('term', e)));
         onClose(
           this.prompts.subscribe((what, n) => {
             if (what === 'asks') send('asks', this.asksEvent());
@@ -162,6 +168,38 @@ export class GuiServer {
             return { ok: true };
           }),
       },
+    ];
+  }
+
+  private terminalRoutes(): Route[] {
+    const tm = (): Terminals => {
+      if (!this.terminals) throw new HttpError(503, 'This GUI domain opens no terminals.');
+      return this.terminals;
+    };
+    const guard = <T>(f: () => T): T => {
+      try {
+        return f();
+      } catch (e) {
+        if (e instanceof TerminalError) throw new HttpError(400, e.message);
+        throw e;
+      }
+    };
+    const b = (r: { body: unknown }): Record<string, unknown> => (r.body ?? {}) as Record<string, unknown>;
+    return [
+      { method: 'POST', pattern: '/api/terms', handler: (r) => guard(() => tm().open(str(b(r)['qube'], 'qube'), Number(b(r)['cols']), Number(b(r)['rows']))) },
+      { method: 'GET', pattern: '/api/terms/:id', handler: (r) => guard(() => tm().backlog(r.params[0] as string)) },
+      {
+        method: 'POST',
+        pattern: '/api/terms/:id/input',
+        handler: (r) =>
+          guard(() => {
+            const data = str(b(r)['data'], 'data');
+            if (data.length > 65536) throw new HttpError(413, 'input too long');
+            tm().input(r.params[0] as string, data);
+            return { ok: true };
+          }),
+      },
+      { method: 'POST', pattern: '/api/terms/:id/close', handler: (r) => guard(() => (tm().close(r.params[0] as string), { ok: true })) },
     ];
   }
 
@@ -317,6 +355,7 @@ export class GuiServer {
   async close(): Promise<void> {
     this.prompts.close();
     this.qubes?.close();
+    this.terminals?.closeAll();
     for (const s of this.calls) s.destroy();
     await Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     this.http.close();

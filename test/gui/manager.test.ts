@@ -249,3 +249,50 @@ void test('audit log view: the decisions, filtered, with a live tail; only the a
   assert.equal((await callFrom('sys-gui-2', 'dom0', 'policy.Get+30-user')).code, 126);
   assert.equal((await callFrom('work', 'dom0', 'audit.Query+', '{}')).code, 126);
 });
+
+void test('a terminal into a qube (xterm.js on a pty there, through qrexec) echoes a command run in the qube; a qube of another GUI domain is refused', { timeout: 120_000 }, async () => {
+  await w.admin('admin.vm.Start', 'work');
+  const page = await w.page('sys-gui');
+  // the strict CSP stays: xterm.js's run-time styles must not be refused (they are constructable stylesheets)
+  const refusedByCsp: string[] = [];
+  page.on('console', (m) => {
+    if (/Content Security Policy/i.test(m.text())) refusedByCsp.push(m.text());
+  });
+  await page.getByRole('button', { name: 'Terminals' }).click();
+  await page.getByRole('combobox', { name: 'Qube' }).selectOption('work');
+  await page.getByRole('button', { name: 'Open terminal' }).click();
+  const win = page.getByRole('tabpanel', { name: 'Terminal in work' });
+  await win.locator('.xterm-rows').waitFor();
+  await until(async () => /\S/.test((await win.locator('.xterm-rows').textContent()) ?? ''), 10_000, 'the prompt');
+  // typed into xterm.js, run by the shell in work: $HOME is the qube's, and the arithmetic is done there
+  await page.keyboard.type('echo "in $(basename $HOME): $((6*7))"\n');
+  await until(async () => /in home: 42/.test((await win.locator('.xterm-rows').textContent()) ?? ''), 10_000, 'the command output');
+  // a 24-bit colour (a cell style) and the theme (xterm's computed stylesheet) are applied
+  await page.keyboard.type("printf '\\033[38;2;255;128;0mORANGE\\033[0m\\n'\n");
+  const orange = win.locator('.xterm-rows span', { hasText: /^ORANGE$/ }).first();
+  await orange.waitFor({ timeout: 10_000 });
+  assert.equal(await orange.evaluate((e) => getComputedStyle(e).color), 'rgb(255, 128, 0)');
+  assert.equal(await win.locator('.xterm-rows').evaluate((e) => getComputedStyle(e).color), 'rgb(230, 237, 245)');
+  const row = await win.locator('.xterm-rows > div').first().evaluate((e) => ({ h: e.getBoundingClientRect().height, overflow: getComputedStyle(e).overflow }));
+  assert.ok(row.h > 8 && row.overflow === 'hidden', `rows sized by xterm's dimension rules: ${JSON.stringify(row)}`);
+  await shot(page, '19-terminal');
+  await page.keyboard.type('exit\n');
+  await win.getByText(/ended \(exit status 0\)/).waitFor({ timeout: 10_000 });
+  await page.getByRole('button', { name: 'Close terminal in work' }).click();
+
+  // not one of sys-gui's qubes: the policy refuses the call (the web app offers only its own anyway)
+  const refused = await page.evaluate(async () => {
+    const csrf = document.querySelector<HTMLMetaElement>('meta[name="qgui-csrf"]')?.content ?? '';
+    const r = await fetch('/api/terms', { method: 'POST', headers: { 'content-type': 'application/json', 'x-qgui-csrf': csrf }, body: JSON.stringify({ qube: 'alice', cols: 80, rows: 24 }) });
+    const { id } = (await r.json()) as { id: string };
+    for (let i = 0; i < 100; i++) {
+      const b = (await (await fetch(`/api/terms/${id}`)).json()) as { exit: number | null; data: string };
+      if (b.exit !== null) return b;
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    return null;
+  });
+  assert.deepEqual(refused, { exit: 126, data: '', qube: 'alice', total: 0 });
+  assert.deepEqual(refusedByCsp, []);
+  await page.context().close();
+});

@@ -7,10 +7,11 @@ import { NoticeHistory, Toasts } from './notices.js';
 import type { Ask, AsksEvent, Notice, QubeRow, QubesEvent } from './types.js';
 import { QubeManagerView } from './qubes.js';
 import { AuditView, PolicyView } from './policy.js';
+import { onTermEvent, TerminalView } from './terminal.js';
 import { rpcName } from './types.js';
 import { QubeName } from './qube.js';
 
-type View = 'qubes' | 'prompts' | 'notifications' | 'policy' | 'audit';
+type View = 'qubes' | 'terminals' | 'prompts' | 'notifications' | 'policy' | 'audit';
 const TOAST_MS = 8000;
 
 interface AskState {
@@ -38,6 +39,7 @@ function App() {
           },
           history: (d) => setHistory(d as Notice[]),
           qubes: (d) => setQubes(d as QubesEvent),
+          term: (d) => onTermEvent(d as { id: string }),
           qube: (d) => {
             const c = d as { row?: QubeRow; removed?: string };
             setQubes((q) => {
@@ -68,6 +70,7 @@ function App() {
   const current = asks.asks[0];
   const nav: { id: View; label: string; badge?: number }[] = [
     { id: 'qubes', label: 'Qubes' },
+    { id: 'terminals', label: 'Terminals' },
     { id: 'prompts', label: 'Requests', badge: asks.asks.length },
     { id: 'notifications', label: 'Notifications', badge: history.length },
     { id: 'policy', label: 'Policy' },
@@ -124,6 +127,9 @@ function App() {
         {view === 'notifications' && <NoticeHistory history={history} />}
         {view === 'policy' && <PolicyView qubes={qubes.rows.map((r) => r.name)} onStatus={(msg, error) => setStatus({ msg, error: error === true })} />}
         {view === 'audit' && <AuditView />}
+        <div hidden={view !== 'terminals'}>
+          <TerminalView rows={qubes.rows} onStatus={(msg, error) => setStatus({ msg, error: error === true })} />
+        </div>
       </main>
       {current && (
         <AskDialog
