@@ -46,6 +46,9 @@ const EVENT_STATE: Readonly<Record<string, string>> = {
   'domain-unpaused': 'Running',
 };
 
+/** The row's fields that are properties, by property name. */
+const ROW_FIELDS: Readonly<Record<string, 'label' | 'template' | 'netvm' | 'providesNetwork'>> = { label: 'label', template: 'template', netvm: 'netvm', provides_network: 'providesNetwork' };
+
 /** Qube names as qubesd accepts them (qubes/vm/__init__.py validate_name). */
 export const QUBE_NAME = /^[A-Za-z][A-Za-z0-9_.-]{0,30}$/;
 const PROP_NAME = /^[a-z][a-z0-9_]{0,63}$/;
@@ -92,6 +95,16 @@ export interface QubeDetails {
   readonly properties: Record<string, PropValue>;
   readonly tags: string[];
   readonly features: Record<string, string>;
+}
+
+/** The audio domain's service for volume and mute (qubes-rpc/qube/audio.Volume). */
+export const AUDIO_VOLUME = 'audio.Volume';
+
+export interface AudioState {
+  /** The qube's audiovm (none: it has no sound). */
+  readonly audiovm: string | null;
+  readonly volume: number;
+  readonly muted: boolean;
 }
 
 export type QubeChange = { readonly row: QubeRow } | { readonly removed: string } | { readonly all: true };
@@ -202,6 +215,17 @@ export class QubeManager {
       this.rows.set(row.name, next);
       this.emit({ row: next });
     }
+    // a property the row shows: its new value is in the event (the row is re-read after anyway)
+    if (e.event.startsWith('property-set:')) {
+      const field = ROW_FIELDS[e.event.slice('property-set:'.length)];
+      const nv = e.kwargs['newvalue'];
+      const cur = this.rows.get(row.name);
+      if (field && nv !== undefined && cur) {
+        const next = { ...cur, [field]: field === 'providesNetwork' ? nv === 'True' : nv === 'None' ? '' : nv };
+        this.rows.set(row.name, next);
+        this.emit({ row: next });
+      }
+    }
     if (state !== undefined || e.event.startsWith('property-set:') || e.event.startsWith('property-reset:') || e.event.startsWith('property-del:')) this.refresh(row.name);
   }
 
@@ -301,6 +325,30 @@ export class QubeManager {
     await this.admin.call('admin.vm.Create.AppVM', 'dom0', o.template, `name=${o.name} label=${o.label}`);
     if (o.netvm !== null) await this.admin.call('admin.vm.property.Set', o.name, 'netvm', o.netvm);
     await this.refreshNow(o.name);
+  }
+
+  /**
+   * A qube's volume and mute in its audio domain: `audio.Volume+QUBE` to the
+   * qube's audiovm, a qrexec call the policy decides (by default only
+   * sys-gui to sys-audio). `change`: a volume 0-150 (percent), or mute /
+   * unmute; nothing: read. @throws AdminError
+   */
+  async audio(name: string, change?: { volume: number } | { muted: boolean }): Promise<AudioState> {
+    this.known(name);
+    const prop = parseGetAll(`audiovm ${await this.admin.call('admin.vm.property.Get', name, 'audiovm')}`).get('audiovm');
+    const audiovm = prop?.value ?? '';
+    if (audiovm === '') return { audiovm: null, volume: 100, muted: false };
+    if (!QUBE_NAME.test(audiovm)) throw bad('invalid audiovm');
+    let line = '';
+    if (change && 'volume' in change) {
+      if (!Number.isInteger(change.volume) || change.volume < 0 || change.volume > 150) throw bad('the volume is 0-150');
+      line = `${change.volume}\n`;
+    } else if (change) line = change.muted ? 'mute\n' : 'unmute\n';
+    const r = await this.admin.service(audiovm, `${AUDIO_VOLUME}+${name}`, line);
+    if (r.refused) throw new AdminError('Refused', `${AUDIO_VOLUME} to ${audiovm}: refused by the policy`);
+    const m = /^volume=(\d+) muted=([01])$/m.exec(r.stdout.toString('utf8'));
+    if (r.code !== 0 || !m) throw new AdminError('CallFailed', `${AUDIO_VOLUME} in ${audiovm}: ${r.stderr.trim() || `exit status ${r.code}`}`);
+    return { audiovm, volume: Number(m[1]), muted: m[2] === '1' };
   }
 
   /** The labels (admin.label.List), for the create form. */

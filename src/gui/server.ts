@@ -141,6 +141,7 @@ export class GuiServer {
       { method: 'GET', pattern: '/api/qubes', handler: () => this.qubesEvent() },
       { method: 'GET', pattern: '/api/labels', handler: () => guard(async () => ({ labels: await qm().labels() })) },
       { method: 'GET', pattern: '/api/qubes/:name', handler: (r) => guard(() => qm().details(r.params[0] as string)) },
+      { method: 'GET', pattern: '/api/qubes/:name/audio', handler: (r) => guard(() => qm().audio(r.params[0] as string)) },
       {
         method: 'POST',
         pattern: '/api/qubes',
@@ -164,6 +165,7 @@ export class GuiServer {
             else if (what === 'property') await qm().setProperty(name, str(b['name'], 'name'), value ?? null);
             else if (what === 'feature') await qm().setFeature(name, str(b['name'], 'name'), value ?? null);
             else if (what === 'tag') await qm().setTag(name, str(b['name'], 'name'), b['on'] !== false);
+            else if (what === 'audio') return await qm().audio(name, typeof b['muted'] === 'boolean' ? { muted: b['muted'] } : { volume: Number(b['volume']) });
             else throw new HttpError(404, 'no such action');
             return { ok: true };
           }),

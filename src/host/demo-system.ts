@@ -6,7 +6,8 @@
  * (autostart) and `personal` behind sys-net, `vault` without network,
  * `default-dvm`, the disposable template, and `sys-gui` (autostart), the GUI
  * domain of every other qube (default_guivm), whose web app the host
- * serves on 127.0.0.1 (src/host/gui.ts). The policy directory gets the
+ * serves on 127.0.0.1 (src/host/gui.ts), and `sys-audio` (autostart), the
+ * audio domain of every other qube (default_audiovm, docs/AUDIO.md). The policy directory gets the
  * default policy of examples/policy.d and a 30-user.policy of the demo's
  * own rules: every call to vault asks.
  */
@@ -82,6 +83,12 @@ export async function ensureDemoSystem(registry: Registry, call: QubesdCaller, p
   await set('sys-gui', 'autostart', 'True');
   await run('admin.vm.feature.Set', 'sys-gui', 'set-created-guivm', 'sys-gui');
   await pref('default_guivm', 'sys-gui');
+  // the audio domain: every other qube plays and records through it (examples/policy.d/50-audio.policy)
+  await create('AppVM', 'sys-audio', 'red');
+  await set('sys-audio', 'netvm', '');
+  await set('sys-audio', 'audiovm', '');
+  await set('sys-audio', 'autostart', 'True');
+  await pref('default_audiovm', 'sys-audio');
   await create('AppVM', 'work', 'blue');
   await set('work', 'autostart', 'True');
   await create('AppVM', 'personal', 'yellow');

@@ -4,14 +4,14 @@
  * process, the shipped default policy (examples/policy.d, policy/ with
  * 50-gui.policy) and, for a second GUI domain, the same block with its
  * name. sys-gui manages tpl, work and personal; sys-gui-2 manages alice
- * and alice-vault. Each GUI domain's web app runs inside its qube
+ * and alice-vault. sys-audio is every qube's audiovm. Each GUI domain's web app runs inside its qube
  * (qrexec-gui-server, started by the host as `npm start` does) behind its
  * own proxy, port and token; a headless Chromium drives them.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { Browser, Page } from 'playwright-core';
+import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { ensureDemoPolicy } from '../../src/host/demo-system.js';
 import { Dom0GuiCaller, startGui, type RunningGui } from '../../src/host/gui.js';
 import { startSystem, type RunningSystem } from '../../src/host/system.js';
@@ -52,6 +52,12 @@ export class HostWorld {
         await w.admin('admin.vm.feature.Set', g, 'set-created-guivm', g);
       }
       await w.admin('admin.property.Set', 'dom0', 'default_guivm', 'sys-gui');
+      // the audio domain (a service qube, as sys-gui: its GUI is dom0's); every other qube's audiovm
+      await w.admin('admin.vm.Create.AppVM', 'dom0', '', 'name=sys-audio label=red');
+      await w.admin('admin.vm.property.Set', 'sys-audio', 'guivm', 'dom0');
+      await w.admin('admin.vm.property.Set', 'sys-audio', 'audiovm', '');
+      await w.admin('admin.property.Set', 'dom0', 'default_audiovm', 'sys-audio');
+      await w.admin('admin.vm.Start', 'sys-audio');
       await w.admin('admin.vm.Create.AppVM', 'dom0', '', 'name=work label=blue');
       await w.admin('admin.vm.Create.AppVM', 'dom0', '', 'name=personal label=yellow');
       for (const [n, l] of [['alice', 'green'], ['alice-vault', 'purple']] as const) {
@@ -93,12 +99,16 @@ export class HostWorld {
 
   /** A logged-in page of GUI domain `name`, in a fresh browser context. */
   async page(name: string): Promise<Page> {
-    this.browser ??= await launchChromium();
-    const ctx = await this.browser.newContext({ viewport: { width: 1280, height: 800 } });
-    const page = await ctx.newPage();
+    const page = await (await this.browserContext()).newPage();
     await page.goto(this.gui(name).url);
     await page.getByRole('navigation', { name: 'Main' }).waitFor();
     return page;
+  }
+
+  /** A fresh browser context (its own cookies), the browser started on first use. */
+  async browserContext(): Promise<BrowserContext> {
+    this.browser ??= await launchChromium();
+    return this.browser.newContext({ viewport: { width: 1280, height: 800 } });
   }
 
   async close(): Promise<void> {

@@ -296,3 +296,35 @@ void test('a terminal into a qube (xterm.js on a pty there, through qrexec) echo
   assert.deepEqual(refusedByCsp, []);
   await page.context().close();
 });
+
+void test("sound: per-qube volume and mute in the settings, each an audio.Volume call to the qube's audiovm (sys-audio) under the policy; another GUI domain is refused", { timeout: 60_000 }, async () => {
+  const volumes = path.join(w.dir, 'data', 'qubes', 'sys-audio', 'home', 'QubesAudio', '.volume');
+  const stored = (q: string): string => (fs.existsSync(path.join(volumes, q)) ? fs.readFileSync(path.join(volumes, q), 'utf8') : '');
+  const page = await w.page('sys-gui');
+  await page.getByRole('button', { name: 'Settings of work' }).click();
+  const sound = page.getByRole('region', { name: 'Sound of work' });
+  const volume = sound.getByRole('slider', { name: 'Volume of work' });
+  await volume.waitFor();
+  await sound.getByText('through sys-audio').waitFor();
+  assert.equal(await volume.inputValue(), '100');
+  await volume.fill('40');
+  await until(() => stored('work') === 'volume=40 muted=0\n', 10_000, 'volume 40 kept in sys-audio');
+  const mute = sound.getByRole('button', { name: 'Mute work' });
+  await mute.click();
+  await until(() => stored('work') === 'volume=40 muted=1\n', 10_000, 'work muted in sys-audio');
+  await until(async () => (await mute.getAttribute('aria-pressed')) === 'true' && (await volume.isDisabled()), 5000, 'the widget shows it muted');
+  await shot(page, '22-sound');
+  // what sys-audio answers sys-gui is what the widget shows
+  assert.match((await callFrom('sys-gui', 'sys-audio', 'audio.Volume+work')).out, /^volume=40 muted=1$/m);
+  await mute.click();
+  await until(() => stored('work') === 'volume=40 muted=0\n', 10_000, 'work unmuted');
+  await page.context().close();
+
+  // the policy lets only sys-gui set volumes: sys-gui-2's page shows the refusal, and nothing is kept
+  const page2 = await w.page('sys-gui-2');
+  await page2.getByRole('button', { name: 'Settings of alice', exact: true }).click();
+  await page2.getByRole('region', { name: 'Sound of alice' }).getByRole('alert').filter({ hasText: /refused by the policy/ }).waitFor({ timeout: 10_000 });
+  assert.equal((await callFrom('sys-gui-2', 'sys-audio', 'audio.Volume+alice', '0\n')).code, 126);
+  assert.equal(stored('alice'), '');
+  await page2.context().close();
+});

@@ -59,7 +59,7 @@ void test('npm start --once: the demo system at first start, the tour as printed
     assert.equal(fs.readFileSync(path.join(data, 'policy.d', '80-services-default.policy'), 'utf8'), fs.readFileSync(path.join(ROOT, 'policy', '80-services-default.policy'), 'utf8'));
     assert.equal(fs.readFileSync(path.join(data, 'policy.d', '.qrexec-ts-installed-defaults'), 'utf8'), '80-services-default.policy\n');
     assert.match(a.stdout, bwrap ? /runtime bwrap: each qube is a bubblewrap sandbox/ : /WARNING: the bwrap runtime cannot run here/);
-    assert.match(a.stdout, /running: sys-gui, sys-net, work/);
+    assert.match(a.stdout, /running: sys-audio, sys-gui, sys-net, work/);
     // the GUI domain's web app, through the proxy on loopback, with its login token
     assert.match(a.stdout, /^qubes-host: sys-gui: open http:\/\/127\.0\.0\.1:\d+\/\?token=[0-9a-f]{48}$/m);
     assert.match(a.stdout, /^\$ bin\/qvm-ls/m);
@@ -110,7 +110,7 @@ void test('SIGTERM shuts every qube down; kill -9 leaves nothing running and the
     const line = h.out().split('\n').find((l) => l.trim().startsWith('export QREXEC_HOST_DIR='));
     assert.ok(line, h.out());
     const ls = spawnSync('/bin/sh', ['-c', `${line.trim()}; bin/qvm-ls --running --raw-list`], { cwd: ROOT, encoding: 'utf8' });
-    assert.equal(ls.stdout, 'dom0\nsys-gui\nsys-net\nwork\n', ls.stderr);
+    assert.equal(ls.stdout, 'dom0\nsys-audio\nsys-gui\nsys-net\nwork\n', ls.stderr);
     // sys-gui's web app answers through the proxy: the login page without the token, the app with it
     const url = /sys-gui: open (http:\/\/127\.0\.0\.1:\d+)\/\?token=(\w+)/.exec(h.out());
     assert.ok(url, h.out());

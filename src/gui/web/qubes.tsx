@@ -252,6 +252,63 @@ function CreateDialog({ rows, onClose, onStatus }: { rows: readonly QubeRow[]; o
 /** The properties the settings form edits directly (others: the table below). */
 const EDITED = ['label', 'template', 'netvm', 'memory', 'vcpus', 'autostart', 'default_dispvm'] as const;
 
+interface AudioState {
+  readonly audiovm: string | null;
+  readonly volume: number;
+  readonly muted: boolean;
+}
+
+/** The qube's volume and mute in its audio domain (audio.Volume there, through qrexec under the policy). */
+function SoundControl({ name }: { name: string }) {
+  const [a, setA] = useState<AudioState | null>(null);
+  const [error, setError] = useState('');
+  const [draft, setDraft] = useState<number | null>(null);
+  useEffect(() => {
+    get<AudioState>(`/api/qubes/${encodeURIComponent(name)}/audio`).then(setA, (e) => setError(message(e)));
+  }, [name]);
+  const change = async (body: { volume: number } | { muted: boolean }): Promise<void> => {
+    setError('');
+    try {
+      setA(await post<AudioState>(`/api/qubes/${encodeURIComponent(name)}/audio`, body));
+    } catch (e) {
+      setError(message(e));
+    }
+    setDraft(null);
+  };
+  return (
+    <section class="sound" aria-label={`Sound of ${name}`}>
+      <h3>Sound{a?.audiovm ? <span class="muted"> — through {a.audiovm}</span> : null}</h3>
+      {error && (
+        <p class="error" role="alert">
+          {error}
+        </p>
+      )}
+      {!a && !error && <p class="muted">Loading…</p>}
+      {a && a.audiovm === null && <p class="muted">{name} has no audio domain (audiovm is empty).</p>}
+      {a?.audiovm && (
+        <div class="sound-row">
+          <button type="button" class={`button small ${a.muted ? 'danger' : ''}`} aria-pressed={a.muted} aria-label={`Mute ${name}`} onClick={() => void change({ muted: !a.muted })}>
+            {a.muted ? 'Muted' : 'Mute'}
+          </button>
+          <input
+            type="range"
+            min={0}
+            max={150}
+            step={5}
+            aria-label={`Volume of ${name}`}
+            aria-valuetext={`${draft ?? a.volume} percent`}
+            value={draft ?? a.volume}
+            disabled={a.muted}
+            onInput={(e) => setDraft(Number((e.currentTarget as HTMLInputElement).value))}
+            onChange={(e) => void change({ volume: Number((e.currentTarget as HTMLInputElement).value) })}
+          />
+          <output class="sound-value">{draft ?? a.volume}%</output>
+        </div>
+      )}
+    </section>
+  );
+}
+
 function SettingsDialog({ name, rows, onClose, onStatus }: { name: string; rows: readonly QubeRow[]; onClose: () => void; onStatus: (m: string, e?: boolean) => void }) {
   const [d, setD] = useState<QubeDetails | null>(null);
   const [error, setError] = useState('');
@@ -336,6 +393,7 @@ function SettingsDialog({ name, rows, onClose, onStatus }: { name: string; rows:
                 </button>
               </div>
             </form>
+            <SoundControl name={name} />
             <h3>Tags</h3>
             <ul class="chips" aria-label="Tags">
               {d.tags.map((t) => (
