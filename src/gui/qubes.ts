@@ -208,7 +208,11 @@ export class QubeManager {
       return;
     }
     const row = this.rows.get(e.subject);
-    if (!row) return;
+    if (!row) {
+      // a qube can become ours after its creation (a guivm-<name> tag set later): read it then
+      if (e.event.startsWith('domain-tag-add:') && e.subject !== '') this.refresh(e.subject);
+      return;
+    }
     const state = EVENT_STATE[e.event];
     if (state !== undefined && state !== row.state) {
       const next = { ...row, state };

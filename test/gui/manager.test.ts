@@ -328,3 +328,19 @@ void test("sound: per-qube volume and mute in the settings, each an audio.Volume
   assert.equal(stored('alice'), '');
   await page2.context().close();
 });
+
+// last in this file: it leaves the RemoteVM in the world
+void test('qube manager: a RemoteVM (Qubes Air) tagged for this GUI domain after its creation is listed, with no power actions (qubes-issues#10121)', { timeout: 60_000 }, async () => {
+  const page = await w.page('sys-gui');
+  await page.getByRole('button', { name: 'Qubes' }).click();
+  await page.getByRole('table', { name: 'Qubes' }).waitFor();
+  await w.admin('admin.vm.Create.RemoteVM', 'dom0', '', 'name=far label=gray');
+  await w.admin('admin.vm.tag.Set', 'far', 'guivm-sys-gui'); // a RemoteVM has no guivm property: the tag the policy uses
+  const far = page.locator('tr[data-qube="far"]');
+  await far.waitFor({ timeout: 10_000 });
+  assert.equal(await far.locator('td').nth(1).textContent(), 'RemoteVM');
+  assert.deepEqual(await far.locator('td.row-actions button').evaluateAll((bs) => bs.map((b) => b.getAttribute('aria-label'))), ['Settings of far']);
+  // a local qube in the same list keeps its power actions
+  assert.ok((await page.locator('tr[data-qube="work"] td.row-actions button').count()) > 1);
+  await page.context().close();
+});

@@ -29,7 +29,9 @@ function bytes(n: number | null): string {
 type Act = 'start' | 'shutdown' | 'kill' | 'pause' | 'unpause';
 const ACT_LABEL: Record<Act, string> = { start: 'Start', shutdown: 'Shut down', kill: 'Kill', pause: 'Pause', unpause: 'Unpause' };
 
-function actionsFor(state: string): Act[] {
+/** The power actions offered for a qube. A RemoteVM runs on another host, so it is listed but not managed from here (as in the reference's Qube Manager). */
+function actionsFor(state: string, klass: string): Act[] {
+  if (klass === 'RemoteVM') return [];
   if (state === 'Halted') return ['start'];
   if (state === 'Running') return ['shutdown', 'pause', 'kill'];
   if (state === 'Paused') return ['unpause', 'kill'];
@@ -113,7 +115,7 @@ export function QubeManagerView({ data, onStatus }: { data: QubesEvent; onStatus
                   <td>{r.netvm || '—'}</td>
                   <td>{bytes(r.diskBytes)}</td>
                   <td class="row-actions">
-                    {actionsFor(r.state).map((a) => (
+                    {actionsFor(r.state, r.klass).map((a) => (
                       <button key={a} type="button" class={`button small ${a === 'kill' ? 'danger' : ''}`} disabled={busy[r.name]} aria-label={`${ACT_LABEL[a]} ${r.name}`} onClick={() => void act(r.name, a)}>
                         {ACT_LABEL[a]}
                       </button>
