@@ -2,6 +2,7 @@
 import { useState } from 'preact/hooks';
 import type { Notice } from './types.js';
 import { noticeText, rpcName } from './types.js';
+import { TableHead } from './table.js';
 
 export function Toasts({ toasts, onDismiss }: { toasts: readonly Notice[]; onDismiss: (id: number) => void }) {
   return (
@@ -49,15 +50,7 @@ export function NoticeHistory({ history }: { history: readonly Notice[] }) {
         <p class="empty">{history.length === 0 ? 'No notifications yet.' : 'No notification matches the filter.'}</p>
       ) : (
         <table class="table" aria-label="Notification history">
-          <thead>
-            <tr>
-              <th scope="col">Time</th>
-              <th scope="col">Result</th>
-              <th scope="col">Service</th>
-              <th scope="col">From</th>
-              <th scope="col">To</th>
-            </tr>
-          </thead>
+          <TableHead columns={['Time', 'Result', 'Service', 'From', 'To']} />
           <tbody>
             {rows.map((n) => (
               <tr key={n.id}>

@@ -8,6 +8,7 @@
  */
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { ApiError, get, post } from './api.js';
+import { TableHead } from './table.js';
 
 interface Diagnostic {
   readonly file: string;
@@ -218,15 +219,7 @@ export function PolicyView({ onStatus, qubes }: { onStatus: (m: string, e?: bool
                   </p>
                   {changes.length > 0 && (
                     <table class="table compact" aria-label="Decisions that change">
-                      <thead>
-                        <tr>
-                          <th scope="col">Service</th>
-                          <th scope="col">Source</th>
-                          <th scope="col">Target</th>
-                          <th scope="col">Before</th>
-                          <th scope="col">After</th>
-                        </tr>
-                      </thead>
+                      <TableHead columns={['Service', 'Source', 'Target', 'Before', 'After']} />
                       <tbody>
                         {changes.slice(0, 200).map((c, i) => (
                           <tr key={i}>
@@ -370,16 +363,7 @@ export function AuditView() {
       ) : (
         <div class="scroller tall">
           <table class="table" aria-label="Audit log">
-            <thead>
-              <tr>
-                <th scope="col">Time</th>
-                <th scope="col">Result</th>
-                <th scope="col">Service</th>
-                <th scope="col">Source</th>
-                <th scope="col">Target</th>
-                <th scope="col">Rule</th>
-              </tr>
-            </thead>
+            <TableHead columns={['Time', 'Result', 'Service', 'Source', 'Target', 'Rule']} />
             <tbody>
               {rows
                 .slice()
