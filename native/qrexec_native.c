@@ -24,6 +24,8 @@
  *       (data, EOF or error) or cb(false) after timeoutMs, without reading;
  *       watches a dup() of fd in the event loop, so Node's own handle for fd
  *       (paused) is left alone
+ *   listenUnix, requestServer              qubesd's request/reply server: see
+ *       request_server.c
  *
  * Written for qrexec-ts (MIT). Uses only Node-API (ABI-stable).
  */
@@ -45,6 +47,8 @@
 
 #include <node_api.h>
 #include <uv.h>
+
+#include "request_server.h"
 
 #define MAX_FDS_LIMIT 16
 #define MAX_BYTES_LIMIT (1024 * 1024)
@@ -889,7 +893,8 @@ NAPI_MODULE_INIT()
         !add_fn(env, exports, "setBlocking", set_blocking) || !add_fn(env, exports, "shutdown", do_shutdown) ||
         !add_fn(env, exports, "waitReadable", wait_readable) || !add_fn(env, exports, "connectUnix", connect_unix) || !add_fn(env, exports, "dup", do_dup) ||
         !add_fn(env, exports, "socketpair", make_socketpair) || !add_fn(env, exports, "watchSignal", watch_signal) ||
-        !add_fn(env, exports, "drainSignals", drain_signals) || !add_fn(env, exports, "sendFds", send_fds))
+        !add_fn(env, exports, "drainSignals", drain_signals) || !add_fn(env, exports, "sendFds", send_fds) ||
+        !request_server_init(env, exports))
         return NULL;
     return exports;
 }

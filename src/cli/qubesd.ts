@@ -32,6 +32,10 @@ options:
   --runtime NAME     how qubes run: ${RUNTIME_HELP}
   --policy-dir DIR   qrexec policy directory for filtering (repeatable)
   --debug            log every call to stderr
+
+environment:
+  QUBESD_NET_SERVER=1  serve the sockets with Node's net.Server instead of the
+                       native addon's request loop (the default when built)
 `;
 
 runMain('qubesd', USAGE, async () => {

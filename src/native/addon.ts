@@ -69,6 +69,37 @@ export interface NativeHelper {
   drainSignals?(): number;
   /** One non-blocking sendmsg(2) of `data` with `fds` attached (SCM_RIGHTS); bytes sent. Throws (EAGAIN...) on failure. (Older builds lack it.) */
   sendFds?(fd: number, data: Buffer, fds: number[]): number;
+  /**
+   * A non-blocking, close-on-exec unix stream socket bound to `path` and
+   * listening; the caller sets the umask. Throws an Error whose `code` is the
+   * errno name (EADDRINUSE...). (Older builds lack it.)
+   */
+  listenUnix?(path: string, backlog: number): number;
+  /**
+   * Serves the listening `fd` (it owns it from now on) one request per
+   * connection on the main loop, in C (native/request_server.c): accepts,
+   * reads each connection to the client's EOF and calls `onRequest(id,
+   * bytes)`; a request longer than `maxRequest` is aborted and reported as
+   * `onRequest(id, null)`. (Older builds lack it.)
+   */
+  requestServer?(fd: number, maxRequest: number, onRequest: (id: number, request: Buffer | null) => void): NativeRequestServer;
+}
+
+/**
+ * A running {@link NativeHelper.requestServer}. Keep the object itself
+ * (its methods are bound to it); an id no longer held is ignored.
+ */
+export interface NativeRequestServer {
+  /** Writes `data` (waiting for the socket as needed), then closes: the reply, then EOF. */
+  reply(id: number, data: Buffer): void;
+  /** Closes the connection without a reply. */
+  drop(id: number): void;
+  /** Hands the connection's descriptor over (a streaming reply); -1 when it is no longer held. */
+  detach(id: number): number;
+  /** Stops listening (closes the listening socket) and closes every connection it holds. */
+  close(): void;
+  /** Connections it holds now. */
+  connections(): number;
 }
 
 let cached: NativeHelper | null | undefined;

@@ -18,7 +18,7 @@ import { Lifecycle } from './lifecycle.js';
 import { miscMethods } from './misc-api.js';
 import { policyFilterHook } from './policy-filter.js';
 import { Registry } from './registry.js';
-import { serveApi, type ApiServer, type ServerLog } from './server.js';
+import { serveApi, type ApiServer, type ServerKind, type ServerLog } from './server.js';
 import { SqliteStore } from './store.js';
 
 export const ADMIN_SOCKET = 'qubesd.sock';
@@ -69,6 +69,8 @@ export interface QubesdOptions {
    * own start and autostart, as the reference's qubes-preload-dispvm service).
    */
   readonly startPreload?: boolean;
+  /** Which socket server (default: native when the addon has it, unless QUBESD_NET_SERVER=1; see src/qubesd/server.ts). */
+  readonly server?: ServerKind;
 }
 
 export interface Qubesd {
@@ -93,9 +95,9 @@ export async function startQubesd(opts: QubesdOptions): Promise<Qubesd> {
   const servers: ApiServer[] = [];
   try {
     if (opts.runDir !== null) {
-      servers.push(await serveApi(path.join(opts.runDir, ADMIN_SOCKET), ctx, ADMIN_METHODS, log));
-      servers.push(await serveApi(path.join(opts.runDir, INTERNAL_SOCKET), ctx, internalMethods(systemInfo), log));
-      servers.push(await serveApi(path.join(opts.runDir, MISC_SOCKET), ctx, miscMethods(), log));
+      servers.push(await serveApi(path.join(opts.runDir, ADMIN_SOCKET), ctx, ADMIN_METHODS, log, opts.server));
+      servers.push(await serveApi(path.join(opts.runDir, INTERNAL_SOCKET), ctx, internalMethods(systemInfo), log, opts.server));
+      servers.push(await serveApi(path.join(opts.runDir, MISC_SOCKET), ctx, miscMethods(), log, opts.server));
       writeServiceLinks(opts.runDir);
     }
   } catch (e) {

@@ -9,7 +9,7 @@ export { ADMIN_METHODS, Call, dispatch, method, methods, serializeProperty, type
 export { SystemInfoCache, internalMethods } from './internal-api.js';
 export { miscMethods } from './misc-api.js';
 export { Lifecycle } from './lifecycle.js';
-export { serveApi, removeStaleSocket, type ApiServer, type ServerLog } from './server.js';
+export { serveApi, removeStaleSocket, defaultServerKind, type ApiServer, type ServerKind, type ServerLog } from './server.js';
 export * from './daemon.js';
 export { adminPolicyFiles } from './admin-policy.js';
 export { policyFilterHook, type PolicyFilterSource } from './policy-filter.js';

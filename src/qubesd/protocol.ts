@@ -83,7 +83,12 @@ export function parseRequest(buf: Buffer): Request | null {
 
 /** `0\0` + data. */
 export function encodeOk(data: string | null): Buffer {
-  return Buffer.concat([Buffer.from([0x30, 0]), Buffer.from(data ?? '', 'utf8')]);
+  const s = data ?? '';
+  const b = Buffer.allocUnsafe(2 + Buffer.byteLength(s, 'utf8'));
+  b[0] = 0x30;
+  b[1] = 0;
+  b.write(s, 2, 'utf8');
+  return b;
 }
 
 /**
