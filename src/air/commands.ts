@@ -15,6 +15,7 @@ import {
   makeOffer,
   parseOffer,
   peers,
+  removePeer,
   setupRelay,
   startRelay,
   stopRelay,
@@ -32,6 +33,7 @@ export const USAGE = `usage: qvm-air init NAME
        qvm-air start RELAY | stop RELAY
        qvm-air pair --name NAME --address ADDRESS --peer-host-dir RUN --peer-name NAME
                     --peer-address ADDRESS [--relay RELAY] [--peer-relay RELAY]
+       qvm-air remove PEER [--force]
        qvm-air list
 `;
 
@@ -59,6 +61,9 @@ commands:
   pair ...           both hosts at once, when this dom0 reaches both (the other by
                      --peer-host-dir): name them if needed, make both relays,
                      exchange the offers, start both sshds
+  remove PEER        forget the peer host PEER: its signing key, its relay keys
+                     (it can no longer log in to the relay), and with --force
+                     its RemoteVMs; the relay's open connections are dropped
   list               this host's name and key, its peers and its RemoteVMs
 
 options:
@@ -76,6 +81,7 @@ const SPECS: readonly OptionSpec[] = [
   { name: 'peer-address', value: true },
   { name: 'relay', value: true },
   { name: 'peer-relay', value: true },
+  { name: 'force' },
 ];
 
 /** Which options each command takes, and how many positional arguments. */
@@ -89,6 +95,7 @@ const COMMANDS: Record<string, { args: number; opts: readonly string[] }> = {
   start: { args: 1, opts: [] },
   stop: { args: 1, opts: [] },
   pair: { args: 0, opts: ['name', 'address', 'peer-host-dir', 'peer-name', 'peer-address', 'relay', 'peer-relay'] },
+  remove: { args: 1, opts: ['force'] },
   list: { args: 0, opts: [] },
 };
 
@@ -120,7 +127,7 @@ export async function qvmAirMain(argv: readonly string[], io: AirIO, h: AirHost 
   if (cmd === undefined) throw new UsageError('a command is required');
   const spec = COMMANDS[cmd];
   if (!spec) throw new UsageError(`unknown command '${cmd}'`);
-  for (const k of a.options.keys()) if (!spec.opts.includes(k)) throw new UsageError(`${cmd} takes no option --${k}`);
+  for (const k of [...a.options.keys(), ...a.flags]) if (!spec.opts.includes(k)) throw new UsageError(`${cmd} takes no option --${k}`);
   if (pos.length !== spec.args) throw new UsageError(`${cmd} takes ${spec.args} argument${spec.args === 1 ? '' : 's'}, not ${pos.length}`);
   const p0 = pos[0] as string;
   const p1 = pos[1] as string;
@@ -162,6 +169,11 @@ export async function qvmAirMain(argv: readonly string[], io: AirIO, h: AirHost 
     case 'stop':
       await stopRelay(h, p0);
       return 0;
+    case 'remove': {
+      const gone = await removePeer(h, p0, a.flags.has('force'));
+      io.out(`peer ${p0} removed${gone.length > 0 ? `, with its RemoteVMs ${gone.join(', ')}` : ''}\n`);
+      return 0;
+    }
     case 'pair': {
       const other = airHost(need(opt(a, 'peer-host-dir'), '--peer-host-dir'));
       await pair(

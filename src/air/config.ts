@@ -30,6 +30,11 @@ export const DEFAULT_RELAY_PORT = 2222;
 export const TRANSPORT_RPC = 'qubesair.SSHProxy';
 /** The RemoteVM feature naming the peer host a RemoteVM lives on. */
 export const PEER_FEATURE = 'qubesair-peer';
+/**
+ * The feature marking a qube as a relay (set by `qvm-air relay`): as with a
+ * qvm-service, its sshd is started each time the qube starts.
+ */
+export const RELAY_FEATURE = 'service.qubes-air-relay';
 
 const PEER_RE = /^[a-z][a-z0-9-]{0,30}$/;
 const QUBE_RE = /^[A-Za-z][A-Za-z0-9_.-]{0,30}$/;

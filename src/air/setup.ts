@@ -21,6 +21,7 @@ import {
   DEFAULT_RELAY_PORT,
   PEER_FEATURE,
   RELAY_DIR,
+  RELAY_FEATURE,
   TRANSPORT_RPC,
   authorizedKeys,
   checkPeerName,
@@ -199,7 +200,9 @@ export async function setupRelay(h: AirHost, relay: string, port = DEFAULT_RELAY
 cat ssh_host_ed25519_key.pub id_ed25519.pub
 `,
   );
-  return relayKeys(relay, out);
+  const keys = relayKeys(relay, out);
+  await h.app.call(relay, 'admin.vm.feature.Set', RELAY_FEATURE, '1');
+  return keys;
 }
 
 function relayKeys(relay: string, out: string): { hostKey: string; clientKey: string } {
@@ -306,21 +309,22 @@ exit 0
 }
 
 /**
- * (Re)starts the relay's sshd, after ending the old one with its open
- * connections and the relay's connections to its peers (the next call makes
- * them again).
+ * The relay-side script that (re)starts its sshd, after ending the old one
+ * with its open connections and the relay's connections to its peers (the
+ * next call makes them again). Run by `qvm-air start`, and by the host each
+ * time a relay qube starts (src/host/air-relays.ts).
  */
-export async function startRelay(h: AirHost, relay: string): Promise<void> {
-  await checkRelay(h, relay);
-  await runInQube(
-    h.app,
-    relay,
-    `[ -d ${RELAY_DIR} ] || { echo "${relay} is no relay yet (qvm-air relay ${relay})" >&2; exit 1; }
+export function startRelayScript(): string {
+  return `[ -d ${RELAY_DIR} ] || { echo "this qube is no relay yet (qvm-air relay NAME)" >&2; exit 1; }
 (
 ${stopRelayScript()}) || exit 1
 cd ${RELAY_DIR} && /usr/sbin/sshd -f ${RELAY_DIR}/sshd_config -E ${RELAY_DIR}/sshd.log
-`,
-  );
+`;
+}
+
+export async function startRelay(h: AirHost, relay: string): Promise<void> {
+  await checkRelay(h, relay);
+  await runInQube(h.app, relay, startRelayScript());
 }
 
 /** Stops the relay's sshd and ends its open connections, both ways. */
@@ -352,4 +356,34 @@ export async function addRemote(h: AirHost, name: string, peerName: string, remo
     throw e instanceof AdminError ? new AirError(`setting up ${name}: ${e.message}`) : e;
   }
   await syncRelay(h, p.relay);
+}
+
+/**
+ * Forgets the peer host `name`: its record (so its signatures are no longer
+ * accepted), its lines in the relay's files (its client key may no longer
+ * log in, its host key is no longer pinned), and, with `force`, the
+ * RemoteVMs that stand for its qubes (without it, they make this refuse).
+ * The relay's sshd is then restarted when it runs, because an SSH
+ * connection the peer already opened would otherwise stay usable: calls in
+ * flight through that relay fail, and the other peers' next calls reconnect.
+ * Returns the RemoteVMs removed.
+ */
+export async function removePeer(h: AirHost, name: string, force: boolean): Promise<string[]> {
+  checkPeerName(name);
+  const p = peer(h, name);
+  h.app.invalidate();
+  const remotes: string[] = [];
+  for (const q of await h.app.list()) if (q.klass === 'RemoteVM' && (await q.feature(PEER_FEATURE)) === name) remotes.push(q.name);
+  if (remotes.length > 0 && !force) throw new AirError(`the RemoteVMs ${remotes.join(', ')} stand for qubes of ${name}: remove them first, or use --force`);
+  for (const r of remotes) {
+    try {
+      await h.app.call(r, 'admin.vm.Remove');
+    } catch (e) {
+      throw e instanceof AdminError ? new AirError(`removing ${r}: ${e.message}`) : e;
+    }
+  }
+  fs.rmSync(path.join(airDir(h), 'peers', `${name}.json`), { force: true });
+  await syncRelay(h, p.relay);
+  await runInQube(h.app, p.relay, `[ -s ${RELAY_DIR}/sshd.pid ] || exit 0\n${startRelayScript()}`);
+  return remotes;
 }

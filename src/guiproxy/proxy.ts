@@ -58,7 +58,7 @@ export async function dom0Exec(
   o: Pick<Dom0CallOptions, 'socketDir' | 'vchan' | 'log'>,
   target: string,
   cmdline: string,
-  io: { sink: Writable; source: Readable; single: boolean; justExec?: boolean },
+  io: { sink: Writable; source: Readable; single: boolean; justExec?: boolean; errSink?: Writable },
 ): Promise<number> {
   const client = await DaemonClient.connect(o.socketDir, target);
   try {
@@ -73,7 +73,7 @@ export async function dom0Exec(
     } finally {
       clearTimeout(timer);
     }
-    const pump = startPump({ channel: ch, role: 'client', sink: io.sink, source: io.source, single: io.single, errSink: null, ...(o.log ? { log: o.log } : {}) });
+    const pump = startPump({ channel: ch, role: 'client', sink: io.sink, source: io.source, single: io.single, errSink: io.errSink ?? null, ...(o.log ? { log: o.log } : {}) });
     return await pump.done;
   } finally {
     client.close();

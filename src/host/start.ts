@@ -12,6 +12,7 @@ import { TtyFrontend } from '../policyd/agent.js';
 import { createLogger } from '../policyd/index.js';
 import { ensureDemoSystem, ensureServicesPolicy } from './demo-system.js';
 import { startSystem } from './system.js';
+import { watchRelays } from './air-relays.js';
 import { Dom0GuiCaller, guiDomains, startGui, type RunningGui } from './gui.js';
 import type { RunningSystem } from './system.js';
 import { TerminalAsk } from './terminal-ask.js';
@@ -62,6 +63,8 @@ export async function runHost(o: HostOptions): Promise<number> {
   system = sys;
   let code = 0;
   const guis: RunningGui[] = [];
+  // a Qubes Air relay's sshd starts with the relay (before the autostart below)
+  const unwatchRelays = watchRelays(sys, log);
   try {
     const created = o.demoSystem ? await ensureDemoSystem(sys.qubesd.registry, sys.call, sys.info.policyDir) : false;
     // after the demo's (which fills only an empty directory): the services' defaults, with or without a demo
@@ -104,6 +107,7 @@ export async function runHost(o: HostOptions): Promise<number> {
       o.out(`${prog}: shutting every qube down`);
     }
   } finally {
+    unwatchRelays();
     await Promise.all(guis.map((g) => g.proxy.close()));
     await sys.close();
   }

@@ -362,6 +362,46 @@ exec ssh -F $HOME/.qubes-air/ssh_config b "qubes-air-v1 $src work $service $env"
       const third = await a.runIn('work', 'qrexec-client-vm work-b test.Who </dev/null');
       assert.equal(third.stdout, 'work-a\n', third.stderr);
     });
+
+    it('the relay restarted: its sshd starts with it (no qvm-air start), and the next call gets through', async () => {
+      const sshds = async (): Promise<string> => (await b.runIn('relay', 'for s in /proc/[0-9]*/comm; do read -r c < $s 2>/dev/null && echo $c; done | grep -cx sshd || true')).stdout.trim();
+      b.ok('qvm-shutdown', '--wait', 'relay');
+      b.ok('qvm-start', 'relay');
+      // the site's port forward follows the relay's new address
+      b.readRelayAddress();
+      forwardToRelay(b);
+      let n = '0';
+      for (let i = 0; i < 50 && n === '0'; i++) {
+        n = await sshds();
+        if (n === '0') await new Promise((res) => setTimeout(res, 200));
+      }
+      assert.notEqual(n, '0', 'no sshd in relay b after its start');
+      const r = await a.runIn('work', 'qrexec-client-vm work-b test.Who </dev/null');
+      assert.equal(r.stdout, 'work-a\n', r.stderr);
+    });
+  });
+
+  it('qvm-air remove: refused while RemoteVMs stand for the peer; with --force the peer is forgotten, its open connection dropped, and it cannot log in again', async () => {
+    const refused = a.tool('qvm-air', ['remove', 'b']);
+    assert.equal(refused.status, 1, refused.stdout);
+    assert.match(refused.stderr, /^qvm-air: the RemoteVMs work-b stand for qubes of b: remove them first, or use --force\n$/);
+    // b's relay holds an open connection to a's relay
+    const warm = await b.runIn('work', 'qrexec-client-vm work-a test.Who </dev/null');
+    assert.equal(warm.stdout, 'work-b\n', warm.stderr);
+    const removed = a.tool('qvm-air', ['remove', 'b', '--force']);
+    assert.equal(removed.status, 0, removed.stderr);
+    assert.equal(removed.stdout, 'peer b removed, with its RemoteVMs work-b\n');
+    assert.doesNotMatch(a.ok('qvm-air', 'list'), /peer b|work-b/);
+    assert.doesNotMatch(a.ok('qvm-ls', '--raw-list'), /work-b/);
+    const files = await a.runIn('relay', 'cd ~/.qubes-air && cat authorized_keys known_hosts ssh_config remotes');
+    assert.equal(files.status, 0, files.stderr);
+    assert.doesNotMatch(files.stdout, /qubes-air:b|qubes-air-b|Host b\b|work-b/);
+    // neither over the connection b had opened nor over a new one
+    for (let i = 0; i < 2; i++) {
+      const r = await b.runIn('work', 'qrexec-client-vm work-a test.Who </dev/null');
+      assert.notEqual(r.status, 0, r.stdout);
+      assert.equal(r.stdout, '');
+      assert.match(r.stderr, /the SSH connection to a failed or was lost/);
+    }
   });
 });
-

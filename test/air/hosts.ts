@@ -124,6 +124,11 @@ export class AirTestHost {
     this.ok('qvm-prefs', 'work', 'netvm', 'none');
     this.ok('qvm-start', 'relay');
     this.ok('qvm-start', 'work');
+    this.readRelayAddress();
+  }
+
+  /** The relay's address on its uplink, which follows its xid (new at each start). */
+  readRelayAddress(): void {
     const xid = Number(this.ok('qvm-prefs', 'relay', 'xid').trim());
     this.relayAddress = linkAddresses(DEFAULT_POOL_OCTET, xid).down;
   }
