@@ -165,16 +165,18 @@ console.log(sb.initPid);
   assert.ok(fs.existsSync(`/proc/${initPid}`));
   const ns = fs.readlinkSync(`/proc/${initPid}/ns/pid`);
   p.kill('SIGKILL');
-  const inNs = (): number => fs.readdirSync('/proc').filter((e) => {
+  const left = (): string[] => fs.readdirSync('/proc').flatMap((e) => {
     try {
+      if (!/^\d+$/.test(e) || fs.readlinkSync(`/proc/${e}/ns/pid`) !== ns) return [];
+      const stat = fs.readFileSync(`/proc/${e}/stat`, 'utf8');
       // zombies (being reaped) do not count
-      return /^\d+$/.test(e) && fs.readlinkSync(`/proc/${e}/ns/pid`) === ns && !/\) Z /.test(fs.readFileSync(`/proc/${e}/stat`, 'utf8'));
+      return /\) Z /.test(stat) ? [] : [`${stat.slice(0, 80)} wchan=${fs.readFileSync(`/proc/${e}/wchan`, 'utf8')}`];
     } catch {
-      return false;
+      return [];
     }
-  }).length;
-  for (let i = 0; i < 500 && inNs() > 0; i++) await new Promise((r) => setTimeout(r, 20));
-  assert.equal(inNs(), 0, 'every process of the sandbox is gone');
+  });
+  for (let i = 0; i < 500 && left().length > 0; i++) await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(left(), [], 'every process of the sandbox is gone');
   // its (empty) cgroup is what a host's next start removes
   cleanStaleCgroups(`${CG_PREFIX}orphan`);
   fs.rmSync(dir, { recursive: true, force: true });
