@@ -16,13 +16,14 @@ import {
   parseOffer,
   peers,
   removePeer,
+  requireName,
   setupRelay,
   startRelay,
   stopRelay,
   syncRelay,
   type AirHost,
 } from './setup.js';
-import { keyFingerprint, publicKeyOf } from './sign.js';
+import { finishRotation, keyFingerprint, nextPublicKeyOf, prepareRotation, publicKeyOf } from './sign.js';
 
 export const USAGE = `usage: qvm-air init NAME
        qvm-air relay RELAY [--port PORT]
@@ -34,6 +35,7 @@ export const USAGE = `usage: qvm-air init NAME
        qvm-air pair --name NAME --address ADDRESS --peer-host-dir RUN --peer-name NAME
                     --peer-address ADDRESS [--relay RELAY] [--peer-relay RELAY]
        qvm-air remove PEER [--force]
+       qvm-air rotate [--finish]
        qvm-air list
 `;
 
@@ -64,6 +66,10 @@ commands:
   remove PEER        forget the peer host PEER: its signing key, its relay keys
                      (it can no longer log in to the relay), and with --force
                      its RemoteVMs; the relay's open connections are dropped
+  rotate [--finish]  a signing key rotation without a gap: make the next key
+                     (offers carry it; a peer that imports one accepts either
+                     key); after every peer imported one, --finish makes it
+                     the key that signs, and the old key is deleted
   list               this host's name and key, its peers and its RemoteVMs
 
 options:
@@ -82,6 +88,7 @@ const SPECS: readonly OptionSpec[] = [
   { name: 'relay', value: true },
   { name: 'peer-relay', value: true },
   { name: 'force' },
+  { name: 'finish' },
 ];
 
 /** Which options each command takes, and how many positional arguments. */
@@ -96,6 +103,7 @@ const COMMANDS: Record<string, { args: number; opts: readonly string[] }> = {
   stop: { args: 1, opts: [] },
   pair: { args: 0, opts: ['name', 'address', 'peer-host-dir', 'peer-name', 'peer-address', 'relay', 'peer-relay'] },
   remove: { args: 1, opts: ['force'] },
+  rotate: { args: 0, opts: ['finish'] },
   list: { args: 0, opts: [] },
 };
 
@@ -174,6 +182,16 @@ export async function qvmAirMain(argv: readonly string[], io: AirIO, h: AirHost 
       io.out(`peer ${p0} removed${gone.length > 0 ? `, with its RemoteVMs ${gone.join(', ')}` : ''}\n`);
       return 0;
     }
+    case 'rotate': {
+      const d = path.join(h.dataDir, 'air');
+      if (a.flags.has('finish')) {
+        io.out(`this host now signs with ${keyFingerprint(finishRotation(d))}; export a new offer for each peer (qvm-air export), so that they drop the old key\n`);
+      } else {
+        requireName(h);
+        io.out(`next signing key: ${keyFingerprint(prepareRotation(d))}; export an offer for each peer (qvm-air export) for them to import, then run qvm-air rotate --finish\n`);
+      }
+      return 0;
+    }
     case 'pair': {
       const other = airHost(need(opt(a, 'peer-host-dir'), '--peer-host-dir'));
       await pair(
@@ -213,7 +231,9 @@ export async function pair(x: PairSide, y: PairSide): Promise<void> {
 async function list(h: AirHost, io: AirIO): Promise<number> {
   const me = hostName(h);
   io.out(me === undefined ? 'this host has no Qubes Air name (qvm-air init NAME)\n' : `host ${me} ${keyFingerprint(publicKeyOf(path.join(h.dataDir, 'air')))}\n`);
-  for (const p of peers(h)) io.out(`peer ${p.name} ${p.address} via ${p.relay} ${keyFingerprint(p.signingKey)}\n`);
+  const next = me === undefined ? undefined : nextPublicKeyOf(path.join(h.dataDir, 'air'));
+  if (next !== undefined) io.out(`next key ${keyFingerprint(next)} (a rotation is under way: qvm-air rotate --finish)\n`);
+  for (const p of peers(h)) io.out(`peer ${p.name} ${p.address} via ${p.relay} ${keyFingerprint(p.signingKey)}${p.nextSigningKey ? ` (next ${keyFingerprint(p.nextSigningKey)})` : ''}\n`);
   h.app.invalidate();
   for (const q of await h.app.list()) {
     if (q.klass !== 'RemoteVM') continue;

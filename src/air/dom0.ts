@@ -90,8 +90,9 @@ class OneUse {
 
 interface PeerKey {
   readonly relay: string;
-  readonly key: KeyObject;
-  readonly fingerprint: string;
+  /** Its signing key, then its next one while it rotates. */
+  readonly keys: readonly KeyObject[];
+  readonly fingerprints: readonly string[];
 }
 
 const ok = (text: string): InProcessReply => ({ code: 0, stdout: Buffer.from(text), stderr: '' });
@@ -129,9 +130,11 @@ export class AirDom0 {
   private peerKey(name: string): PeerKey | undefined {
     if (!/^[a-z][a-z0-9-]{0,30}$/.test(name)) return undefined;
     try {
-      const j = JSON.parse(fs.readFileSync(path.join(this.airDir, 'peers', `${name}.json`), 'utf8')) as { relay?: unknown; signingKey?: unknown };
+      const j = JSON.parse(fs.readFileSync(path.join(this.airDir, 'peers', `${name}.json`), 'utf8')) as { relay?: unknown; signingKey?: unknown; nextSigningKey?: unknown };
       if (typeof j.relay !== 'string' || typeof j.signingKey !== 'string') return undefined;
-      return { relay: j.relay, key: publicKeyFromRaw(j.signingKey), fingerprint: keyFingerprint(j.signingKey) };
+      // during the peer's key rotation, its next key too
+      const raw = typeof j.nextSigningKey === 'string' ? [j.signingKey, j.nextSigningKey] : [j.signingKey];
+      return { relay: j.relay, keys: raw.map(publicKeyFromRaw), fingerprints: raw.map(keyFingerprint) };
     } catch {
       return undefined;
     }
@@ -196,7 +199,7 @@ export class AirDom0 {
     }
     const peer = this.peerKey(f.peer);
     const envelope = signCall(loadSigningKey(this.airDir), { from: me, to: f.peer, source, target: f.remoteName || remote, service }, this.now());
-    this.record({ ...base, action: 'allow', result: 'allow', reason: `qubes-air: signed for host ${f.peer}${peer ? ` (${peer.fingerprint})` : ''} via ${relay}` });
+    this.record({ ...base, action: 'allow', result: 'allow', reason: `qubes-air: signed for host ${f.peer}${peer ? ` (${peer.fingerprints[0] ?? '?'})` : ''} via ${relay}` });
     return ok(envelope + '\n');
   }
 
@@ -218,14 +221,16 @@ export class AirDom0 {
     if (peer.relay !== relay) return deny(`host ${peerName} is paired with relay ${peer.relay}, not ${relay}`);
     const f = this.o.lookup(local);
     if (f?.klass !== 'RemoteVM' || f.peer !== peerName || f.relayvm !== relay) return deny(`${local} is no RemoteVM of host ${peerName} relayed by ${relay}`);
+    let by: string;
     try {
-      verifyCall(envelope, { from: peerName, key: peer.key, to: me, source: f.remoteName || local, target, service }, this.guard, this.now());
+      const c = verifyCall(envelope, { from: peerName, keys: peer.keys, to: me, source: f.remoteName || local, target, service }, this.guard, this.now());
+      by = peer.fingerprints[c.keyIndex] ?? '?';
     } catch (e) {
       if (e instanceof EnvelopeError) return deny(e.message);
       throw e;
     }
     if (!this.tickets.add(ticketKey(relay, local, target, service), this.now() + TICKET_TTL_MS)) return deny('too many calls waiting');
-    this.record({ ...base, action: 'allow', result: 'allow', reason: `qubes-air: from host ${peerName} (${peer.fingerprint}) via ${relay}: signature verified` });
+    this.record({ ...base, action: 'allow', result: 'allow', reason: `qubes-air: from host ${peerName} (${by}) via ${relay}: signature verified` });
     return ok('ok\n');
   }
 }

@@ -37,7 +37,7 @@ import {
   type RemoteEntry,
 } from './config.js';
 import { AirError } from './errors.js';
-import { ensureSigningKey, publicKeyOf } from './sign.js';
+import { ensureSigningKey, nextPublicKeyOf, publicKeyOf } from './sign.js';
 
 /** One host's dom0: its Admin API, and its data dir for dom0's own Qubes Air state. */
 export interface AirHost {
@@ -83,11 +83,15 @@ export interface AirOffer {
   readonly relayClientKey: string;
   /** The host's Ed25519 signing key, base64 of the 32 raw bytes. */
   readonly signingKey: string;
+  /** During a key rotation (`qvm-air rotate`), the key that signs after it. */
+  readonly nextSigningKey?: string;
 }
 
 /** A paired peer, as dom0 keeps it. */
 export interface PeerRecord extends PeerLink {
   readonly signingKey: string;
+  /** Accepted too: the peer is rotating its key. */
+  readonly nextSigningKey?: string;
   /** The local relay qube that talks to this peer. */
   readonly relay: string;
 }
@@ -107,8 +111,12 @@ export function parseOffer(text: string): AirOffer {
     return v;
   };
   parseAddress(str('address'));
-  if (!/^[A-Za-z0-9+/]{43}=$/.test(str('signingKey'))) throw new AirError('the offer has no valid signingKey');
+  const KEY = /^[A-Za-z0-9+/]{43}=$/;
+  if (!KEY.test(str('signingKey'))) throw new AirError('the offer has no valid signingKey');
+  const next = o['nextSigningKey'];
+  if (next !== undefined && (typeof next !== 'string' || !KEY.test(next))) throw new AirError('the offer has an invalid nextSigningKey');
   return {
+    ...(next !== undefined ? { nextSigningKey: next } : {}),
     qubesAir: 1,
     host: checkPeerName(str('host')),
     address: str('address'),
@@ -128,7 +136,7 @@ export function hostName(h: AirHost): string | undefined {
   }
 }
 
-function requireName(h: AirHost): string {
+export function requireName(h: AirHost): string {
   const n = hostName(h);
   if (n === undefined) throw new AirError('this host has no Qubes Air name yet (qvm-air init NAME)');
   return n;
@@ -216,7 +224,16 @@ export async function makeOffer(h: AirHost, relay: string, address: string): Pro
   await checkRelay(h, relay);
   const out = await runInQube(h.app, relay, `cd ${RELAY_DIR} 2>/dev/null && cat ssh_host_ed25519_key.pub id_ed25519.pub || { echo "${relay} is no relay yet (qvm-air relay ${relay})" >&2; exit 1; }\n`);
   const keys = relayKeys(relay, out);
-  return { qubesAir: 1, host: requireName(h), address, relayHostKey: keys.hostKey, relayClientKey: keys.clientKey, signingKey: publicKeyOf(airDir(h)) };
+  const next = nextPublicKeyOf(airDir(h));
+  return {
+    qubesAir: 1,
+    host: requireName(h),
+    address,
+    relayHostKey: keys.hostKey,
+    relayClientKey: keys.clientKey,
+    signingKey: publicKeyOf(airDir(h)),
+    ...(next !== undefined ? { nextSigningKey: next } : {}),
+  };
 }
 
 /** Pins a peer's offer for `relay` and writes the relay's files. */
@@ -224,7 +241,15 @@ export async function importOffer(h: AirHost, relay: string, offer: AirOffer): P
   await checkRelay(h, relay);
   const me = requireName(h);
   if (offer.host === me) throw new AirError(`the offer is this host's own (${me})`);
-  const rec: PeerRecord = { name: offer.host, address: offer.address, relayHostKey: offer.relayHostKey, relayClientKey: offer.relayClientKey, signingKey: offer.signingKey, relay };
+  const rec: PeerRecord = {
+    name: offer.host,
+    address: offer.address,
+    relayHostKey: offer.relayHostKey,
+    relayClientKey: offer.relayClientKey,
+    signingKey: offer.signingKey,
+    ...(offer.nextSigningKey !== undefined ? { nextSigningKey: offer.nextSigningKey } : {}),
+    relay,
+  };
   const d = path.join(airDir(h), 'peers');
   fs.mkdirSync(d, { recursive: true, mode: 0o700 });
   const f = path.join(d, `${offer.host}.json`);

@@ -19,6 +19,8 @@ import { AirError } from './errors.js';
 /** How far an envelope's time may be from ours, either way. */
 export const MAX_SKEW_MS = 60_000;
 const KEY_FILE = 'signing-key.pem';
+/** The key a rotation brings in: offered to peers before it signs anything. */
+const NEXT_KEY_FILE = 'signing-key.next.pem';
 const DOMAIN = 'qubes-air-call-v1';
 
 /** The signed fields of one relayed call. */
@@ -39,14 +41,48 @@ export interface CallClaim {
   readonly time: number;
 }
 
-/** Makes DATA/air/signing-key.pem if missing. */
-export function ensureSigningKey(airDir: string): void {
-  const f = path.join(airDir, KEY_FILE);
+function makeKeyFile(airDir: string, name: string): void {
+  const f = path.join(airDir, name);
   if (fs.existsSync(f)) return;
   const { privateKey } = crypto.generateKeyPairSync('ed25519');
   fs.mkdirSync(airDir, { recursive: true, mode: 0o700 });
   fs.writeFileSync(`${f}.new`, privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
   fs.renameSync(`${f}.new`, f);
+}
+
+/** Makes DATA/air/signing-key.pem if missing. */
+export function ensureSigningKey(airDir: string): void {
+  makeKeyFile(airDir, KEY_FILE);
+}
+
+/**
+ * A key rotation without a gap, step 1: makes the next signing key (kept if
+ * there is one) and returns its public key. It signs nothing yet; offers
+ * carry it (`nextSigningKey`), and peers that import one accept either key.
+ */
+export function prepareRotation(airDir: string): string {
+  loadSigningKey(airDir);
+  makeKeyFile(airDir, NEXT_KEY_FILE);
+  return nextPublicKeyOf(airDir) as string;
+}
+
+/** The next signing key's public key, while a rotation is under way. */
+export function nextPublicKeyOf(airDir: string): string | undefined {
+  const f = path.join(airDir, NEXT_KEY_FILE);
+  if (!fs.existsSync(f)) return undefined;
+  return rawPublicKey(crypto.createPrivateKey(fs.readFileSync(f)));
+}
+
+/**
+ * Step 2: the next key becomes the signing key and the old one is deleted.
+ * Returns the new public key.
+ * @throws AirError when no rotation was prepared
+ */
+export function finishRotation(airDir: string): string {
+  const next = path.join(airDir, NEXT_KEY_FILE);
+  if (!fs.existsSync(next)) throw new AirError('no key rotation is under way (qvm-air rotate first)');
+  fs.renameSync(next, path.join(airDir, KEY_FILE));
+  return publicKeyOf(airDir);
 }
 
 export function loadSigningKey(airDir: string): crypto.KeyObject {
@@ -131,17 +167,22 @@ export class ReplayGuard {
 
 /**
  * Verifies an envelope against the expectations of the target host: the
- * signer's pinned key, this host's name, the call as the relay presents it.
- * Throws EnvelopeError naming what does not match.
+ * signer's pinned keys (its key, and during a rotation its next one), this
+ * host's name, the call as the relay presents it. Returns the claim and the
+ * index of the key that made it. Throws EnvelopeError naming what does not
+ * match.
  */
 export function verifyCall(
   word: string,
-  expect: { readonly from: string; readonly key: crypto.KeyObject; readonly to: string; readonly source: string; readonly target: string; readonly service: string },
+  expect: { readonly from: string; readonly keys: readonly crypto.KeyObject[]; readonly to: string; readonly source: string; readonly target: string; readonly service: string },
   guard: ReplayGuard,
   now = Date.now(),
-): CallClaim {
+): CallClaim & { readonly keyIndex: number } {
   const c = decodeEnvelope(word);
-  if (!crypto.verify(null, message(c), expect.key, Buffer.from(c.sig, 'base64url'))) throw new EnvelopeError(`bad signature (not made by ${expect.from}'s key)`);
+  const m = message(c);
+  const sig = Buffer.from(c.sig, 'base64url');
+  const keyIndex = expect.keys.findIndex((k) => crypto.verify(null, m, k, sig));
+  if (keyIndex < 0) throw new EnvelopeError(`bad signature (not made by ${expect.from}'s key)`);
   if (c.from !== expect.from) throw new EnvelopeError(`signed by host ${c.from}, relayed from ${expect.from}`);
   if (c.to !== expect.to) throw new EnvelopeError(`signed for host ${c.to}, not this one (${expect.to})`);
   if (c.source !== expect.source) throw new EnvelopeError(`signed for source ${c.source}, the relay claims ${expect.source}`);
@@ -149,5 +190,5 @@ export function verifyCall(
   if (c.service !== expect.service) throw new EnvelopeError(`signed for ${c.service}, the relay asks for ${expect.service}`);
   if (Math.abs(now - c.time) > MAX_SKEW_MS) throw new EnvelopeError(`envelope time is ${Math.round((now - c.time) / 1000)} s off`);
   if (!guard.accept(c.nonce, c.time, now)) throw new EnvelopeError('replayed envelope (nonce seen before)');
-  return c;
+  return { ...c, keyIndex };
 }

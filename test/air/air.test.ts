@@ -381,6 +381,46 @@ exec ssh -F $HOME/.qubes-air/ssh_config b "qubes-air-v1 $src work $service $env"
     });
   });
 
+  it('a signing key rotation without a gap: a offers its next key, b imports it, a switches; every call verifies; then b drops the old key', async () => {
+    const who = async (): Promise<void> => {
+      const r = await a.runIn('work', 'qrexec-client-vm work-b test.Who </dev/null');
+      assert.equal(r.stdout, 'work-a\n', r.stderr);
+    };
+    const fp = (text: string): string => /(ed25519:[A-Za-z0-9+/]{16})/.exec(text)?.[1] ?? '';
+    const offer = (): string => a.ok('qvm-air', 'export', 'relay', `${a.linkAddress}:${RELAY_PORT}`);
+    const importOnB = (text: string): void => {
+      const r = b.tool('qvm-air', ['import', 'relay', '-'], text);
+      assert.equal(r.status, 0, r.stderr);
+    };
+    const oldFp = fp(a.ok('qvm-air', 'list'));
+    const oldPem = fs.readFileSync(`${a.data}/air/signing-key.pem`);
+    const nextFp = fp(a.ok('qvm-air', 'rotate'));
+    assert.ok(nextFp && nextFp !== oldFp, nextFp);
+    assert.match(a.ok('qvm-air', 'list'), new RegExp(`^next key ${nextFp.replace(/[+/]/g, '\\$&')} `, 'm'));
+    importOnB(offer());
+    assert.match(b.ok('qvm-air', 'list'), new RegExp(`^peer a .* ${oldFp.replace(/[+/]/g, '\\$&')} \\(next ${nextFp.replace(/[+/]/g, '\\$&')}\\)$`, 'm'));
+    await who();
+    assert.match(a.ok('qvm-air', 'rotate', '--finish'), new RegExp(`now signs with ${nextFp.replace(/[+/]/g, '\\$&')}`));
+    // the gap a rotation used to have: b has not imported the new offer yet, and the call verifies
+    await who();
+    const verified = await audit(b, (x) => x['client'] === 'qubes-air' && x['mode'] === 'verify' && x['result'] === 'allow');
+    assert.match(String(verified.at(-1)?.['reason']), new RegExp(`from host a \\(${nextFp.replace(/[+/]/g, '\\$&')}\\)`));
+    importOnB(offer());
+    assert.doesNotMatch(b.ok('qvm-air', 'list'), /\(next /);
+    await who();
+    // the old key, stolen: no longer accepted
+    const newPem = fs.readFileSync(`${a.data}/air/signing-key.pem`);
+    fs.writeFileSync(`${a.data}/air/signing-key.pem`, oldPem);
+    try {
+      const r = await a.runIn('work', 'qrexec-client-vm work-b test.Who </dev/null');
+      assert.equal(r.status, 126, r.stdout + r.stderr);
+      assert.match(r.stderr, /bad signature \(not made by a's key\)/);
+    } finally {
+      fs.writeFileSync(`${a.data}/air/signing-key.pem`, newPem);
+    }
+    await who();
+  });
+
   it('qvm-air remove: refused while RemoteVMs stand for the peer; with --force the peer is forgotten, its open connection dropped, and it cannot log in again', async () => {
     const refused = a.tool('qvm-air', ['remove', 'b']);
     assert.equal(refused.status, 1, refused.stdout);
