@@ -136,13 +136,17 @@ export class Agent {
     return this.version;
   }
 
-  /** Listens on the control vchan, waits for dom0's handshake, then opens the agent socket. */
+  /**
+   * Listens on the control vchan (at once: the socket is bound before this
+   * returns its promise), waits for dom0's handshake, then opens the agent
+   * socket. The signal relay server starts while dom0 connects.
+   */
   async start(): Promise<void> {
-    if (!this.closed && loadNative()) this.relays = SignalRelays.start((relay) => this.relaySignal(relay), this.log);
     const listener = await vchanListen(this.opts.vchan, 0, VCHAN_BASE_PORT);
     // close() while we wait for dom0 (SIGTERM) stops the wait
     this.ctrlListener = listener;
     if (this.closed) listener.close();
+    else if (loadNative()) this.relays = SignalRelays.start((relay) => this.relaySignal(relay), this.log);
     const ctrl = await listener.accepted;
     this.ctrlListener = undefined;
     this.ctrl = ctrl;

@@ -110,15 +110,18 @@ export async function runAgentCli(args: string[]): Promise<number> {
     agent.close();
   });
   process.on('SIGPIPE', () => undefined);
+  // listening for dom0 first (bound in this turn), the rest while it connects
+  const started = agent.start();
   // A service may send SIGUSR1 to QREXEC_AGENT_PID (us) to have its output read
   // from its stdin socket. One process serves every call, so the sender's pid
   // tells which call it is: that needs the native addon's signal watch. Either
   // way a listener is installed, so Node never starts its inspector on SIGUSR1.
+  // (No service runs before dom0's handshake.)
   if (!watchSignalSender(os.constants.signals.SIGUSR1, (pid, lineage) => agent.serviceSignal(pid, lineage))) {
     process.on('SIGUSR1', () => log('SIGUSR1 ignored: the single-socket switch for services needs the native addon'));
   }
   try {
-    await agent.start();
+    await started;
   } catch (e) {
     agent.close();
     // SIGTERM before dom0 connected: a clean stop

@@ -215,11 +215,12 @@ export class BwrapRuntime implements Runtime {
       this.links.remove(q.domid);
       this.active.delete(q.name);
     };
-    // the host side first: its daemon then sees no agent "disconnect" of a qube being stopped
+    // the host side first: its daemon marks itself stopping at once (it then sees no agent
+    // "disconnect" of a qube being stopped) and closes its sockets while the sandbox is killed
     const stop = (): Promise<unknown> => {
       stopping ??= (async () => {
-        await host?.stop();
-        await sbRef?.stop();
+        const h = host?.stop();
+        await Promise.all([h, sbRef?.stop()]);
       })().catch((e: Error) => this.log(`${q.name}: stop: ${e.message}`));
       return stopping;
     };

@@ -31,6 +31,11 @@ void test('bwrap arguments: every namespace, hostname, only the binds asked for,
   assert.equal(n.file, 'U');
   assert.ok(n.args.includes('--net=/run/netns/x'));
   assert.ok(!n.args.includes('--unshare-net'));
+  // with native/qrexec-mountstep: one program does the mounts and enters the namespace, then bwrap
+  const m = launchCommand({ ...base, netns: '/run/netns/x' }, { bwrap: 'B', unshare: 'U', nsenter: 'N', sh: 'S', mountstep: 'M' });
+  assert.equal(m.file, 'M');
+  assert.deepEqual(m.args.slice(0, m.args.indexOf('B')), ['T', '/s', '', 'N', '/run/netns/x', '--']);
+  assert.ok(!m.args.includes('U') && !m.args.includes('S'));
 });
 
 void test('plans the mount step could misread are refused', () => {

@@ -218,17 +218,32 @@ export function bwrapArgs(p: SandboxPlan): string[] {
   return a;
 }
 
+/** The programs a launch command runs. */
+export interface LaunchTools {
+  readonly bwrap: string;
+  readonly unshare: string;
+  readonly nsenter: string;
+  readonly sh: string;
+  /** native/build/qrexec-mountstep: the mount step in one exec (same operations, `N NS` enters the network namespace). */
+  readonly mountstep?: string;
+}
+
 /**
- * The full command: `unshare --mount --propagation private sh -c SCRIPT` doing
- * the mounts, then (with a prepared network namespace) `nsenter --net=NS`,
- * then bwrap. Without host-side mounts and network namespace, just bwrap.
+ * The full command: the mount step, then bwrap. With native/qrexec-mountstep
+ * built, that one program makes its private mount namespace, does the mounts,
+ * enters the prepared network namespace (`N NS`) and execs bwrap. Without it,
+ * `unshare --mount --propagation private sh -c SCRIPT` doing the mounts, then
+ * (with a prepared network namespace) `nsenter --net=NS`, then bwrap: the
+ * same steps, but a fork and exec of mkdir, mount or stat for each.
+ * Without host-side mounts and network namespace, just bwrap.
  */
-export function launchCommand(p: SandboxPlan, tools: { bwrap: string; unshare: string; nsenter: string; sh: string }): LaunchCommand {
+export function launchCommand(p: SandboxPlan, tools: LaunchTools): LaunchCommand {
   planCheck(p);
   const bw = [tools.bwrap, ...bwrapArgs(p)];
-  const tail = p.netns !== undefined ? [tools.nsenter, `--net=${p.netns}`, '--', ...bw] : bw;
   if (p.mounts.length === 0 && p.netns === undefined) return { file: tools.bwrap, args: bwrapArgs(p), fds: [] };
   const fds: { base: string; rel: string }[] = [];
   const ops = p.mounts.flatMap((m) => mountArgs(m, fds));
+  if (tools.mountstep !== undefined) return { file: tools.mountstep, args: [...ops, ...(p.netns !== undefined ? ['N', p.netns] : []), '--', ...bw], fds };
+  const tail = p.netns !== undefined ? [tools.nsenter, `--net=${p.netns}`, '--', ...bw] : bw;
   return { file: tools.unshare, args: ['--mount', '--propagation', 'private', '--', tools.sh, '-c', MOUNT_STEP_SCRIPT, 'qrexec-sandbox', ...ops, '--', ...tail], fds };
 }

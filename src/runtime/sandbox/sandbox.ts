@@ -11,7 +11,7 @@ import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { SandboxError } from './errors.js';
-import { launchCommand, type MountOp, type SandboxBind, type SandboxPlan } from './plan.js';
+import { launchCommand, type LaunchTools, type MountOp, type SandboxBind, type SandboxPlan } from './plan.js';
 import { QUBE_USER_UID, commitPendingLayer, markRunning, volumeMounts, type QubeVolumes } from './volumes.js';
 import { SandboxCgroup, type Limits } from './cgroup.js';
 import { openDirBeneath } from './beneath.js';
@@ -27,22 +27,15 @@ export const INSIDE_VCHAN_DIR = '/run/vchan';
 export const INSIDE_AGENT_SOCKET = '/run/qubes/qrexec-agent';
 
 /** The programs a sandbox start uses, found once. */
-export interface SandboxTools {
-  readonly bwrap: string;
-  readonly unshare: string;
-  readonly nsenter: string;
-  readonly sh: string;
-}
+export type SandboxTools = LaunchTools;
+
+/** Where `npm run build:native` puts the one-exec mount step (optional). */
+export const MOUNTSTEP_PATH = path.join(PROJECT, 'native', 'build', 'qrexec-mountstep');
 
 function which(name: string): string | undefined {
   for (const d of (process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':')) {
     const p = path.join(d || '.', name);
-    try {
-      fs.accessSync(p, fs.constants.X_OK);
-      return p;
-    } catch {
-      /* next */
-    }
+    if (isExecutable(p)) return p;
   }
   return undefined;
 }
@@ -68,7 +61,16 @@ function probe(): SandboxTools | { error: string } {
   if (process.geteuid?.() !== 0) return { error: 'the bwrap backend needs root on the host (overlayfs and veths are mounted/made by the host; see docs/RUNTIME.md)' };
   const r = spawnSync(bwrap, ['--unshare-all', '--die-with-parent', '--ro-bind', '/', '/', '--proc', '/proc', '--dev', '/dev', 'true'], { encoding: 'utf8', timeout: 10_000 });
   if (r.status !== 0) return { error: `bwrap cannot make namespaces here: ${(r.stderr || r.error?.message || `exit ${r.status}`).trim()}` };
-  return { bwrap, unshare, nsenter, sh: '/bin/sh' };
+  return { bwrap, unshare, nsenter, sh: '/bin/sh', ...(isExecutable(MOUNTSTEP_PATH) ? { mountstep: MOUNTSTEP_PATH } : {}) };
+}
+
+function isExecutable(p: string): boolean {
+  try {
+    fs.accessSync(p, fs.constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** One qube to sandbox. */
@@ -96,6 +98,42 @@ export interface SandboxSpec {
   readonly binds?: readonly SandboxBind[];
   /** Where the sandbox's stdout and stderr go (default: discarded, stderr to `log`). */
   readonly log?: (line: string) => void;
+}
+
+/** The agent in one file, and its V8 startup snapshot, made by `npm run build` (scripts/build-agent.mjs). */
+const AGENT_BUNDLE = path.join('dist', 'src', 'cli', 'qrexec-agent.bundle.js');
+const AGENT_SNAPSHOT = path.join('dist', 'src', 'cli', 'qrexec-agent.snapshot.blob');
+const AGENT_SNAPSHOT_STAMP = path.join('dist', 'src', 'cli', 'qrexec-agent.snapshot.json');
+
+let snapshotFits: boolean | undefined;
+
+/** Whether the snapshot was made by this very Node binary (a blob works with no other). */
+function snapshotUsable(): boolean {
+  if (snapshotFits === undefined) {
+    try {
+      const stamp = JSON.parse(fs.readFileSync(path.join(PROJECT, AGENT_SNAPSHOT_STAMP), 'utf8')) as { node?: string; execPath?: string; size?: number; mtimeMs?: number };
+      const exe = fs.realpathSync(process.execPath);
+      const st = fs.statSync(exe);
+      snapshotFits = stamp.node === process.version && stamp.execPath === exe && stamp.size === st.size && stamp.mtimeMs === st.mtimeMs && fs.existsSync(path.join(PROJECT, AGENT_SNAPSHOT));
+    } catch {
+      snapshotFits = false;
+    }
+  }
+  return snapshotFits;
+}
+
+/**
+ * How Node inside starts the agent, fastest first: from the startup
+ * snapshot (its modules already evaluated), from the one-file bundle (one
+ * module to read and compile), or bin/qrexec-agent and its modules.
+ * QREXEC_TS_AGENT_START=snapshot|bundle|modules caps the choice (measurements).
+ */
+export function agentEntry(): readonly string[] {
+  const want = process.env['QREXEC_TS_AGENT_START'];
+  const bundle = want !== 'modules' && fs.existsSync(path.join(PROJECT, AGENT_BUNDLE));
+  // argv[1] is the bundle's path with the snapshot too: its paths (native/build) are found from it
+  if (bundle && want !== 'bundle' && snapshotUsable()) return ['--snapshot-blob', `${INSIDE_PROJECT}/${AGENT_SNAPSHOT}`, `${INSIDE_PROJECT}/${AGENT_BUNDLE}`];
+  return bundle ? [`${INSIDE_PROJECT}/${AGENT_BUNDLE}`] : [`${INSIDE_PROJECT}/bin/qrexec-agent`];
 }
 
 /** The plan of a qube's sandbox: pure but for reading the template's volume info. */
@@ -132,7 +170,7 @@ export function sandboxPlan(spec: SandboxSpec, cgroupProcs: readonly string[] = 
       QUBES_RPC_CONFIG_PATH: `/run/qubes/rpc-config:/usr/local/etc/qubes/rpc-config:/etc/qubes/rpc-config:${INSIDE_PROJECT}/qubes-rpc/qube-config`,
       ...(spec.env ?? {}),
     },
-    command: ['/bin/sh', '-c', LIFELINE_SCRIPT, 'qrexec-sandbox', ...(spec.command ?? [`${INSIDE_PROJECT}/node`, `${INSIDE_PROJECT}/bin/qrexec-agent`, `--agent-socket=${INSIDE_AGENT_SOCKET}`])],
+    command: ['/bin/sh', '-c', LIFELINE_SCRIPT, 'qrexec-sandbox', ...(spec.command ?? [`${INSIDE_PROJECT}/node`, ...agentEntry(), `--agent-socket=${INSIDE_AGENT_SOCKET}`])],
     infoFd: 3,
   };
 }
@@ -203,7 +241,9 @@ export class Sandbox {
     fs.chownSync(spec.vchanDir, QUBE_USER_UID, QUBE_USER_UID);
     const cgroup = spec.limits ? SandboxCgroup.create(spec.cgroupName ?? path.basename(spec.runDir), spec.limits) : undefined;
     const plan = sandboxPlan(spec, cgroup?.procsFiles ?? []);
-    const cmd = launchCommand(plan, support.tools);
+    // QREXEC_TS_SHELL_MOUNTSTEP=1: the shell script's mount step even with the native one built (tests of that path)
+    const { mountstep, ...shellTools } = support.tools;
+    const cmd = launchCommand(plan, process.env['QREXEC_TS_SHELL_MOUNTSTEP'] === '1' || mountstep === undefined ? shellTools : { ...shellTools, mountstep });
     const fds: number[] = [];
     let proc: ChildProcess;
     try {
@@ -321,7 +361,7 @@ export class Sandbox {
     signal(this.pid, 'SIGKILL');
     await this.exited;
     // processes of the namespace may take a moment to be reaped
-    for (let i = 0; i < 200 && pidAlive(this.initPid); i++) await sleep(2);
+    for (let i = 0; i < 400 && pidAlive(this.initPid); i++) await sleep(1);
     if (this.cgroup) await this.cgroup.destroy();
     fs.rmSync(this.spec.runDir, { recursive: true, force: true });
     if (ownsRoot(this.spec)) {
