@@ -17,7 +17,9 @@
 // - max_running: how many idle qubes ran at once. By default only up to a
 //   cap (BENCH_RUNTIME_MANY, default 40) on this shared machine, and then
 //   max_running_is_cap is true; with --max-running it starts qubes until one
-//   fails, free memory falls under 2 GiB, or 500.
+//   fails, free memory falls under BENCH_RUNTIME_MIN_FREE_GIB (default 6), or
+//   500; many_*: how long the first and last 10 starts took, the host's
+//   descriptors and the machine's processes with them all running.
 // Baselines in the same run: a raw unix-socket round trip, `bwrap true`, a
 // spawn of `true`, and a call into a qube that is running.
 //
@@ -38,6 +40,8 @@ import { resourcePrefix } from '../src/runtime/index.js';
 const RUNS = Number(process.env['BENCH_RUNTIME_RUNS'] ?? 9);
 const FIND_MAX = process.argv.includes('--max-running');
 const MANY = FIND_MAX ? 500 : Number(process.env['BENCH_RUNTIME_MANY'] ?? 40);
+/** With --max-running: stop before free memory falls under this (GiB; the machine is shared). */
+const MIN_FREE_GIB = Number(process.env['BENCH_RUNTIME_MIN_FREE_GIB'] ?? 6);
 /** preload-dispvm-delay of the bench's disposable template (seconds). */
 const BENCH_PRELOAD_DELAY = process.env['BENCH_PRELOAD_DELAY'] ?? '1';
 
@@ -262,23 +266,30 @@ async function main(): Promise<void> {
       let running = 0;
       let stopReason = 'cap';
       const tMany = performance.now();
+      const manyStarts: number[] = [];
       for (let i = 0; i < MANY; i++) {
-        if (FIND_MAX && os.freemem() < 2 * 1024 ** 3) {
-          stopReason = 'free memory under 2 GiB';
+        if (FIND_MAX && os.freemem() < MIN_FREE_GIB * 1024 ** 3) {
+          stopReason = `free memory under ${MIN_FREE_GIB} GiB`;
           break;
         }
         const name = `m${i}`;
         await h.call('admin.vm.Create.AppVM', 'dom0', '', `name=${name} label=red`);
+        const ts = performance.now();
         try {
           await h.call('admin.vm.Start', name);
         } catch (e) {
-          stopReason = `start ${running + 1} failed: ${(e as Error).message.slice(0, 120)}`;
+          stopReason = `start ${running + 1} failed: ${(e as Error).message.slice(0, 160)}`;
           break;
         }
+        manyStarts.push(performance.now() - ts);
         running++;
+        if (running % 50 === 0) progress(`${running} qubes running, ${(os.freemem() / 1024 ** 3).toFixed(1)} GiB free, host fds ${fs.readdirSync('/proc/self/fd').length}, load ${os.loadavg()[0]?.toFixed(1)}`);
       }
       const manyStartS = (performance.now() - tMany) / 1000;
-      if (running > 0) await h.run(`m${running - 1}`, `${h.user}:echo ok`);
+      // the first and the last still answer
+      if (running > 0) for (const n of new Set([`m0`, `m${running - 1}`])) if ((await h.run(n, `${h.user}:echo ok`)) !== 'ok\n') throw new Error(`${n} does not answer`);
+      const hostFds = fs.readdirSync('/proc/self/fd').length;
+      const allPids = fs.readdirSync('/proc').filter((e) => /^\d+$/.test(e)).length;
       global.gc?.();
       await sleep(1000);
       const hostAfter = mem(process.pid).rss;
@@ -303,6 +314,10 @@ async function main(): Promise<void> {
         max_running_is_cap: !FIND_MAX && running === MANY,
         max_running_stop: FIND_MAX ? stopReason : `capped at ${MANY} (measure with --max-running)`,
         many_start_s: r1(manyStartS),
+        many_start_ms_p50_first10: r1(median(manyStarts.slice(0, 10))),
+        many_start_ms_p50_last10: r1(median(manyStarts.slice(-10))),
+        many_host_fds: hostFds,
+        many_machine_pids: allPids,
         baseline_raw_unix_rtt_ms_p50: Math.round(median(raw) * 1000) / 1000,
         baseline_bwrap_true_ms_p50: r1(median(bareBwrap)),
         baseline_spawn_true_ms_p50: r1(median(bareSpawn)),
