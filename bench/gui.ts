@@ -9,9 +9,13 @@
  * - page_ready_ms_1000: a fresh browser context navigates to the printed URL
  *   (token login, redirect, the app) until the qube manager holds all 1,000
  *   rows (aria-rowcount), sys-gui's model already loaded;
- * - page_cold_ms_1000 (one run): the same for the first page after sys-gui's
- *   server started, whose model loads then: admin.vm.List, GetAll and
- *   volume.Info for every qube, each one qrexec call sys-gui -> dom0;
+ * - page_cold_ms_1000 (one run): sys-gui restarted with its 1,000 qubes, from
+ *   starting its web app (the host's startGui: the server in the qube, the
+ *   token, the proxy) to the first page holding all rows, the page opened
+ *   as soon as the URL is known. The model loads when the server starts:
+ *   admin.vm.List, then GetAll for every qube (16 calls in flight), each one
+ *   qrexec call sys-gui -> dom0; disk usage (volume.Info) comes in a second
+ *   pass, and disk_pass_ms_1000 is when the last row has it;
  * - ask_shown_ms_p50: from spawning qrexec-client-vm in work (a call the
  *   policy asks about) to the prompt in the page (a MutationObserver, then
  *   the next animation frame, reported back through a binding so that this
@@ -34,6 +38,8 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import type { Page } from 'playwright-core';
 import { HostWorld } from '../test/gui/host-world.js';
+import { startGui, type RunningGui } from '../src/host/gui.js';
+import { silentLogger } from '../src/policyd/index.js';
 import { ROOT } from '../test/gui/harness.js';
 
 const N = 1000;
@@ -97,6 +103,19 @@ async function pageReady(w: HostWorld, rows: number): Promise<{ ms: number; page
   return { ms: now() - t0, page };
 }
 
+/** When (ms after `t0`) the model of sys-gui has the disk usage of every row: GET /api/qubes through the proxy, polled. */
+async function diskPass(w: HostWorld, t0: number): Promise<number> {
+  const { base: origin, token } = w.gui('sys-gui');
+  const login = await fetch(`${origin}/?token=${token}`, { redirect: 'manual' });
+  const cookie = (login.headers.get('set-cookie') ?? '').split(';')[0] as string;
+  for (;;) {
+    const r = (await (await fetch(`${origin}/api/qubes`, { headers: { cookie } })).json()) as { rows: { diskBytes: number | null }[] };
+    if (r.rows.length === N && r.rows.every((x) => x.diskBytes !== null)) return now() - t0;
+    if (now() - t0 > 300_000) throw new Error('the disk usage pass did not end in 300 s');
+    await new Promise((res) => setTimeout(res, 100));
+  }
+}
+
 /**
  * The time (this process's clock) of the animation frame after `selector`
  * first matches in the page: the page calls back through a binding, so one
@@ -137,8 +156,18 @@ async function main(): Promise<void> {
     for (let i = 0; i < N - have; i++) await w.admin('admin.vm.Create.AppVM', 'dom0', '', `name=q${String(i).padStart(4, '0')} label=${['green', 'blue', 'purple', 'orange'][i % 4]}`);
     log(`${N - have} qubes created in ${Math.round(performance.now() - t0)} ms`);
 
+    // cold: sys-gui restarted, so its web app starts with 1,000 qubes to load
+    await (w.guis.get('sys-gui') as RunningGui).proxy.close();
+    await w.admin('admin.vm.Kill', 'sys-gui');
+    await w.admin('admin.vm.Start', 'sys-gui');
+    const c0 = now();
+    w.guis.set('sys-gui', await startGui(w.sys, 'sys-gui', silentLogger));
+    const urlMs = now() - c0;
     const cold = await pageReady(w, N);
-    log(`cold page: ${Math.round(cold.ms)} ms`);
+    const coldMs = urlMs + cold.ms;
+    // the second pass: every row with its disk usage (qubesd's volume.Info usage=)
+    const diskMs = await diskPass(w, c0);
+    log(`cold page: ${Math.round(coldMs)} ms (URL after ${Math.round(urlMs)} ms); disk usage of every row after ${Math.round(diskMs)} ms`);
     await cold.page.context().close();
     const warm: number[] = [];
     for (let i = 0; i < RUNS; i++) {
@@ -198,7 +227,8 @@ async function main(): Promise<void> {
         qubes: N,
         runs: RUNS,
         page_ready_ms_1000: median(warm),
-        page_cold_ms_1000: Math.round(cold.ms),
+        page_cold_ms_1000: Math.round(coldMs),
+        disk_pass_ms_1000: Math.round(diskMs),
         ask_shown_ms_p50: median(asks),
         event_to_dom_ms_p50: median(ev),
         proxy_rtt_ms_p50: proxyRtt,

@@ -81,6 +81,26 @@ export class PolicyClient {
     return [...names, ...inc];
   }
 
+  /** The services the rules of every file name (their first column; not `*`), sorted. */
+  async services(): Promise<string[]> {
+    const names = await this.list();
+    const files = await Promise.all(names.map((n) => this.get(n).catch(() => null)));
+    const out = new Set<string>();
+    for (const f of files) {
+      for (const line of f?.content.split('\n') ?? []) {
+        const svc = /^\s*([^\s#!]\S*)\s/.exec(line)?.[1];
+        if (svc !== undefined && svc !== '*' && /^[\w.+-]{1,200}$/.test(svc)) out.add(svc);
+      }
+    }
+    return [...out].sort();
+  }
+
+  /** policy.GetFiles: the files with rules for `service` (or `*`), in load order. */
+  async filesFor(service: string): Promise<string[]> {
+    if (!/^[\w.-]{1,200}$/.test(service)) throw new PolicyCallError('PolicyAdminProtocolException', 'invalid service name');
+    return (await this.call(`policy.GetFiles+${service}`)).split('\n').filter(Boolean);
+  }
+
   async get(name: string): Promise<PolicyFile> {
     const { ns, base } = split(name);
     const text = await this.call(`${ns}.Get+${base}`);

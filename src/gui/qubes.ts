@@ -20,6 +20,8 @@ export interface QubeRow {
   readonly providesNetwork: boolean;
   /** Disk usage of the private volume in bytes, when known. */
   readonly diskBytes: number | null;
+  /** A disposable template (template_for_dispvms): disposables of it can be started. */
+  readonly dispvmTemplate: boolean;
 }
 
 export const ACTIONS = ['start', 'shutdown', 'kill', 'pause', 'unpause', 'remove'] as const;
@@ -47,7 +49,7 @@ const EVENT_STATE: Readonly<Record<string, string>> = {
 };
 
 /** The row's fields that are properties, by property name. */
-const ROW_FIELDS: Readonly<Record<string, 'label' | 'template' | 'netvm' | 'providesNetwork'>> = { label: 'label', template: 'template', netvm: 'netvm', provides_network: 'providesNetwork' };
+const ROW_FIELDS: Readonly<Record<string, 'label' | 'template' | 'netvm' | 'providesNetwork' | 'dispvmTemplate'>> = { label: 'label', template: 'template', netvm: 'netvm', provides_network: 'providesNetwork', template_for_dispvms: 'dispvmTemplate' };
 
 /** Qube names as qubesd accepts them (qubes/vm/__init__.py validate_name). */
 export const QUBE_NAME = /^[A-Za-z][A-Za-z0-9_.-]{0,30}$/;
@@ -107,15 +109,27 @@ export interface AudioState {
   readonly muted: boolean;
 }
 
-export type QubeChange = { readonly row: QubeRow } | { readonly removed: string } | { readonly all: true };
+export type QubeChange = { readonly row: QubeRow } | { readonly rows: readonly QubeRow[] } | { readonly removed: string } | { readonly all: true };
+
+/** Admin API reads in flight at once while loading (qubesd answers them one by one anyway). */
+export const READ_CONCURRENCY = 16;
+/** How often the list is checked against admin.vm.List (what the events cannot say). */
+export const RECONCILE_MS = 3000;
 
 export class QubeManager {
-  private readonly rows = new Map<string, QubeRow>();
+  private rows = new Map<string, QubeRow>();
+  /** The disk-usage pass in progress (tests wait for it). */
+  diskPass: Promise<void> = Promise.resolve();
   private readonly listeners = new Set<(change: QubeChange) => void>();
   private started: Promise<void> | null = null;
   private readonly refreshing = new Map<string, NodeJS.Timeout>();
   private closed = false;
   private retry: NodeJS.Timeout | undefined;
+  private reconciler: NodeJS.Timeout | undefined;
+  /** When each row was last read on its own (refreshNow). */
+  private readonly readAt = new Map<string, number>();
+  /** Tags per qube, once read (tags()). */
+  private readonly tagCache = new Map<string, Set<string>>();
   /** Why the list could not be loaded (shown in the page), or null. */
   error: string | null = null;
   loaded = false;
@@ -131,6 +145,11 @@ export class QubeManager {
     this.started ??= (async () => {
       // events first: a change during the load is not missed (the row is re-read)
       void this.follow();
+      // what no event tells: qubesd evaluates an event against its subject as it is after the
+      // change, so the removal of the guivm-<name> tag itself never reaches us (as in the
+      // reference). One admin.vm.List now and then drops the rows of qubes no longer ours.
+      this.reconciler = setInterval(() => void this.reconcile(), RECONCILE_MS);
+      this.reconciler.unref();
       try {
         await this.load();
       } catch (e) {
@@ -154,17 +173,62 @@ export class QubeManager {
     for (const f of this.listeners) f(c);
   }
 
+  /**
+   * The list, then the rows: admin.vm.List, then GetAll for each qube with
+   * at most {@link READ_CONCURRENCY} calls at once; the page gets them then.
+   * Disk usage (volume.Info, one more call per qube) comes in a second pass
+   * that does not hold the first paint back.
+   */
   private async load(): Promise<void> {
     const vms = parseVmList(await this.admin.call('admin.vm.List', 'dom0')).filter((v) => v.klass !== 'AdminVM');
-    const rows = await mapLimit(vms, 16, (v) => this.fetchRow(v.name, v.klass, v.state));
-    this.rows.clear();
-    for (const r of rows) if (r) this.rows.set(r.name, r);
+    const rows = await mapLimit(vms, READ_CONCURRENCY, (v) => this.fetchRow(v.name, v.klass, v.state, false));
+    const old = this.rows;
+    this.rows = new Map();
+    // a usage already known stays until the second pass reads it again
+    for (const r of rows) if (r) this.rows.set(r.name, { ...r, diskBytes: old.get(r.name)?.diskBytes ?? null });
     this.error = null;
     this.loaded = true;
     this.emit({ all: true });
+    this.diskPass = this.loadDisk();
   }
 
-  private async fetchRow(name: string, klass: string, state: string): Promise<QubeRow | null> {
+  /** The second pass: each row's disk usage; the page gets the rows in batches. */
+  private async loadDisk(): Promise<void> {
+    let dirty: QubeRow[] = [];
+    const flush = (): void => {
+      if (dirty.length > 0) this.emit({ rows: dirty });
+      dirty = [];
+    };
+    const timer = setInterval(flush, 250);
+    try {
+      await mapLimit([...this.rows.keys()], READ_CONCURRENCY, async (name) => {
+        if (this.closed) return;
+        const diskBytes = await this.diskUsage(name);
+        const cur = this.rows.get(name);
+        if (!cur || cur.diskBytes === diskBytes) return;
+        const next = { ...cur, diskBytes };
+        this.rows.set(name, next);
+        dirty.push(next);
+      });
+    } finally {
+      clearInterval(timer);
+      flush();
+    }
+  }
+
+  /** The private volume's usage as qubesd reports it (volume.Info `usage=`), null when unknown. */
+  private async diskUsage(name: string): Promise<number | null> {
+    try {
+      const info = await this.admin.call('admin.vm.volume.Info', name, 'private');
+      const u = /^usage=(\d+)$/m.exec(info)?.[1];
+      return u === undefined ? null : Number(u);
+    } catch {
+      // no private volume, or not allowed: unknown
+      return null;
+    }
+  }
+
+  private async fetchRow(name: string, klass: string, state: string, withDisk: boolean): Promise<QubeRow | null> {
     let p: Map<string, PropValue>;
     try {
       p = parseGetAll(await this.admin.call('admin.vm.property.GetAll', name));
@@ -173,16 +237,24 @@ export class QubeManager {
       this.log(`${name}: ${(e as Error).message}`);
       return null;
     }
-    let diskBytes: number | null = null;
-    try {
-      const info = await this.admin.call('admin.vm.volume.Info', name, 'private');
-      const u = /^usage=(\d+)$/m.exec(info)?.[1];
-      if (u !== undefined) diskBytes = Number(u);
-    } catch {
-      // no private volume, or not allowed: unknown
-    }
+    const diskBytes = withDisk ? await this.diskUsage(name) : null;
     const v = (k: string): string => p.get(k)?.value ?? '';
-    return { name, klass, state, label: v('label'), template: v('template'), netvm: v('netvm'), providesNetwork: v('provides_network') === 'True', diskBytes };
+    return { name, klass, state, label: v('label'), template: v('template'), netvm: v('netvm'), providesNetwork: v('provides_network') === 'True', diskBytes, dispvmTemplate: v('template_for_dispvms') === 'True' };
+  }
+
+  /** Drop the rows admin.vm.List no longer lists; read the qubes it lists that have no row. */
+  private async reconcile(): Promise<void> {
+    if (!this.loaded || this.closed) return;
+    const t0 = Date.now();
+    let names: Set<string>;
+    try {
+      names = new Set(parseVmList(await this.admin.call('admin.vm.List', 'dom0')).filter((v) => v.klass !== 'AdminVM').map((v) => v.name));
+    } catch {
+      return;
+    }
+    // a row read since the list was asked for is newer than the list
+    for (const name of [...this.rows.keys()]) if (!names.has(name) && (this.readAt.get(name) ?? 0) < t0 && this.rows.delete(name)) this.emit({ removed: name });
+    for (const name of names) if (!this.rows.has(name)) this.refresh(name);
   }
 
   private async follow(): Promise<void> {
@@ -202,6 +274,12 @@ export class QubeManager {
 
   private onEvent(e: AdminEvent): void {
     const vm = e.kwargs['vm'];
+    const tag = e.kwargs['tag'];
+    if (tag !== undefined && e.event.startsWith('domain-tag-')) {
+      const cached = this.tagCache.get(e.subject);
+      if (cached && e.event.startsWith('domain-tag-add:')) cached.add(tag);
+      else if (cached) cached.delete(tag);
+    }
     if (e.event === 'domain-add' && vm) return this.refresh(vm);
     if (e.event === 'domain-delete' && vm) {
       if (this.rows.delete(vm)) this.emit({ removed: vm });
@@ -225,12 +303,13 @@ export class QubeManager {
       const nv = e.kwargs['newvalue'];
       const cur = this.rows.get(row.name);
       if (field && nv !== undefined && cur) {
-        const next = { ...cur, [field]: field === 'providesNetwork' ? nv === 'True' : nv === 'None' ? '' : nv };
+        const next = { ...cur, [field]: field === 'providesNetwork' || field === 'dispvmTemplate' ? nv === 'True' : nv === 'None' ? '' : nv };
         this.rows.set(row.name, next);
         this.emit({ row: next });
       }
     }
-    if (state !== undefined || e.event.startsWith('property-set:') || e.event.startsWith('property-reset:') || e.event.startsWith('property-del:')) this.refresh(row.name);
+    // a tag removed (guivm-<name>): the qube may no longer be ours, and the re-read drops it then
+    if (state !== undefined || e.event.startsWith('domain-tag-delete:') || e.event.startsWith('property-set:') || e.event.startsWith('property-reset:') || e.event.startsWith('property-del:')) this.refresh(row.name);
   }
 
   /** Re-read one qube (a burst of events is one refresh). */
@@ -252,12 +331,14 @@ export class QubeManager {
     } catch {
       v = undefined;
     }
-    const row = v ? await this.fetchRow(name, v.klass, v.state) : null;
+    const row = v ? await this.fetchRow(name, v.klass, v.state, true) : null;
     if (!row) {
+      this.readAt.delete(name);
       if (this.rows.delete(name)) this.emit({ removed: name });
       return;
     }
     this.rows.set(name, row);
+    this.readAt.set(name, Date.now());
     this.emit({ row });
   }
 
@@ -273,6 +354,23 @@ export class QubeManager {
     if (!(ACTIONS as readonly string[]).includes(action)) throw bad('invalid action');
     await this.admin.call(ACTION_METHOD[action], name);
     if (action === 'remove' && this.rows.delete(name)) this.emit({ removed: name });
+  }
+
+  /**
+   * A new disposable of a disposable template of ours, started: as the
+   * reference's manager and domains widget, admin.vm.CreateDisposable on the
+   * template, then admin.vm.Start on the qube qubesd names. qubesd makes it
+   * ours (the creator's set-created-guivm); the policy lets a GUI domain do
+   * this only for its own templates. Its row comes with the domain-add event.
+   * @throws AdminError
+   */
+  async startDisposable(template: string): Promise<string> {
+    this.known(template);
+    if (!this.rows.get(template)?.dispvmTemplate) throw bad(`${template} is not a disposable template (template_for_dispvms is False)`);
+    const name = (await this.admin.call('admin.vm.CreateDisposable', template)).trim();
+    if (!QUBE_NAME.test(name)) throw new AdminError('ProtocolError', 'admin.vm.CreateDisposable: unexpected reply');
+    await this.admin.call('admin.vm.Start', name);
+    return name;
   }
 
   /** Every property, tag and feature of a qube. @throws AdminError */
@@ -355,6 +453,21 @@ export class QubeManager {
     return { audiovm, volume: Number(m[1]), muted: m[2] === '1' };
   }
 
+  /**
+   * The tags of this GUI domain's qubes (admin.vm.tag.List each, read once and
+   * then kept by the tag events), for the policy editor's completion.
+   */
+  async tags(): Promise<string[]> {
+    const missing = [...this.rows.keys()].filter((n) => !this.tagCache.has(n));
+    await mapLimit(missing, READ_CONCURRENCY, async (name) => {
+      const list = await this.admin.call('admin.vm.tag.List', name).catch(() => '');
+      this.tagCache.set(name, new Set(list.split('\n').filter((t) => TAG_NAME.test(t))));
+    });
+    const all = new Set<string>();
+    for (const [name, tags] of this.tagCache) if (this.rows.has(name)) for (const t of tags) all.add(t);
+    return [...all].sort();
+  }
+
   /** The labels (admin.label.List), for the create form. */
   async labels(): Promise<string[]> {
     return (await this.admin.call('admin.label.List', 'dom0')).split('\n').filter((l) => /^[a-z]{1,20}$/.test(l));
@@ -363,6 +476,7 @@ export class QubeManager {
   close(): void {
     this.closed = true;
     clearTimeout(this.retry);
+    clearInterval(this.reconciler);
     for (const t of this.refreshing.values()) clearTimeout(t);
     this.refreshing.clear();
   }

@@ -165,6 +165,7 @@ export class GuiServer {
             else if (what === 'property') await qm().setProperty(name, str(b['name'], 'name'), value ?? null);
             else if (what === 'feature') await qm().setFeature(name, str(b['name'], 'name'), value ?? null);
             else if (what === 'tag') await qm().setTag(name, str(b['name'], 'name'), b['on'] !== false);
+            else if (what === 'dispvm') return { name: await qm().startDisposable(name) };
             else if (what === 'audio') return await qm().audio(name, typeof b['muted'] === 'boolean' ? { muted: b['muted'] } : { volume: Number(b['volume']) });
             else throw new HttpError(404, 'no such action');
             return { ok: true };
@@ -215,6 +216,18 @@ export class GuiServer {
     return [
       { method: 'GET', pattern: '/api/policy', handler: () => guard(async () => ({ files: await pc().list() })) },
       { method: 'GET', pattern: '/api/policy/file', handler: (r) => guard(() => pc().get(r.query.get('name') ?? '')) },
+      { method: 'GET', pattern: '/api/policy/files-for', handler: (r) => guard(async () => ({ files: await pc().filesFor(r.query.get('service') ?? '') })) },
+      {
+        // what the editor completes: only what this GUI domain may see
+        method: 'GET',
+        pattern: '/api/policy/vocabulary',
+        handler: () =>
+          guard(async () => {
+            const rows = this.qubes?.list() ?? [];
+            const [services, tags] = await Promise.all([pc().services(), this.qubes ? this.qubes.tags() : Promise.resolve([])]);
+            return { qubes: rows.map((r) => r.name), tags, dispvmTemplates: rows.filter((r) => r.dispvmTemplate).map((r) => r.name), services };
+          }),
+      },
       {
         method: 'POST',
         pattern: '/api/policy/check',
@@ -266,6 +279,8 @@ export class GuiServer {
 
   /** Make the sockets. */
   async listen(): Promise<void> {
+    // the model loads now, not when the first page asks for it
+    void this.qubes?.start();
     fs.mkdirSync(this.opts.rpcDir, { recursive: true });
     for (const svc of SERVICES) {
       const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (s) => this.accept(svc, s));

@@ -174,7 +174,7 @@ void test('policy editor: live check with file:line errors and the impact diff, 
   const page = await w.page('sys-gui');
   await page.getByRole('button', { name: 'Policy' }).click();
   await page.getByRole('list', { name: 'Policy files' }).getByRole('button', { name: '30-user', exact: true }).click();
-  const editor = page.getByRole('textbox', { name: 'Policy text' });
+  const editor = page.getByRole('combobox', { name: 'Policy text' });
   await until(async () => (await editor.inputValue()).includes('vault'), 10_000, 'the file loaded');
   const original = await editor.inputValue();
 
@@ -222,6 +222,78 @@ void test('policy editor: live check with file:line errors and the impact diff, 
   assert.equal(fs.readFileSync(file, 'utf8'), theirs, 'not overwritten');
   assert.match(await editor.inputValue(), /# mine\n$/, 'the edited text is kept');
   await shot(page, '17-policy-conflict');
+  await page.context().close();
+});
+
+void test('policy editor: completion of services, qube names, @tokens with tags, actions and options, from what this GUI domain may see; keyboard-driven (ARIA combobox and listbox)', { timeout: 60_000 }, async () => {
+  const page = await w.page('sys-gui');
+  await page.getByRole('button', { name: 'Policy' }).click();
+  await page.getByRole('list', { name: 'Policy files' }).getByRole('button', { name: '30-user', exact: true }).click();
+  const editor = page.getByRole('combobox', { name: 'Policy text' });
+  await until(async () => (await editor.inputValue()) !== '', 10_000, 'the file loaded');
+  const original = await editor.inputValue();
+  const list = page.getByRole('listbox', { name: 'Completions' });
+  const options = (): Promise<string[]> => list.getByRole('option').allTextContents();
+  const active = async (): Promise<string> => {
+    const id = (await editor.getAttribute('aria-activedescendant')) ?? '';
+    return (await page.locator(`#${id}`).getAttribute('aria-selected')) === 'true' ? ((await page.locator(`#${id}`).textContent()) ?? '') : '';
+  };
+  await editor.focus();
+  await page.keyboard.press('Control+End');
+  if (!original.endsWith('\n')) await page.keyboard.press('Enter');
+
+  // a service named in the policy files
+  await page.keyboard.type('qubes.Fil');
+  await list.waitFor({ timeout: 5000 });
+  assert.equal(await editor.getAttribute('aria-expanded'), 'true');
+  assert.ok((await options()).includes('qubes.Filecopy'), 'qubes.Filecopy offered');
+  while ((await active()) !== 'qubes.Filecopy') await page.keyboard.press('ArrowDown');
+  await page.keyboard.press('Enter');
+  await until(async () => (await editor.getAttribute('aria-expanded')) === 'false', 5000, 'closed after the choice');
+  // the argument, then the source: this GUI domain's qubes and the source @tokens, not another's qubes
+  await page.keyboard.type(' * ');
+  await page.keyboard.press('Control+Space');
+  await list.waitFor({ timeout: 5000 });
+  const sources = await options();
+  for (const o of ['@anyvm', '@adminvm', 'personal', 'work', 'tpl', '@type:AppVM', '@tag:guivm-sys-gui']) assert.ok(sources.includes(o), `${o} offered as a source`);
+  assert.ok(!sources.includes('@default') && !sources.includes('@dispvm'), 'no target-only token as a source');
+  assert.ok(!sources.some((o) => /alice|sys-gui-2|vault/.test(o)), `only sys-gui's qubes and tags: ${sources.join(' ')}`);
+  await page.keyboard.type('wo');
+  assert.deepEqual(await options(), ['work']);
+  await page.keyboard.press('Tab');
+  // the target: @tag: goes on to the tags
+  await page.keyboard.type(' @ta');
+  await list.getByRole('option', { name: '@tag:guivm-sys-gui', exact: true }).waitFor({ timeout: 5000 });
+  await page.keyboard.type('g:guivm');
+  // prefix matches first, then the others containing the word
+  assert.deepEqual(await options(), ['@tag:guivm-sys-gui', '@dispvm:@tag:guivm-sys-gui']);
+  await shot(page, '24-policy-completion');
+  await page.keyboard.press('Enter');
+  // the action, then its options
+  await page.keyboard.type(' a');
+  assert.deepEqual(await options(), ['allow', 'ask']);
+  await page.keyboard.press('ArrowDown');
+  assert.equal(await active(), 'ask');
+  await page.keyboard.press('Enter');
+  await page.keyboard.type(' def');
+  assert.deepEqual(await options(), ['default_target=']);
+  await page.keyboard.press('Enter');
+  await list.getByRole('option', { name: 'personal', exact: true }).waitFor({ timeout: 5000 });
+  await page.keyboard.type('pe');
+  await page.keyboard.press('Enter');
+  // Escape closes without a change
+  await page.keyboard.type(' no');
+  await list.waitFor({ timeout: 5000 });
+  await page.keyboard.press('Escape');
+  assert.equal(await editor.getAttribute('aria-expanded'), 'false');
+  assert.ok(await list.isHidden());
+  const last = (await editor.inputValue()).split('\n').filter(Boolean).pop();
+  assert.equal(last, 'qubes.Filecopy * work @tag:guivm-sys-gui ask default_target=personal no');
+  // and the line completed that way is one dom0 accepts (the impact of the change is shown)
+  await page.keyboard.press('Backspace');
+  await page.keyboard.press('Backspace');
+  await page.keyboard.press('Backspace');
+  await page.getByRole('region', { name: 'Impact of the change' }).waitFor({ timeout: 10_000 });
   await page.context().close();
 });
 
@@ -329,6 +401,72 @@ void test("sound: per-qube volume and mute in the settings, each an audio.Volume
   await page2.context().close();
 });
 
+void test('qube manager: a disposable of a disposable template of ours is started (CreateDisposable then Start, as the reference), listed live and dropped when killed; another GUI domain cannot; a qube given to another GUI domain leaves the list; template_for_dispvms and audiovm are edited in the settings', { timeout: 120_000 }, async () => {
+  await w.admin('admin.vm.Create.AppVM', 'dom0', '', 'name=web-dvm label=red');
+  await w.admin('admin.vm.Create.AppVM', 'dom0', '', 'name=alice-dvm label=green');
+  await w.admin('admin.vm.property.Set', 'alice-dvm', 'guivm', 'sys-gui-2');
+  await w.admin('admin.vm.property.Set', 'alice-dvm', 'template_for_dispvms', 'True');
+  const page = await w.page('sys-gui');
+  await page.locator('tr[data-qube="web-dvm"]').waitFor({ timeout: 10_000 });
+  const startDisp = page.getByRole('button', { name: 'Start a disposable of web-dvm', exact: true });
+  assert.equal(await startDisp.count(), 0, 'not a disposable template yet');
+
+  // the settings make it one, and change its audio domain
+  await page.getByRole('button', { name: 'Settings of web-dvm', exact: true }).click();
+  const dlg = page.getByRole('dialog', { name: 'Settings of web-dvm' });
+  await dlg.getByRole('combobox', { name: 'template_for_dispvms' }).selectOption('True');
+  await dlg.getByRole('textbox', { name: 'audiovm' }).fill('');
+  await dlg.getByRole('button', { name: 'Save' }).click();
+  const reg = w.sys.qubesd.registry;
+  await until(() => reg.byName('web-dvm')?.get('template_for_dispvms') === true && (reg.byName('web-dvm')?.get('audiovm') ?? null) === null, 10_000, 'template_for_dispvms and audiovm set');
+  await dlg.getByText('web-dvm has no audio domain').waitFor({ timeout: 10_000 });
+  await dlg.getByRole('textbox', { name: 'audiovm' }).fill('sys-audio');
+  await dlg.getByRole('button', { name: 'Save' }).click();
+  await until(() => reg.byName('web-dvm')?.get('audiovm') === 'sys-audio', 10_000, 'audiovm sys-audio again');
+  await dlg.getByRole('button', { name: 'Close' }).click();
+
+  // start a disposable: a new row, running, sys-gui's (its set-created-guivm)
+  const before = new Set(await rowNames(page));
+  await startDisp.click();
+  await page.getByRole('status').filter({ hasText: /^Started disp\d+, a disposable of web-dvm$/ }).waitFor({ timeout: 30_000 });
+  const disp = (/^Started (disp\d+)/.exec((await page.getByRole('status').filter({ hasText: /^Started disp/ }).textContent()) ?? '') as RegExpExecArray)[1] as string;
+  assert.ok(!before.has(disp));
+  await until(async () => (await stateOf(page, disp).textContent().catch(() => '')) === 'Running', 30_000, `${disp} Running in the page`);
+  const q = reg.byName(disp);
+  assert.equal(q?.klass, 'DispVM');
+  assert.equal(q?.get('template'), 'web-dvm');
+  assert.equal(q?.get('guivm'), 'sys-gui');
+  assert.equal(q?.power, 'Running');
+  await shot(page, '23-disposable');
+
+  // not for another GUI domain's template: not through the web app, not directly
+  const forged = await page.evaluate(async () => {
+    const csrf = document.querySelector<HTMLMetaElement>('meta[name="qgui-csrf"]')?.content ?? '';
+    const post = (p: string) => fetch(p, { method: 'POST', headers: { 'content-type': 'application/json', 'x-qgui-csrf': csrf }, body: '{}' }).then((r) => r.status);
+    return { other: await post('/api/qubes/alice-dvm/dispvm'), notTemplate: await post('/api/qubes/work/dispvm') };
+  });
+  assert.deepEqual(forged, { other: 404, notTemplate: 400 });
+  assert.equal((await callFrom('sys-gui', 'alice-dvm', 'admin.vm.CreateDisposable')).code, 126);
+  assert.equal((await callFrom('sys-gui-2', 'web-dvm', 'admin.vm.CreateDisposable')).code, 126);
+  const page2 = await w.page('sys-gui-2');
+  await page2.locator('tr[data-qube="alice-dvm"]').waitFor({ timeout: 10_000 });
+  assert.ok(!(await rowNames(page2)).includes(disp));
+  assert.equal(reg.list().filter((x) => x.klass === 'DispVM').length, 1, 'one disposable only');
+
+  // killed: the disposable is removed (auto_cleanup) and its row goes (domain-delete)
+  await page.getByRole('button', { name: `Kill ${disp}`, exact: true }).click();
+  await until(async () => !(await rowNames(page)).includes(disp), 30_000, `${disp} gone from the page`);
+  await until(() => reg.byName(disp) === undefined, 10_000, `${disp} removed`);
+
+  // a qube given to another GUI domain (its guivm-sys-gui tag removed) leaves the list, and joins the other's
+  await w.admin('admin.vm.property.Set', 'web-dvm', 'guivm', 'sys-gui-2');
+  await until(async () => !(await rowNames(page)).includes('web-dvm'), 10_000, 'web-dvm gone from sys-gui');
+  await page2.locator('tr[data-qube="web-dvm"]').waitFor({ timeout: 10_000 });
+  await page.context().close();
+  await page2.context().close();
+  for (const n of ['web-dvm', 'alice-dvm']) await w.admin('admin.vm.Remove', n);
+});
+
 // last in this file: it leaves the RemoteVM in the world
 void test('qube manager: a RemoteVM (Qubes Air) tagged for this GUI domain after its creation is listed, with no power actions (qubes-issues#10121)', { timeout: 60_000 }, async () => {
   const page = await w.page('sys-gui');
@@ -342,5 +480,8 @@ void test('qube manager: a RemoteVM (Qubes Air) tagged for this GUI domain after
   assert.deepEqual(await far.locator('td.row-actions button').evaluateAll((bs) => bs.map((b) => b.getAttribute('aria-label'))), ['Settings of far']);
   // a local qube in the same list keeps its power actions
   assert.ok((await page.locator('tr[data-qube="work"] td.row-actions button').count()) > 1);
+  // the tag removed: no longer this GUI domain's, its row goes at once
+  await w.admin('admin.vm.tag.Remove', 'far', 'guivm-sys-gui');
+  await until(async () => !(await rowNames(page)).includes('far'), 10_000, 'far gone from the list');
   await page.context().close();
 });

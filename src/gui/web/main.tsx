@@ -41,14 +41,16 @@ function App() {
           qubes: (d) => setQubes(d as QubesEvent),
           term: (d) => onTermEvent(d as { id: string }),
           qube: (d) => {
-            const c = d as { row?: QubeRow; removed?: string };
+            const c = d as { row?: QubeRow; rows?: QubeRow[]; removed?: string };
             setQubes((q) => {
               if (c.removed !== undefined) return { ...q, rows: q.rows.filter((r) => r.name !== c.removed) };
-              const row = c.row;
-              if (!row) return q;
-              const i = q.rows.findIndex((r) => r.name === row.name);
-              const rows = i < 0 ? [...q.rows, row].sort((a, b) => a.name.localeCompare(b.name)) : q.rows.map((r, j) => (j === i ? row : r));
-              return { ...q, rows };
+              const changed = c.rows ?? (c.row ? [c.row] : []);
+              if (changed.length === 0) return q;
+              const byName = new Map(changed.map((r) => [r.name, r]));
+              const rows = q.rows.map((r) => byName.get(r.name) ?? r);
+              const known = new Set(q.rows.map((r) => r.name));
+              const added = changed.filter((r) => !known.has(r.name));
+              return { ...q, rows: added.length === 0 ? rows : [...rows, ...added].sort((a, b) => a.name.localeCompare(b.name)) };
             });
           },
           notice: (d) => {

@@ -6,7 +6,8 @@
  * and "Explain a call" (policy.Eval). The audit log view (audit.Query):
  * filters and a live tail.
  */
-import { useEffect, useRef, useState } from 'preact/hooks';
+import { useEffect, useLayoutEffect, useRef, useState } from 'preact/hooks';
+import { complete, type Completion, type Vocabulary } from './complete.js';
 import { ApiError, get, post } from './api.js';
 import { TableHead } from './table.js';
 
@@ -51,10 +52,99 @@ function highlight(line: string): preact.ComponentChildren {
   return out;
 }
 
-function Editor({ value, onChange, diagnostics }: { value: string; onChange: (v: string) => void; diagnostics: readonly Diagnostic[] }) {
+/** The text column of `pos` on its line (tabs to the next multiple of 8), and the line's index. */
+function caretCell(text: string, pos: number): { line: number; col: number } {
+  const lineStart = text.lastIndexOf('\n', pos - 1) + 1;
+  let col = 0;
+  for (const ch of text.slice(lineStart, pos)) col = ch === '\t' ? (Math.floor(col / 8) + 1) * 8 : col + 1;
+  return { line: text.slice(0, lineStart).split('\n').length - 1, col };
+}
+
+/** ARIA 1.2 lets a multi-line text field be a combobox; Preact's types know only `textbox` for a textarea. */
+const COMBOBOX = { role: 'combobox' } as Record<string, string>;
+const LINE_PX = 20;
+const PAD_TOP = 10;
+const PAD_LEFT = 52;
+
+/**
+ * The policy text: a textarea over its highlighted copy. Completion follows
+ * the ARIA combobox pattern: the textarea is the combobox, the suggestions a
+ * listbox next to the caret; typing opens it, Ctrl+Space asks for it,
+ * ArrowUp/ArrowDown choose, Enter or Tab accepts, Escape closes.
+ */
+function Editor({ value, onChange, diagnostics, vocabulary }: { value: string; onChange: (v: string) => void; diagnostics: readonly Diagnostic[]; vocabulary: Vocabulary }) {
   const pre = useRef<HTMLPreElement>(null);
+  const area = useRef<HTMLTextAreaElement>(null);
+  const caret = useRef<number | null>(null);
+  const [menu, setMenu] = useState<(Completion & { active: number; top: number; left: number }) | null>(null);
   const bad = new Set(diagnostics.map((d) => d.line));
   const lines = value.split('\n');
+
+  useLayoutEffect(() => {
+    const t = area.current;
+    if (t && caret.current !== null) {
+      t.setSelectionRange(caret.current, caret.current);
+      caret.current = null;
+    }
+  });
+
+  const charPx = (): number => {
+    const t = area.current;
+    const ctx = document.createElement('canvas').getContext('2d');
+    if (!t || !ctx) return 8;
+    ctx.font = getComputedStyle(t).font;
+    return ctx.measureText('0').width || 8;
+  };
+
+  /** Open (or refresh) the suggestions for the cursor; `force`: even before any letter. */
+  const suggest = (text: string, pos: number, force: boolean): void => {
+    const c = complete(text, pos, vocabulary);
+    if (c.items.length === 0 || (!force && pos === c.from)) {
+      setMenu(null);
+      return;
+    }
+    const t = area.current;
+    const cell = caretCell(text, c.from);
+    const top = PAD_TOP + (cell.line + 1) * LINE_PX - (t?.scrollTop ?? 0) + 2;
+    const left = Math.max(0, PAD_LEFT + cell.col * charPx() - (t?.scrollLeft ?? 0) - 4);
+    setMenu({ ...c, active: 0, top, left });
+  };
+
+  const accept = (item: string): void => {
+    const t = area.current;
+    if (!t || !menu) return;
+    const pos = t.selectionStart;
+    const text = value.slice(0, menu.from) + item + value.slice(pos);
+    const at = menu.from + item.length;
+    caret.current = at;
+    onChange(text);
+    // a prefix (@tag:, target=) goes on to its values
+    if (/[:=]$/.test(item)) suggest(text, at, true);
+    else setMenu(null);
+  };
+
+  const onKey = (e: KeyboardEvent): void => {
+    const t = e.currentTarget as HTMLTextAreaElement;
+    if (e.key === ' ' && e.ctrlKey) {
+      e.preventDefault();
+      suggest(value, t.selectionStart, true);
+      return;
+    }
+    if (!menu) return;
+    const n = menu.items.length;
+    if (e.key === 'ArrowDown' || e.key === 'ArrowUp') {
+      e.preventDefault();
+      setMenu({ ...menu, active: (menu.active + (e.key === 'ArrowDown' ? 1 : n - 1)) % n });
+    } else if (e.key === 'Enter' || e.key === 'Tab') {
+      e.preventDefault();
+      accept(menu.items[menu.active] as string);
+    } else if (e.key === 'Escape') {
+      e.preventDefault();
+      e.stopPropagation();
+      setMenu(null);
+    } else if (e.key === 'ArrowLeft' || e.key === 'ArrowRight' || e.key === 'Home' || e.key === 'End' || e.key === 'PageUp' || e.key === 'PageDown') setMenu(null);
+  };
+
   return (
     <div class="editor">
       <pre class="editor-hl" ref={pre} aria-hidden="true">
@@ -67,20 +157,64 @@ function Editor({ value, onChange, diagnostics }: { value: string; onChange: (v:
         ))}
       </pre>
       <textarea
+        ref={area}
         class="editor-text"
+        {...COMBOBOX}
         aria-label="Policy text"
+        aria-multiline="true"
+        aria-autocomplete="list"
+        aria-haspopup="listbox"
+        aria-expanded={menu !== null}
+        aria-controls="policy-completions"
+        aria-activedescendant={menu ? `policy-completion-${menu.active}` : undefined}
         spellcheck={false}
         value={value}
-        onInput={(e) => onChange((e.currentTarget as HTMLTextAreaElement).value)}
+        onKeyDown={onKey}
+        onBlur={() => setMenu(null)}
+        onClick={() => setMenu(null)}
+        onInput={(e) => {
+          const t = e.currentTarget as HTMLTextAreaElement;
+          onChange(t.value);
+          const typed = (e as InputEvent).inputType === 'insertText' && (e as InputEvent).data !== ' ';
+          if (typed || (menu && (e as InputEvent).inputType.startsWith('delete'))) suggest(t.value, t.selectionStart, false);
+          else setMenu(null);
+        }}
         onScroll={(e) => {
+          setMenu(null);
           if (pre.current) {
             pre.current.scrollTop = (e.currentTarget as HTMLTextAreaElement).scrollTop;
             pre.current.scrollLeft = (e.currentTarget as HTMLTextAreaElement).scrollLeft;
           }
         }}
       />
+      <ul id="policy-completions" class="completions" role="listbox" aria-label="Completions" hidden={menu === null} style={menu ? { top: `${menu.top}px`, left: `${menu.left}px` } : undefined}>
+        {menu?.items.map((it, i) => (
+          <li
+            key={it}
+            id={`policy-completion-${i}`}
+            role="option"
+            aria-selected={i === menu.active}
+            class={i === menu.active ? 'active' : ''}
+            onMouseDown={(e) => {
+              e.preventDefault();
+              accept(it);
+            }}
+          >
+            {it}
+          </li>
+        ))}
+      </ul>
     </div>
   );
+}
+
+/** What the editor completes (the server's /api/policy/vocabulary), the qube list until it came. */
+function useVocabulary(qubes: readonly string[]): Vocabulary {
+  const [v, setV] = useState<Vocabulary | null>(null);
+  useEffect(() => {
+    get<Vocabulary>('/api/policy/vocabulary').then(setV, () => undefined);
+  }, []);
+  return v ?? { qubes, tags: [], dispvmTemplates: [], services: [] };
 }
 
 const errText = (e: unknown): string => (e instanceof Error ? e.message : String(e));
@@ -96,6 +230,7 @@ export function PolicyView({ onStatus, qubes }: { onStatus: (m: string, e?: bool
   const [check, setCheck] = useState<{ error: string; diagnostics: Diagnostic[]; impact: Impact | null; pending: boolean }>({ error: '', diagnostics: [], impact: null, pending: false });
   const [conflict, setConflict] = useState('');
   const timer = useRef<number | undefined>(undefined);
+  const vocabulary = useVocabulary(qubes);
 
   useEffect(() => {
     get<{ files: string[] }>('/api/policy').then(
@@ -189,7 +324,7 @@ export function PolicyView({ onStatus, qubes }: { onStatus: (m: string, e?: bool
                   Save
                 </button>
               </div>
-              <Editor value={text} onChange={setText} diagnostics={check.diagnostics.filter((d) => d.file.endsWith(`${file.name}.policy`) || d.file.endsWith(file.name))} />
+              <Editor value={text} onChange={setText} vocabulary={vocabulary} diagnostics={check.diagnostics.filter((d) => d.file.endsWith(`${file.name}.policy`) || d.file.endsWith(file.name))} />
               {conflict && (
                 <p class="error" role="alert">
                   {conflict}

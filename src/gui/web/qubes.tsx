@@ -64,6 +64,18 @@ export function QubeManagerView({ data, onStatus }: { data: QubesEvent; onStatus
     }
   };
 
+  const startDisposable = async (template: string): Promise<void> => {
+    setBusy((b) => ({ ...b, [template]: true }));
+    try {
+      const r = await post<{ name: string }>(`/api/qubes/${encodeURIComponent(template)}/dispvm`, {});
+      onStatus(`Started ${r.name}, a disposable of ${template}`);
+    } catch (e) {
+      onStatus(`A disposable of ${template} failed: ${message(e)}`, true);
+    } finally {
+      setBusy((b) => ({ ...b, [template]: false }));
+    }
+  };
+
   return (
     <section class="panel" aria-labelledby="qubes-title">
       <div class="panel-head">
@@ -120,6 +132,11 @@ export function QubeManagerView({ data, onStatus }: { data: QubesEvent; onStatus
                         {ACT_LABEL[a]}
                       </button>
                     ))}
+                    {r.dispvmTemplate && r.klass !== 'RemoteVM' && (
+                      <button type="button" class="button small" disabled={busy[r.name]} aria-label={`Start a disposable of ${r.name}`} title="A new disposable qube of this template, started" onClick={() => void startDisposable(r.name)}>
+                        Disposable
+                      </button>
+                    )}
                     <button type="button" class="button small" aria-label={`Settings of ${r.name}`} onClick={() => setSettings(r.name)}>
                       Settings
                     </button>
@@ -252,7 +269,7 @@ function CreateDialog({ rows, onClose, onStatus }: { rows: readonly QubeRow[]; o
 }
 
 /** The properties the settings form edits directly (others: the table below). */
-const EDITED = ['label', 'template', 'netvm', 'memory', 'vcpus', 'autostart', 'default_dispvm'] as const;
+const EDITED = ['label', 'template', 'netvm', 'audiovm', 'memory', 'vcpus', 'autostart', 'default_dispvm', 'template_for_dispvms'] as const;
 
 interface AudioState {
   readonly audiovm: string | null;
@@ -352,6 +369,7 @@ function SettingsDialog({ name, rows, onClose, onStatus }: { name: string; rows:
     template: rows.filter((r) => r.klass === 'TemplateVM').map((r) => r.name),
     netvm: ['', ...rows.filter((r) => r.providesNetwork && r.name !== name).map((r) => r.name)],
     autostart: ['False', 'True'],
+    template_for_dispvms: ['False', 'True'],
   };
   const val = (p: string): string => edits[p] ?? d?.properties[p]?.value ?? '';
   return (
@@ -395,7 +413,7 @@ function SettingsDialog({ name, rows, onClose, onStatus }: { name: string; rows:
                 </button>
               </div>
             </form>
-            <SoundControl name={name} />
+            <SoundControl key={d.properties['audiovm']?.value ?? ''} name={name} />
             <h3>Tags</h3>
             <ul class="chips" aria-label="Tags">
               {d.tags.map((t) => (

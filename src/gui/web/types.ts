@@ -47,6 +47,7 @@ export interface QubeRow {
   readonly netvm: string;
   readonly providesNetwork: boolean;
   readonly diskBytes: number | null;
+  readonly dispvmTemplate: boolean;
 }
 
 export interface QubesEvent {
