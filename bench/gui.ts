@@ -103,6 +103,28 @@ async function pageReady(w: HostWorld, rows: number): Promise<{ ms: number; page
   return { ms: now() - t0, page };
 }
 
+/**
+ * BENCH_CPU_PROFILE=DIR: a CPU profile of this process (the host: qubesd,
+ * the policy daemon, the qrexec daemons) during a phase, written to
+ * DIR/gui-PHASE.cpuprofile (open it in Chromium's DevTools); else nothing.
+ */
+async function profile(phase: string): Promise<() => Promise<void>> {
+  const dir = process.env['BENCH_CPU_PROFILE'];
+  if (!dir) return () => Promise.resolve();
+  const { Session } = await import('node:inspector/promises');
+  const s = new Session();
+  s.connect();
+  await s.post('Profiler.enable');
+  await s.post('Profiler.start');
+  return async () => {
+    const { profile: p } = await s.post('Profiler.stop');
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, `gui-${phase}.cpuprofile`), JSON.stringify(p));
+    s.disconnect();
+    log(`CPU profile of the ${phase} phase: ${path.join(dir, `gui-${phase}.cpuprofile`)}`);
+  };
+}
+
 /** When (ms after `t0`) the model of sys-gui has the disk usage of every row: GET /api/qubes through the proxy, polled. */
 async function diskPass(w: HostWorld, t0: number): Promise<number> {
   const { base: origin, token } = w.gui('sys-gui');
@@ -160,6 +182,7 @@ async function main(): Promise<void> {
     await (w.guis.get('sys-gui') as RunningGui).proxy.close();
     await w.admin('admin.vm.Kill', 'sys-gui');
     await w.admin('admin.vm.Start', 'sys-gui');
+    const stopProfile = await profile('cold');
     const c0 = now();
     w.guis.set('sys-gui', await startGui(w.sys, 'sys-gui', silentLogger));
     const urlMs = now() - c0;
@@ -167,6 +190,7 @@ async function main(): Promise<void> {
     const coldMs = urlMs + cold.ms;
     // the second pass: every row with its disk usage (qubesd's volume.Info usage=)
     const diskMs = await diskPass(w, c0);
+    await stopProfile();
     log(`cold page: ${Math.round(coldMs)} ms (URL after ${Math.round(urlMs)} ms); disk usage of every row after ${Math.round(diskMs)} ms`);
     await cold.page.context().close();
     const warm: number[] = [];

@@ -297,6 +297,76 @@ void test('policy editor: completion of services, qube names, @tokens with tags,
   await page.context().close();
 });
 
+void test('policy by service (as Global Config): rows source/action/target written to its own 50-config file through the Policy API, with the impact before saving; the next call is decided by it; remove; a conflict; a file it cannot show goes to the text editor', { timeout: 120_000 }, async () => {
+  await w.admin('admin.vm.Start', 'work');
+  await w.admin('admin.vm.Start', 'personal');
+  const own = path.join(w.sys.info.policyDir, '50-config-vmexec.policy');
+  assert.ok(!fs.existsSync(own));
+  assert.equal((await callFrom('personal', 'work', 'qubes.VMExec+cat', 'hi\n')).code, 126, 'denied by the default policy');
+  const page = await w.page('sys-gui');
+  await page.getByRole('button', { name: 'Policy' }).click();
+  await page.getByRole('tab', { name: 'By service' }).click();
+  const pick = page.getByRole('form', { name: 'Choose a service' });
+  await pick.getByRole('combobox', { name: 'Service' }).fill('qubes.VMExec');
+  await pick.getByRole('button', { name: 'Show rules' }).click();
+  const view = page.getByRole('region', { name: 'Rules for qubes.VMExec' });
+  await view.getByText('in 50-config-vmexec (new file)').waitFor({ timeout: 10_000 });
+  // the files read before it, whose rules come first (here 30-user's `* * @anyvm vault ask`)
+  await view.getByRole('note').filter({ hasText: /Read before this file.*30-user/ }).waitFor({ timeout: 10_000 });
+
+  await view.getByRole('button', { name: 'Add rule' }).click();
+  await view.getByRole('combobox', { name: 'Source of rule 1' }).fill('personal');
+  await view.getByRole('combobox', { name: 'Action of rule 1' }).selectOption('allow');
+  await view.getByRole('combobox', { name: 'Target of rule 1' }).fill('work');
+  // the impact before saving: dom0's policy.Diff of the file to be written
+  const impact = view.getByRole('region', { name: 'Impact of the change' });
+  await impact.getByRole('row').filter({ hasText: 'personal' }).filter({ hasText: /deny.*allow/ }).first().waitFor({ timeout: 10_000 });
+  await shot(page, '25-policy-by-service');
+  await view.getByRole('button', { name: 'Save', exact: true }).click();
+  await page.getByRole('status').filter({ hasText: 'Saved 50-config-vmexec' }).waitFor({ timeout: 10_000 });
+  assert.match(fs.readFileSync(own, 'utf8'), /^# Written by the GUI domain's per-service policy view[^]*\nqubes\.VMExec {2}\* {2}personal {2}work {2}allow\n$/);
+  const allowed = await callFrom('personal', 'work', 'qubes.VMExec+cat', 'hi\n');
+  assert.deepEqual(allowed, { code: 0, out: 'hi\n' });
+
+  // a second row, moved up; then the first removed
+  await view.getByRole('button', { name: 'Add rule' }).click();
+  await view.getByRole('combobox', { name: 'Source of rule 2' }).fill('@anyvm');
+  await view.getByRole('combobox', { name: 'Action of rule 2' }).selectOption('deny');
+  await view.getByRole('combobox', { name: 'Target of rule 2' }).fill('@anyvm');
+  await view.getByRole('button', { name: 'Move rule 2 up' }).click();
+  assert.equal(await view.getByRole('combobox', { name: 'Source of rule 1' }).inputValue(), '@anyvm');
+  await view.getByRole('button', { name: 'Remove rule 2' }).click();
+  await impact.getByRole('row').filter({ hasText: 'personal' }).filter({ hasText: /allow.*deny/ }).first().waitFor({ timeout: 10_000 });
+  await view.getByRole('button', { name: 'Save', exact: true }).click();
+  await until(() => /\nqubes\.VMExec {2}\* {2}@anyvm {2}@anyvm {2}deny\n$/.test(fs.readFileSync(own, 'utf8')), 10_000, 'the file saved');
+  assert.equal((await callFrom('personal', 'work', 'qubes.VMExec+cat', 'hi\n')).code, 126);
+
+  // a change made meanwhile: a conflict, and theirs stays
+  const theirs = `${fs.readFileSync(own, 'utf8')}# changed by dom0 meanwhile\n`;
+  fs.writeFileSync(own, theirs);
+  await view.getByRole('combobox', { name: 'Action of rule 1' }).selectOption('ask');
+  const conflictShown = (): Promise<boolean> => view.getByRole('alert').filter({ hasText: /Conflict/ }).isVisible();
+  await until(async () => (await conflictShown()) || !(await view.getByRole('button', { name: 'Save', exact: true }).isDisabled()), 10_000, 'checked');
+  if (!(await conflictShown())) await view.getByRole('button', { name: 'Save', exact: true }).click();
+  await view.getByRole('alert').filter({ hasText: /Conflict: 50-config-vmexec was changed meanwhile/ }).waitFor({ timeout: 10_000 });
+  assert.equal(fs.readFileSync(own, 'utf8'), theirs, 'not overwritten');
+
+  // a line the view cannot show: no rows to change, the text editor instead
+  fs.writeFileSync(own, `${theirs}qubes.VMExec  +cat  personal  work  allow\n`);
+  await view.getByRole('button', { name: 'Reload' }).click();
+  const cannot = view.getByRole('alert').filter({ hasText: 'has lines this view cannot show' });
+  await cannot.waitFor({ timeout: 10_000 });
+  assert.match((await cannot.textContent()) ?? '', /50-config-vmexec\.policy:\d+\s*qubes\.VMExec {2}\+cat/);
+  assert.equal(await view.getByRole('button', { name: 'Add rule' }).count(), 0);
+  assert.equal(await view.getByRole('button', { name: 'Save', exact: true }).isDisabled(), true);
+  await cannot.getByRole('button', { name: 'Edit 50-config-vmexec as text' }).click();
+  const editor = page.getByRole('combobox', { name: 'Policy text' });
+  await until(async () => (await editor.inputValue()).includes('+cat  personal  work  allow'), 10_000, 'the file in the text editor');
+  assert.equal(await page.getByRole('tab', { name: 'Files' }).getAttribute('aria-selected'), 'true');
+  await page.context().close();
+  fs.rmSync(own);
+});
+
 void test('audit log view: the decisions, filtered, with a live tail; only the administrator GUI domain may read it', { timeout: 120_000 }, async () => {
   await w.admin('admin.vm.Start', 'work');
   const page = await w.page('sys-gui');

@@ -32,7 +32,7 @@ const DIRECTIVES = ['!include', '!include-dir', '!include-service'];
 const MAX = 50;
 
 /** Source or target choices: @-tokens (with their tag, type and template forms) and qube names. */
-function qubeChoices(v: Vocabulary, where: 'source' | 'target' | 'option'): string[] {
+export function qubeChoices(v: Vocabulary, where: 'source' | 'target' | 'option'): string[] {
   const tokens = where === 'source' ? ['@anyvm', '@adminvm'] : where === 'target' ? ['@anyvm', '@adminvm', '@default', '@dispvm'] : ['@adminvm', '@dispvm'];
   const out = [...tokens];
   if (where !== 'option') {

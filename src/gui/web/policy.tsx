@@ -8,29 +8,10 @@
  */
 import { useEffect, useLayoutEffect, useRef, useState } from 'preact/hooks';
 import { complete, type Completion, type Vocabulary } from './complete.js';
-import { ApiError, get, post } from './api.js';
+import { get, post } from './api.js';
 import { TableHead } from './table.js';
-
-interface Diagnostic {
-  readonly file: string;
-  readonly line: number;
-  readonly message: string;
-}
-interface Change {
-  readonly source: string;
-  readonly target: string;
-  readonly old: string;
-  readonly new: string;
-}
-interface Impact {
-  readonly total: number;
-  readonly services: readonly { readonly service: string; readonly argument: string; readonly changes: readonly Change[] }[];
-}
-interface FileState {
-  readonly name: string;
-  readonly token: string;
-  readonly content: string;
-}
+import { ServiceView } from './policy-service.js';
+import { CheckResult, errText, usePolicyFile, type Diagnostic } from './policy-file.js';
 
 const ACTIONS = new Set(['allow', 'deny', 'ask']);
 
@@ -217,166 +198,89 @@ function useVocabulary(qubes: readonly string[]): Vocabulary {
   return v ?? { qubes, tags: [], dispvmTemplates: [], services: [] };
 }
 
-const errText = (e: unknown): string => (e instanceof Error ? e.message : String(e));
-const diagOf = (e: unknown): Diagnostic[] => (e instanceof ApiError && Array.isArray(e.body['diagnostics']) ? (e.body['diagnostics'] as Diagnostic[]) : []);
-
-const conflictText = (name: string, e: ApiError): string => `Conflict: ${name} was changed meanwhile (${e.message}). Nothing was overwritten; your text is still here. Reload to see the other change.`;
+type PolicyMode = 'files' | 'service';
 
 export function PolicyView({ onStatus, qubes }: { onStatus: (m: string, e?: boolean) => void; qubes: readonly string[] }) {
   const [files, setFiles] = useState<string[]>([]);
   const [listError, setListError] = useState('');
-  const [file, setFile] = useState<FileState | null>(null);
-  const [text, setText] = useState('');
-  const [check, setCheck] = useState<{ error: string; diagnostics: Diagnostic[]; impact: Impact | null; pending: boolean }>({ error: '', diagnostics: [], impact: null, pending: false });
-  const [conflict, setConflict] = useState('');
-  const timer = useRef<number | undefined>(undefined);
+  const [mode, setMode] = useState<PolicyMode>('files');
+  const ed = usePolicyFile(onStatus);
   const vocabulary = useVocabulary(qubes);
+  const { file, text } = ed;
 
-  useEffect(() => {
+  const loadList = (): void => {
     get<{ files: string[] }>('/api/policy').then(
       (r) => setFiles(r.files),
       (e) => setListError(errText(e)),
     );
-  }, []);
-
-  const open = async (name: string): Promise<void> => {
-    setConflict('');
-    try {
-      const f = await get<FileState>(`/api/policy/file?name=${encodeURIComponent(name)}`);
-      setFile(f);
-      setText(f.content);
-      setCheck({ error: '', diagnostics: [], impact: null, pending: false });
-    } catch (e) {
-      onStatus(`${name}: ${errText(e)}`, true);
-    }
   };
+  useEffect(loadList, []);
 
-  // live check by dom0 (policy.Diff: every validation, nothing written), shortly after typing stops
-  useEffect(() => {
-    if (!file || text === file.content) {
-      setCheck({ error: '', diagnostics: [], impact: null, pending: false });
-      return;
-    }
-    setCheck((c) => ({ ...c, pending: true }));
-    window.clearTimeout(timer.current);
-    timer.current = window.setTimeout(() => {
-      post<{ diff: Impact }>('/api/policy/check', { name: file.name, token: file.token, content: text }).then(
-        (r) => setCheck({ error: '', diagnostics: [], impact: r.diff, pending: false }),
-        (e) => {
-          // the file changed in dom0 since it was read: said at once (saving would be refused too)
-          if (e instanceof ApiError && e.status === 409) {
-            setConflict(conflictText(file.name, e));
-            setCheck({ error: '', diagnostics: [], impact: null, pending: false });
-          } else setCheck({ error: errText(e), diagnostics: diagOf(e), impact: null, pending: false });
-        },
-      );
-    }, 300);
-    return () => window.clearTimeout(timer.current);
-  }, [text, file]);
-
-  const save = async (): Promise<void> => {
-    if (!file) return;
-    try {
-      const f = await post<FileState>('/api/policy/save', { name: file.name, token: file.token, content: text });
-      setFile(f);
-      setText(f.content);
-      setConflict('');
-      onStatus(`Saved ${file.name}`);
-    } catch (e) {
-      if (e instanceof ApiError && e.status === 409) setConflict(conflictText(file.name, e));
-      else setCheck({ error: errText(e), diagnostics: diagOf(e), impact: null, pending: false });
-    }
-  };
-
-  const changes = check.impact?.services.flatMap((s) => s.changes.map((c) => ({ ...c, service: s.argument === '*' ? `${s.service} (any other argument)` : s.argument.startsWith('+') && s.argument !== '+' ? `${s.service}${s.argument}` : s.service }))) ?? [];
+  const tab = (m: PolicyMode, label: string) => (
+    <button type="button" role="tab" id={`pol-tab-${m}`} aria-selected={mode === m} aria-controls={`pol-panel-${m}`} class={`seg ${mode === m ? 'active' : ''}`} onClick={() => setMode(m)}>
+      {label}
+    </button>
+  );
   return (
     <section class="panel policy" aria-labelledby="pol-title">
       <div class="panel-head">
         <h2 id="pol-title">Policy</h2>
+        <div class="segmented" role="tablist" aria-label="Policy views">
+          {tab('files', 'Files')}
+          {tab('service', 'By service')}
+        </div>
       </div>
       {listError && (
         <p class="empty error" role="alert">
           {listError}
         </p>
       )}
-      <div class="policy-body">
-        <ul class="file-list" aria-label="Policy files">
-          {files.map((f) => (
-            <li key={f}>
-              <button type="button" class={`file ${file?.name === f ? 'active' : ''}`} aria-current={file?.name === f ? 'true' : undefined} onClick={() => void open(f)}>
-                {f}
-              </button>
-            </li>
-          ))}
-        </ul>
-        <div class="policy-main">
-          {!file ? (
-            <p class="empty">Choose a file.</p>
-          ) : (
-            <>
-              <div class="editor-head">
-                <strong>{file.name}</strong>
-                <span class="muted">{text === file.content ? 'saved' : check.pending ? 'checking…' : check.error ? 'has problems' : 'changed'}</span>
-                <button type="button" class="button" onClick={() => void open(file.name)}>
-                  Reload
-                </button>
-                <button type="button" class="button primary" disabled={text === file.content || check.pending || check.error !== ''} onClick={() => void save()}>
-                  Save
-                </button>
-              </div>
-              <Editor value={text} onChange={setText} vocabulary={vocabulary} diagnostics={check.diagnostics.filter((d) => d.file.endsWith(`${file.name}.policy`) || d.file.endsWith(file.name))} />
-              {conflict && (
-                <p class="error" role="alert">
-                  {conflict}
-                </p>
-              )}
-              <div class="problems" role="region" aria-label="Problems">
-                {check.error ? (
-                  <>
-                    <p class="error">{check.error}</p>
-                    <ul>
-                      {check.diagnostics.map((d, i) => (
-                        <li key={i}>
-                          <code>
-                            {d.file.split('/').pop()}:{d.line}
-                          </code>{' '}
-                          {d.message}
-                        </li>
-                      ))}
-                    </ul>
-                  </>
-                ) : null}
-              </div>
-              {check.impact && (
-                <div class="impact" role="region" aria-label="Impact of the change">
-                  <p>
-                    {changes.length === 0 ? 'No decision changes.' : `${changes.length} decision${changes.length === 1 ? '' : 's'} change${changes.length === 1 ? 's' : ''}:`}
-                  </p>
-                  {changes.length > 0 && (
-                    <table class="table compact" aria-label="Decisions that change">
-                      <TableHead columns={['Service', 'Source', 'Target', 'Before', 'After']} />
-                      <tbody>
-                        {changes.slice(0, 200).map((c, i) => (
-                          <tr key={i}>
-                            <td>
-                              <code>{c.service}</code>
-                            </td>
-                            <td>{c.source}</td>
-                            <td>{c.target}</td>
-                            <td>{String(c.old)}</td>
-                            <td>{String(c.new)}</td>
-                          </tr>
-                        ))}
-                      </tbody>
-                    </table>
-                  )}
-                </div>
-              )}
-            </>
-          )}
-          <Explain qubes={qubes} />
+      {mode === 'service' ? (
+        <div role="tabpanel" id="pol-panel-service" aria-labelledby="pol-tab-service">
+          <ServiceView
+            vocabulary={vocabulary}
+            onStatus={onStatus}
+            onSaved={loadList}
+            onRawEdit={(name) => {
+              setMode('files');
+              void ed.open(name);
+            }}
+          />
         </div>
-      </div>
+      ) : (
+        <div class="policy-body" role="tabpanel" id="pol-panel-files" aria-labelledby="pol-tab-files">
+          <ul class="file-list" aria-label="Policy files">
+            {files.map((f) => (
+              <li key={f}>
+                <button type="button" class={`file ${file?.name === f ? 'active' : ''}`} aria-current={file?.name === f ? 'true' : undefined} onClick={() => void ed.open(f)}>
+                  {f}
+                </button>
+              </li>
+            ))}
+          </ul>
+          <div class="policy-main">
+            {!file ? (
+              <p class="empty">Choose a file.</p>
+            ) : (
+              <>
+                <div class="editor-head">
+                  <strong>{file.name}</strong>
+                  <span class="muted">{ed.state}</span>
+                  <button type="button" class="button" onClick={() => void ed.open(file.name)}>
+                    Reload
+                  </button>
+                  <button type="button" class="button primary" disabled={!ed.canSave} onClick={() => void ed.save()}>
+                    Save
+                  </button>
+                </div>
+                <Editor value={text} onChange={ed.setText} vocabulary={vocabulary} diagnostics={ed.check.diagnostics.filter((d) => d.file.endsWith(`${file.name}.policy`) || d.file.endsWith(file.name))} />
+                <CheckResult check={ed.check} conflict={ed.conflict} />
+              </>
+            )}
+            <Explain qubes={qubes} />
+          </div>
+        </div>
+      )}
     </section>
   );
 }
