@@ -178,6 +178,8 @@ async function main(): Promise<void> {
     for (let i = 0; i < N - have; i++) await w.admin('admin.vm.Create.AppVM', 'dom0', '', `name=q${String(i).padStart(4, '0')} label=${['green', 'blue', 'purple', 'orange'][i % 4]}`);
     log(`${N - have} qubes created in ${Math.round(performance.now() - t0)} ms`);
 
+    // the browser started before (its launch is not the page's)
+    await (await w.browserContext()).close();
     // cold: sys-gui restarted, so its web app starts with 1,000 qubes to load
     await (w.guis.get('sys-gui') as RunningGui).proxy.close();
     await w.admin('admin.vm.Kill', 'sys-gui');
@@ -208,7 +210,9 @@ async function main(): Promise<void> {
     const headers = { cookie, host: new URL(origin).host };
     const st = await get(`${origin}/api/state`, headers, false);
     if (st !== 200) throw new Error(`GET /api/state: ${st}`);
+    const stopProxyProfile = await profile('proxy');
     const proxyRtt = await rtts(RUNS * 10, () => get(`${origin}/api/state`, headers, false));
+    await stopProxyProfile();
     const keep = new http.Agent({ keepAlive: true, maxSockets: 1 });
     const proxyKeep = await rtts(RUNS * 10, () => get(`${origin}/api/state`, headers, keep));
     keep.destroy();

@@ -202,6 +202,19 @@ export class GuiServer {
             return { ok: true };
           }),
       },
+      {
+        method: 'POST',
+        pattern: '/api/terms/:id/resize',
+        handler: async (r) => {
+          try {
+            await tm().resize(r.params[0] as string, Number(b(r)['cols']), Number(b(r)['rows']));
+          } catch (e) {
+            if (e instanceof TerminalError) throw new HttpError(400, e.message);
+            throw e;
+          }
+          return { ok: true };
+        },
+      },
       { method: 'POST', pattern: '/api/terms/:id/close', handler: (r) => guard(() => (tm().close(r.params[0] as string), { ok: true })) },
     ];
   }

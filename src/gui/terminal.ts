@@ -11,6 +11,8 @@ import { callService } from '../agent/index.js';
 import { agentSocketFromEnv } from './admin.js';
 
 export const TERMINAL_SERVICE = 'gui.Terminal';
+/** The window's new size, to its pty (qubes-rpc/qube/gui.TerminalResize). */
+export const RESIZE_SERVICE = 'gui.TerminalResize';
 const QUBE = /^[A-Za-z][A-Za-z0-9_.-]{0,30}$/;
 /** Output kept per terminal for a page that (re)attaches. */
 const KEEP = 64 * 1024;
@@ -70,7 +72,8 @@ export class Terminals {
         cb();
       },
     });
-    this.call(qube, `${TERMINAL_SERVICE}+${cols}x${rows}`, s.input, out).then(
+    // the id names the window in the qube too, for its resizes
+    this.call(qube, `${TERMINAL_SERVICE}+${cols}x${rows}+${s.id}`, s.input, out).then(
       (r) => this.ended(s, r.refused ? 126 : r.exitCode),
       () => this.ended(s, 255),
     );
@@ -82,6 +85,29 @@ export class Terminals {
     this.emit({ id: s.id, exit: code });
     // forgotten a while later (a page may still read the last output)
     setTimeout(() => this.sessions.delete(s.id), 60_000).unref();
+  }
+
+  /**
+   * The window's new size: one qrexec call `gui.TerminalResize+ID+COLSxROWS`
+   * to the qube (the same policy as the terminal), whose pty takes it.
+   * @throws TerminalError when refused or failed
+   */
+  async resize(id: string, cols: number, rows: number): Promise<void> {
+    const s = this.sessions.get(id);
+    if (!s || s.exit !== null) throw new TerminalError('no such terminal (closed?)');
+    if (!Number.isInteger(cols) || !Number.isInteger(rows) || cols < 2 || rows < 2 || cols > 1000 || rows > 1000) throw new TerminalError('invalid size');
+    const stdin = new PassThrough();
+    stdin.end();
+    let err = '';
+    const sink = new Writable({
+      write: (c: Buffer, _e, cb) => {
+        if (err.length < 1000) err += c.toString('utf8');
+        cb();
+      },
+    });
+    const r = await this.call(s.qube, `${RESIZE_SERVICE}+${id}+${cols}x${rows}`, stdin, sink);
+    if (r.refused) throw new TerminalError(`${RESIZE_SERVICE} to ${s.qube}: refused by the policy`);
+    if (r.exitCode !== 0) throw new TerminalError(`${RESIZE_SERVICE} in ${s.qube}: ${err.trim() || `exit status ${r.exitCode}`}`);
   }
 
   /** What is typed. */

@@ -30,6 +30,19 @@ const shot = async (page: Page, name: string): Promise<void> => {
   await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`) });
 };
 
+/** The page's rendering of a byte count (src/gui/web/qubes.tsx). */
+function diskText(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const u = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n / 1024;
+  let i = 0;
+  while (v >= 1024 && i < u.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(v < 10 ? 1 : 0)} ${u[i]}`;
+}
+
 async function until(ok: () => boolean | Promise<boolean>, ms: number, what: string): Promise<void> {
   const end = Date.now() + ms;
   while (!(await ok())) {
@@ -59,6 +72,10 @@ void test('qube manager: the GUI domain lists its qubes live, starts and shuts o
   assert.deepEqual(await rowNames(page), GUI_QUBES['sys-gui']);
   const work = page.locator('tr[data-qube="work"]');
   assert.deepEqual(await work.locator('td').evaluateAll((tds) => tds.slice(0, 4).map((td) => td.textContent)), ['Halted', 'AppVM', 'tpl', '—']);
+  // disk usage: what qubesd's volume.Info says of the private volume (the second pass)
+  const usage = Number(/^usage=(\d+)$/m.exec(await w.admin('admin.vm.volume.Info', 'work', 'private'))?.[1]);
+  assert.ok(Number.isInteger(usage));
+  await until(async () => (await work.locator('td').nth(4).textContent()) === diskText(usage), 10_000, `work's disk usage ${diskText(usage)}`);
   await shot(page, '10-qubes');
 
   // start: the Admin API call from sys-gui, then the state follows admin.Events
@@ -418,6 +435,28 @@ void test('a terminal into a qube (xterm.js on a pty there, through qrexec) echo
   const row = await win.locator('.xterm-rows > div').first().evaluate((e) => ({ h: e.getBoundingClientRect().height, overflow: getComputedStyle(e).overflow }));
   assert.ok(row.h > 8 && row.overflow === 'hidden', `rows sized by xterm's dimension rules: ${JSON.stringify(row)}`);
   await shot(page, '19-terminal');
+
+  // the window fits its box, and the pty in work follows the window's size (gui.TerminalResize)
+  const sizeLabel = win.getByLabel('Size of the terminal in work');
+  const shown = async (): Promise<string> => `${await sizeLabel.getAttribute('data-rows')} ${await sizeLabel.getAttribute('data-cols')}`;
+  let probe = 0;
+  const ptySize = async (): Promise<string> => {
+    probe++;
+    await page.keyboard.type(`echo "pty${probe}: $(stty size)"\n`);
+    const re = new RegExp(`pty${probe}: (\\d+ \\d+)`);
+    let m: RegExpExecArray | null = null;
+    await until(async () => (m = re.exec((await win.locator('.xterm-rows').textContent()) ?? '')) !== null, 10_000, `the size printed (${probe})`);
+    return (m as unknown as RegExpExecArray)[1] as string;
+  };
+  await until(async () => (await shown()) !== '28 100', 10_000, 'the window fitted to its box');
+  const wide = await shown();
+  await until(async () => (await ptySize()) === wide, 15_000, `the pty at ${wide}`);
+  await page.setViewportSize({ width: 900, height: 800 });
+  await until(async () => (await shown()) !== wide, 10_000, 'the window narrower');
+  const narrow = await shown();
+  assert.ok(Number(narrow.split(' ')[1]) < Number(wide.split(' ')[1]), `${narrow} narrower than ${wide}`);
+  await until(async () => (await ptySize()) === narrow, 15_000, `the pty at ${narrow}`);
+  await page.setViewportSize({ width: 1280, height: 800 });
   await page.keyboard.type('exit\n');
   await win.getByText(/ended \(exit status 0\)/).waitFor({ timeout: 10_000 });
   await page.getByRole('button', { name: 'Close terminal in work' }).click();

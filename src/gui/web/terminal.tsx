@@ -89,13 +89,52 @@ export function TerminalView({ rows, onStatus }: { rows: readonly QubeRow[]; onS
   );
 }
 
+const FONT = { family: '"DejaVu Sans Mono", monospace', size: 13 };
+const SCROLLBAR_PX = 14;
+
+/** The columns and rows of `FONT` cells that fit in `box` (xterm's own cell size once drawn). */
+function fit(box: HTMLElement): { cols: number; rows: number } | null {
+  const row = box.querySelector<HTMLElement>('.xterm-rows > div');
+  const ctx = document.createElement('canvas').getContext('2d');
+  if (!row || !ctx || box.clientWidth === 0) return null;
+  ctx.font = `${FONT.size}px ${FONT.family}`;
+  const cellW = ctx.measureText('W').width;
+  const cellH = row.getBoundingClientRect().height;
+  if (!(cellW > 0) || !(cellH > 0)) return null;
+  // the scrollbar's width is not for text
+  const cols = Math.max(20, Math.min(1000, Math.floor((box.clientWidth - SCROLLBAR_PX) / cellW)));
+  const rows = Math.max(5, Math.min(1000, Math.floor(box.clientHeight / cellH)));
+  return { cols, rows };
+}
+
 function TermWindow({ win, hidden, onClose }: { win: Win; hidden: boolean; onClose: () => void }) {
   const box = useRef<HTMLDivElement>(null);
   const [exit, setExit] = useState<number | null>(null);
+  const [size, setSize] = useState({ cols: 100, rows: 28 });
   useEffect(() => {
-    const term = new Terminal({ cols: 100, rows: 28, fontFamily: '"DejaVu Sans Mono", monospace', fontSize: 13, screenReaderMode: false, cursorBlink: true, theme: { background: '#101722', foreground: '#e6edf5' } });
+    const term = new Terminal({ cols: 100, rows: 28, fontFamily: FONT.family, fontSize: FONT.size, screenReaderMode: false, cursorBlink: true, theme: { background: '#101722', foreground: '#e6edf5' } });
     if (box.current) term.open(box.current);
     term.focus();
+    // the window follows its box, and the pty in the qube follows the window (the last size wins)
+    let sent = '100x28';
+    let pending: number | undefined;
+    const onResize = term.onResize(({ cols, rows }) => {
+      setSize({ cols, rows });
+      window.clearTimeout(pending);
+      pending = window.setTimeout(() => {
+        const want = `${cols}x${rows}`;
+        if (want === sent) return;
+        sent = want;
+        void post(`/api/terms/${win.id}/resize`, { cols, rows }).catch(() => undefined);
+      }, 150);
+    });
+    const refit = (): void => {
+      const b = box.current;
+      const f = b && !b.closest('[hidden]') ? fit(b) : null;
+      if (f && (f.cols !== term.cols || f.rows !== term.rows)) term.resize(f.cols, f.rows);
+    };
+    const ro = new ResizeObserver(refit);
+    if (box.current) ro.observe(box.current);
     // typed keys go in order, one request at a time
     let queue = Promise.resolve();
     const sub = term.onData((d) => {
@@ -119,6 +158,9 @@ function TermWindow({ win, hidden, onClose }: { win: Win; hidden: boolean; onClo
       if (b.exit !== null) setExit(b.exit);
     });
     return () => {
+      ro.disconnect();
+      window.clearTimeout(pending);
+      onResize.dispose();
       sinks.delete(win.id);
       sub.dispose();
       term.dispose();
@@ -129,6 +171,10 @@ function TermWindow({ win, hidden, onClose }: { win: Win; hidden: boolean; onClo
       <div class="term-head">
         <span>
           {win.qube}
+          <span class="muted term-size" aria-label={`Size of the terminal in ${win.qube}`} data-cols={size.cols} data-rows={size.rows}>
+            {' '}
+            {size.cols}×{size.rows}
+          </span>
           {exit !== null && <span class="muted"> — ended (exit status {exit})</span>}
         </span>
         <button type="button" class="button small" aria-label={`Close terminal in ${win.qube}`} onClick={onClose}>
