@@ -125,7 +125,9 @@ export function QubeManagerView({ data, onStatus }: { data: QubesEvent; onStatus
                   <td>{r.klass}</td>
                   <td>{r.template || '—'}</td>
                   <td>{r.netvm || '—'}</td>
-                  <td>{bytes(r.diskBytes)}</td>
+                  <td data-bytes={r.diskBytes ?? undefined} title={r.diskBytes === null ? 'not known yet' : `${r.diskBytes} bytes`}>
+                    {bytes(r.diskBytes)}
+                  </td>
                   <td class="row-actions">
                     {actionsFor(r.state, r.klass).map((a) => (
                       <button key={a} type="button" class={`button small ${a === 'kill' ? 'danger' : ''}`} disabled={busy[r.name]} aria-label={`${ACT_LABEL[a]} ${r.name}`} onClick={() => void act(r.name, a)}>
