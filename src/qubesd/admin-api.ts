@@ -56,6 +56,8 @@ export interface ApiContext {
   readonly registry: Registry;
   readonly power: PowerControl;
   readonly hook?: PermissionHook;
+  /** Volumes' disk usage (src/qubesd/volume-usage.ts); absent: 0. */
+  readonly volumes?: { usage(q: Qube, vol: string): number };
 }
 
 /** One call being served. */
@@ -492,10 +494,11 @@ m('admin.vm.volume.List', { dest: null, arg: false, payload: false, scope: 'loca
 m('admin.vm.volume.Info', { dest: null, arg: true, payload: false, scope: 'local' }, (c) => {
   if (!VOLUMES[c.dest.klass].includes(c.arg)) throw new PermissionDenied(`Argument not in '${c.dest.name} volumes'`);
   c.permit();
-  return volumeInfo(c.registry, c.dest, c.arg);
+  return volumeInfo(c.registry, c.dest, c.arg, c.ctx.volumes?.usage(c.dest, c.arg) ?? 0);
 });
 
-function volumeInfo(r: Registry, q: Qube, vol: string): string {
+/** size: the configured size (as a file pool's); usage: the bytes allocated on disk (see volume-usage.ts). */
+function volumeInfo(r: Registry, q: Qube, vol: string, usage: number): string {
   const pool = (name: string): string => pyStr(r.getGlobal(name) === NO_VALUE ? null : (r.getGlobal(name) as string));
   const tpl = q.get('template');
   const fromTemplate = typeof tpl === 'string' && (vol === 'root' || (q.klass === 'DispVM' && vol === 'private'));
@@ -509,7 +512,7 @@ function volumeInfo(r: Registry, q: Qube, vol: string): string {
   const vid = vol === 'kernel' ? pyStr(q.get('kernel') === NO_VALUE ? null : (q.get('kernel') as string)) : `qubes_dom0/vm-${q.name}-${vol}`;
   const source = fromTemplate ? `qubes_dom0/vm-${tpl}-${q.klass === 'DispVM' && vol === 'private' ? 'private' : 'root'}` : '';
   return (
-    `pool=${v.pool}\nvid=${vid}\nsize=${v.size}\nusage=0\nrw=${v.rw ? 'True' : 'False'}\nsource=${source}\npath=\n` +
+    `pool=${v.pool}\nvid=${vid}\nsize=${v.size}\nusage=${usage}\nrw=${v.rw ? 'True' : 'False'}\nsource=${source}\npath=\n` +
     `save_on_stop=${v.save ? 'True' : 'False'}\nsnap_on_start=${v.snap ? 'True' : 'False'}\nrevisions_to_keep=0\nephemeral=False\n`
   );
 }

@@ -20,6 +20,7 @@ import { policyFilterHook } from './policy-filter.js';
 import { Registry } from './registry.js';
 import { serveApi, type ApiServer, type ServerKind, type ServerLog } from './server.js';
 import { SqliteStore } from './store.js';
+import { VolumeUsage } from './volume-usage.js';
 
 export const ADMIN_SOCKET = 'qubesd.sock';
 export const INTERNAL_SOCKET = 'qubesd.internal.sock';
@@ -77,6 +78,8 @@ export interface Qubesd {
   readonly registry: Registry;
   readonly lifecycle: Lifecycle;
   readonly systemInfo: SystemInfoCache;
+  /** Volumes' disk usage, when the runtime says where they are. */
+  readonly volumes: VolumeUsage | null;
   readonly ctx: ApiContext;
   readonly servers: readonly ApiServer[];
   /** Stop serving, stop every qube it started, close the store. */
@@ -91,7 +94,9 @@ export async function startQubesd(opts: QubesdOptions): Promise<Qubesd> {
   const systemInfo = new SystemInfoCache(registry);
   const policy = opts.policy;
   const hook = policy ? policyFilterHook({ policy, systemInfo: () => systemInfo.info() }) : undefined;
-  const ctx: ApiContext = { registry, power: lifecycle, ...(hook ? { hook } : {}) };
+  const runtime = opts.runtime;
+  const volumes = runtime?.volumeDirs ? new VolumeUsage(registry, (n, k) => runtime.volumeDirs?.(n, k) ?? {}) : null;
+  const ctx: ApiContext = { registry, power: lifecycle, ...(hook ? { hook } : {}), ...(volumes ? { volumes } : {}) };
   const servers: ApiServer[] = [];
   try {
     if (opts.runDir !== null) {
@@ -102,6 +107,7 @@ export async function startQubesd(opts: QubesdOptions): Promise<Qubesd> {
     }
   } catch (e) {
     await Promise.all(servers.map((s) => s.close()));
+    volumes?.close();
     store.close();
     throw e;
   }
@@ -112,11 +118,13 @@ export async function startQubesd(opts: QubesdOptions): Promise<Qubesd> {
     registry,
     lifecycle,
     systemInfo,
+    volumes,
     ctx,
     servers,
     close: () =>
       (closing ??= (async () => {
         await Promise.all(servers.map((s) => s.close()));
+        volumes?.close();
         await lifecycle.close();
         systemInfo.close();
         store.close();

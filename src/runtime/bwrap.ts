@@ -33,6 +33,8 @@ import {
   ensureTemplate,
   makeNetvm,
   networkAvailable,
+  privateDir,
+  qubeDir,
   readVolumeInfo,
   sandboxSupport,
   waitAgentReady,
@@ -274,6 +276,19 @@ export class BwrapRuntime implements Runtime {
       pause: () => void sbRef?.pause().catch((e: Error) => this.log(`${q.name}: pause: ${e.message}`)),
       unpause: () => void sbRef?.unpause().catch((e: Error) => this.log(`${q.name}: unpause: ${e.message}`)),
     };
+  }
+
+  /**
+   * private: its private directory (a DispVM's is a throw-away overlay on a
+   * tmpfs); root: a TemplateVM's or StandaloneVM's base, layers and pending
+   * layer (an AppVM's or DispVM's root writes go to a tmpfs).
+   */
+  volumeDirs(name: string, klass: string): Readonly<Partial<Record<string, readonly string[]>>> {
+    const data = this.opts.dataDir;
+    const q = qubeDir(data, name);
+    if (klass === 'DispVM') return {};
+    const own = klass === 'TemplateVM' || klass === 'StandaloneVM';
+    return { private: [privateDir(data, name)], ...(own ? { root: ['base', 'layers', 'pending'].map((d) => path.join(q, d)) } : {}) };
   }
 
   async close(): Promise<void> {

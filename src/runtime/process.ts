@@ -195,6 +195,11 @@ export class ProcessRuntime implements Runtime {
     return r;
   }
 
+  /** private: the qube's directory (its home, services and configuration). */
+  volumeDirs(name: string): Readonly<Partial<Record<string, readonly string[]>>> {
+    return { private: [path.join(this.opts.stateDir, name)] };
+  }
+
   async close(): Promise<void> {
     const all = [...this.running];
     for (const r of all) r.kill();

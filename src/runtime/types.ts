@@ -94,6 +94,12 @@ export interface Runtime {
   start(q: QubeLaunch): RunningQube;
   /** Stop every qube this backend started (on qubesd's exit). */
   close(): Promise<void>;
+  /**
+   * The host directories holding a qube's volumes, by volume name
+   * (`private`, `root`), whose allocated blocks are the volumes' usage
+   * (admin.vm.volume.Info); a volume left out has nothing on the host's disk.
+   */
+  volumeDirs?(name: string, klass: string): Readonly<Partial<Record<string, readonly string[]>>>;
 }
 
 /** A start failed (the reason is shown to the caller as QubesException). */
