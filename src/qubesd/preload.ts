@@ -31,10 +31,14 @@
  * - At qubesd's start, names of qubes that are gone leave the list, and
  *   preloaded disposables left by the previous run (halted now) are removed.
  *
- * Not done: the reference's available-memory check (qmemman) before a
- * preload, and waiting for a preload that has not completed (a request then
+ * - A fill preloads only as many as the available memory holds (the
+ *   reference reads qmemman's figure; here the host's MemAvailable), less
+ *   dom0's `preload-dispvm-threshold` MiB, each the template's `memory`.
+ *
+ * Not done: waiting for a preload that has not completed (a request then
  * makes a new disposable, as the reference does after its timeout).
  */
+import * as fs from 'node:fs';
 import { QubesValueError } from './errors.js';
 import type { Qube, Registry } from './registry.js';
 
@@ -54,6 +58,17 @@ const LIST = 'preload-dispvm';
 const IN_PROGRESS = 'preload-dispvm-in-progress';
 const COMPLETED = 'preload-dispvm-completed';
 const DELAY = 'preload-dispvm-delay';
+const THRESHOLD = 'preload-dispvm-threshold';
+
+/** The host's available memory (MemAvailable of /proc/meminfo), in bytes; undefined when unknown. */
+export function hostAvailableMemory(): number | undefined {
+  try {
+    const m = /^MemAvailable:\s+(\d+) kB/m.exec(fs.readFileSync('/proc/meminfo', 'latin1'));
+    return m ? Number(m[1]) * 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 const truthy = (v: string | undefined): boolean => v !== undefined && v !== '';
 
@@ -68,6 +83,8 @@ export class Preloader {
     private readonly registry: Registry,
     private readonly power: PreloadPower,
     private readonly log: PreloadLog = () => undefined,
+    /** The memory a preload may use (bytes; tests give their own). */
+    private readonly availableBytes: () => number | undefined = hostAvailableMemory,
   ) {
     this.off = registry.on((subject, event, kwargs) => this.onEvent(subject, event, kwargs));
   }
@@ -207,10 +224,30 @@ export class Preloader {
     this.setList(appvm, list.slice(0, max));
     if (excess.length) this.log('info', `${appvm.name}: removing excess preloaded qube(s): ${excess.join(', ')}`);
     await Promise.all(excess.map((n) => this.discard(n)));
-    const want = max - Math.min(list.length, max);
+    const gap = max - Math.min(list.length, max);
+    if (gap <= 0) return;
+    const want = this.affordable(appvm, gap);
     if (want <= 0) return;
     this.log('info', `${appvm.name}: preloading ${want} qube(s) because ${reason}`);
     await Promise.all(Array.from({ length: want }, () => this.preloadOne(appvm)));
+  }
+
+  /**
+   * How many of `gap` fit in the available memory, as the reference's check
+   * of qmemman's figure: the host's MemAvailable less dom0's
+   * `preload-dispvm-threshold` (MiB), over the template's `memory` (MiB).
+   * Without a figure, all of them. The gap is filled again at the next use
+   * or request.
+   */
+  private affordable(appvm: Qube, gap: number): number {
+    const avail = this.availableBytes();
+    if (avail === undefined) return gap;
+    const threshold = Number(this.registry.dom0.feature(THRESHOLD) || 0) * 1024 ** 2;
+    const mem = appvm.get('memory');
+    const each = (typeof mem === 'number' && mem > 0 ? mem : 400) * 1024 ** 2;
+    const can = Math.min(gap, Math.floor(Math.max(0, avail - (Number.isFinite(threshold) ? threshold : 0)) / each));
+    if (can < gap) this.log('warning', `${appvm.name}: not preloading ${gap - can} disposable(s) due to insufficient memory`);
+    return can;
   }
 
   /** Kills (and so removes) a disposable that left the list. */

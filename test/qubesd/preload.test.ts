@@ -149,6 +149,33 @@ void test('preload-dispvm-max on a disposable template: N started and paused, in
   }
 });
 
+void test("a preload needs the memory: none while the template's memory exceeds what is available (less dom0's preload-dispvm-threshold), then they come", { timeout: 90_000 }, async () => {
+  const w = await world();
+  try {
+    await setup(w);
+    const availMib = Math.floor(Number(/^MemAvailable:\s+(\d+)/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'))?.[1]) / 1024);
+    // more memory than the host has: nothing is started
+    await ok(t(w), 'admin.vm.property.Set', 'dvm', 'memory', String(availMib * 4));
+    await ok(t(w), 'admin.vm.feature.Set', 'dvm', 'preload-dispvm-max', '2');
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.deepEqual(list(w), []);
+    assert.deepEqual(dispvms(w), []);
+    // a small qube, but dom0's threshold keeps all the memory: still none
+    await ok(t(w), 'admin.vm.property.Set', 'dvm', 'memory', '100');
+    await ok(t(w), 'admin.vm.feature.Set', 'dom0', 'preload-dispvm-threshold', String(availMib * 4));
+    await ok(t(w), 'admin.vm.feature.Set', 'dvm', 'preload-dispvm-max', '1');
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.deepEqual(dispvms(w), []);
+    // room again: the next fill preloads
+    await ok(t(w), 'admin.vm.feature.Remove', 'dom0', 'preload-dispvm-threshold');
+    await ok(t(w), 'admin.vm.feature.Set', 'dvm', 'preload-dispvm-max', '2');
+    await until('2 preloaded', () => ready(w, 2));
+  } finally {
+    await w.close();
+    fs.rmSync(w.dir, { recursive: true, force: true });
+  }
+});
+
 void test("dom0's preload-dispvm-max applies to default_dispvm (over its own); a template stopping replaces its preloaded ones", { timeout: 90_000 }, async () => {
   const w = await world();
   try {
