@@ -523,13 +523,27 @@ static int get_id(napi_env env, napi_value *argv, size_t argc, int64_t *id)
     return 1;
 }
 
+/*
+ * The connection a call's first argument names: NULL in *c when it is gone
+ * or the server is closed. Returns 0, with an exception pending, when the
+ * call is malformed.
+ */
+static int call_conn(napi_env env, napi_callback_info info, napi_value *argv, size_t *argc, rs_conn_t **c)
+{
+    int64_t id;
+    rs_server_t *s = this_server(env, info, argc, argv);
+    if (s == NULL || !get_id(env, argv, *argc, &id))
+        return 0;
+    *c = s->closed ? NULL : conn_lookup(s, id);
+    return 1;
+}
+
 static napi_value rs_reply(napi_env env, napi_callback_info info)
 {
     napi_value argv[2];
     size_t argc = 2;
-    int64_t id;
-    rs_server_t *s = this_server(env, info, &argc, argv);
-    if (s == NULL || !get_id(env, argv, argc, &id))
+    rs_conn_t *c;
+    if (!call_conn(env, info, argv, &argc, &c))
         return NULL;
     void *data;
     size_t len;
@@ -539,7 +553,6 @@ static napi_value rs_reply(napi_env env, napi_callback_info info)
         napi_throw_type_error(env, NULL, "reply: expected a Buffer");
         return NULL;
     }
-    rs_conn_t *c = s->closed ? NULL : conn_lookup(s, id);
     if (c != NULL && c->state == C_DISPATCHED)
         conn_write(c, data, len);
     return NULL;
@@ -549,11 +562,9 @@ static napi_value rs_drop(napi_env env, napi_callback_info info)
 {
     napi_value argv[1];
     size_t argc = 1;
-    int64_t id;
-    rs_server_t *s = this_server(env, info, &argc, argv);
-    if (s == NULL || !get_id(env, argv, argc, &id))
+    rs_conn_t *c;
+    if (!call_conn(env, info, argv, &argc, &c))
         return NULL;
-    rs_conn_t *c = s->closed ? NULL : conn_lookup(s, id);
     if (c != NULL)
         conn_release(c, 1);
     return NULL;
@@ -563,11 +574,9 @@ static napi_value rs_detach(napi_env env, napi_callback_info info)
 {
     napi_value argv[1];
     size_t argc = 1;
-    int64_t id;
-    rs_server_t *s = this_server(env, info, &argc, argv);
-    if (s == NULL || !get_id(env, argv, argc, &id))
+    rs_conn_t *c;
+    if (!call_conn(env, info, argv, &argc, &c))
         return NULL;
-    rs_conn_t *c = s->closed ? NULL : conn_lookup(s, id);
     int fd = -1;
     if (c != NULL && c->state == C_DISPATCHED) {
         fd = c->fd;
